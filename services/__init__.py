@@ -1,0 +1,1 @@
+"""The four SCoRe services (coordinator, student, teacher, trainer) and the `score` CLI."""

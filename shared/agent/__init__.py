@@ -1,0 +1,1 @@
+"""The Code-as-Action agent format: prompts, rendering episodes to chat, parsing model turns."""

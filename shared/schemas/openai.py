@@ -1,0 +1,136 @@
+"""OpenAI-compatible chat and completion wire formats (the subset vLLM's server speaks)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"] = Field(description="Who speaks.")
+    content: str = Field(description="What is said (plain text).")
+
+
+class ChatCompletionRequest(BaseModel):
+    """`POST /v1/chat/completions` request (unknown OpenAI fields are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(default=None, description="Model name from /v1/models; optional, one model is served.")
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    max_tokens: int | None = Field(default=None, ge=1, le=32768, description="Most new tokens (default 256).")
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=32768, description="Alias of max_tokens.")
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=64, description="Choices to sample.")
+    stop: str | list[str] | None = Field(default=None, description="Stop strings (not included in the output).")
+    seed: int | None = Field(default=None)
+    stream: bool = Field(default=False, description="Streaming is not supported; must be false.")
+    logprobs: bool = Field(default=False, description="Return the log-probability of each generated token.")
+
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("stream=true is not supported by this server")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionRequest(BaseModel):
+    """`POST /v1/completions` with a token-id prompt, as vLLM accepts it (used by the remote engine)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: list[int] | str = Field(description="Prompt as token ids (or text).")
+    max_tokens: int = Field(default=16, ge=1, le=32768)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=64)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=1, description="1 returns the sampled token's logprob.")
+    return_tokens_as_token_ids: bool = Field(default=False, description="vLLM extension: tokens as `token_id:N`.")
+    skip_special_tokens: bool = Field(default=True, description="Drop special tokens from the returned text.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, value: list[int] | str) -> list[int] | str:
+        if len(value) == 0:
+            raise ValueError("prompt must not be empty")
+        return value
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "score"
+    root: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,62 @@
+"""`POST /v1/rollouts`: agent episodes with the sandboxed tools."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.schemas.agent import Episode, Step, Task
+from shared.schemas.sampling import SamplingParams
+
+MAX_ROLLOUT_EPISODES = 512  # items x n per request; larger batches should be split by the caller
+
+
+class RolloutItem(BaseModel):
+    """One task to roll out, optionally from a trusted prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task = Field(description="The task; `true_answer` is not needed to generate.")
+    prefix_steps: list[Step] = Field(
+        default_factory=list,
+        description="Trusted beginning of the episode: its code is re-executed in the episode's fresh sandbox "
+        "(observations recomputed), then the model continues. The first step, if any, must be the `plan`.",
+    )
+
+    @model_validator(mode="after")
+    def _prefix_shape(self) -> "RolloutItem":
+        for index, step in enumerate(self.prefix_steps):
+            if index == 0 and step.kind != "plan":
+                raise ValueError("prefix_steps[0] must be the `plan` step")
+            if index > 0 and step.kind != "act":
+                raise ValueError(f"prefix_steps[{index}] must be an `act` step")
+            if step.kind == "act" and not (step.code or "").strip():
+                raise ValueError(f"prefix_steps[{index}].code must not be empty for an `act` step")
+        return self
+
+
+class RolloutRequest(BaseModel):
+    """Run `n` agent episodes for each item."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[RolloutItem] = Field(min_length=1, description="Tasks to roll out, each with an optional prefix.")
+    n: int = Field(default=1, ge=1, le=64, description="Samples per item (a GRPO group).")
+    max_turns: int = Field(
+        default=8, ge=0, le=32,
+        description="Model turns after the prefix (the plan counts as a turn). 0 replays the prefix only.",
+    )
+    sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling for every model turn.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "RolloutRequest":
+        total = len(self.items) * self.n
+        if total > MAX_ROLLOUT_EPISODES:
+            raise ValueError(f"items x n = {total} episodes exceeds the limit of {MAX_ROLLOUT_EPISODES}; split the request")
+        return self
+
+
+class RolloutResponse(BaseModel):
+    """Episodes in item order, `n` per item."""
+
+    episodes: list[Episode]
+    policy_version: int = Field(description="The weights version that produced every episode of this response.")

@@ -1,0 +1,17 @@
+"""Sampling parameters shared by chat completions and rollouts."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    """How to sample one model turn. Defaults follow vLLM's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=256, ge=1, le=32768, description="Most new tokens per model turn.")
+    stop: list[str] = Field(default_factory=list, max_length=16, description="Strings that end a turn (not included).")
+    seed: int | None = Field(default=None, description="Per-request seed for reproducible sampling.")

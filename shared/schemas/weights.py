@@ -1,0 +1,27 @@
+"""`GET/POST /v1/weights`: which policy version a model service serves."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class WeightsInfo(BaseModel):
+    policy_version: int = Field(description="Monotone version of the served weights (0 = the initial model).")
+    path: str = Field(description="Directory the weights were loaded from.")
+    model: str = Field(description="Served model name.")
+
+
+class LoadWeightsRequest(BaseModel):
+    """Load a checkpoint without a restart. Give a `path`, or a checkpoint `name` and `version` under SCORE_HOME."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(default=None, description="A Hugging Face format checkpoint directory.")
+    name: str | None = Field(default=None, description="Checkpoint name under SCORE_HOME/checkpoints/.")
+    version: int | None = Field(default=None, ge=0, description="Checkpoint version; becomes the policy_version.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LoadWeightsRequest":
+        if self.path is None and (self.name is None or self.version is None):
+            raise ValueError("give `path`, or both `name` and `version`")
+        return self

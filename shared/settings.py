@@ -1,0 +1,60 @@
+"""Typed settings from the environment (prefix `SCORE_`), shared by every service and the CLI."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORTS = {"coordinator": 8000, "student": 8001, "teacher": 8002, "trainer": 8003}
+
+
+class Settings(BaseSettings):
+    """Where things live and how services reach each other. Every field reads `SCORE_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORE_", extra="ignore")
+
+    home: Path = Field(
+        default=Path.home() / ".score",
+        description="Data directory: built-in models, checkpoints, runs. Shared by all services.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL. Unset: `score up`/`score demo` start an embedded server."
+    )
+    api_token: str | None = Field(
+        default=None, description="When set, every endpoint but /health requires `Authorization: Bearer <token>`."
+    )
+    coordinator_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['coordinator']}")
+    student_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['student']}")
+    teacher_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['teacher']}")
+    trainer_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['trainer']}")
+    log_level: str = Field(default="info", description="Logging level of the services.")
+
+    @field_validator("api_token")
+    @classmethod
+    def _no_placeholder_token(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.lower() in {"changeme", "change-me", "secret", "token", "password"} or len(value) < 8:
+            raise ValueError("SCORE_API_TOKEN is a placeholder or shorter than 8 characters; set a real secret")
+        return value
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process (tests build `Settings(...)` directly instead)."""
+    return Settings()

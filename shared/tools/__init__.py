@@ -1,0 +1,1 @@
+"""Sandboxed tools the agent calls: the Python interpreter and search."""
