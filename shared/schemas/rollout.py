@@ -29,8 +29,10 @@ class RolloutItem(BaseModel):
                 raise ValueError("prefix_steps[0] must be the `plan` step")
             if index > 0 and step.kind != "act":
                 raise ValueError(f"prefix_steps[{index}] must be an `act` step")
-            if step.kind == "act" and not (step.code or "").strip():
-                raise ValueError(f"prefix_steps[{index}].code must not be empty for an `act` step")
+            if step.kind == "act" and not (step.code or "").strip() and step.parse_error is None:
+                raise ValueError(
+                    f"prefix_steps[{index}].code must not be empty for an `act` step (unless parse_error says why)"
+                )
         return self
 
 
