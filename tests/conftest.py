@@ -1,0 +1,51 @@
+"""Shared fixtures: one embedded Redis and one SCORE_HOME with the built-in models for the session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from shared.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def score_home(tmp_path_factory):
+    from shared.models.builtin import ROLES, ensure_builtin_model
+    from shared.settings import get_settings
+
+    home = tmp_path_factory.mktemp("score_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCORE_HOME", str(home))
+        get_settings.cache_clear()
+        for role in ROLES:
+            ensure_builtin_model(role, home)
+        yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def student_model_dir(score_home):
+    from shared.models.builtin import ensure_builtin_model
+
+    return ensure_builtin_model("student", score_home)
