@@ -1,0 +1,91 @@
+"""HTTP glue of the student service: thin routes over `StudentServing`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.schemas.openai import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+)
+from shared.schemas.rollout import RolloutRequest, RolloutResponse
+from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
+from services.student.serving import StudentServing
+
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown model or checkpoint."}}
+
+
+def _serving(request: Request) -> StudentServing:
+    return request.app.state.serving
+
+
+def ops_router(auth) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health", summary="Liveness")
+    async def health() -> dict:
+        """The process is up (no auth, no model needed)."""
+        return {"status": "ok"}
+
+    @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}})
+    async def ready(request: Request, response: Response) -> dict:
+        """The model is loaded and requests can be served; also reports the sandbox layers in force."""
+        serving = getattr(request.app.state, "serving", None)
+        if serving is None:
+            response.status_code = 503
+            return {"status": "loading"}
+        return {
+            "status": "ready", "model": serving.engine.model_name, "engine": serving.engine.kind,
+            "policy_version": serving.engine.policy_version, "sandbox": request.app.state.sandbox_layers,
+        }
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)])
+    async def metrics(request: Request) -> Response:
+        """Request counts and latency, tokens generated, batches, episodes, policy version."""
+        return request.app.state.render_metrics()
+
+    return router
+
+
+def api_router(auth) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERROR_RESPONSES)
+
+    @router.get("/models", response_model=ModelList, tags=["openai"])
+    async def list_models(request: Request) -> ModelList:
+        """The one model this service serves (OpenAI-compatible)."""
+        return _serving(request).models()
+
+    @router.post("/chat/completions", response_model=ChatCompletionResponse, tags=["openai"], responses=NOT_FOUND)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> ChatCompletionResponse:
+        """Chat completion (OpenAI-compatible: messages, max_tokens, temperature, top_p, n, stop, seed, logprobs)."""
+        return await _serving(request).chat(body)
+
+    @router.post("/completions", response_model=CompletionResponse, tags=["openai"], responses=NOT_FOUND)
+    async def completions(body: CompletionRequest, request: Request) -> CompletionResponse:
+        """Completion from a token-id prompt, as vLLM accepts it (used by remote engines for token-exact rollouts)."""
+        return await _serving(request).completions(body)
+
+    @router.post("/rollouts", response_model=RolloutResponse, tags=["agent"])
+    async def rollouts(body: RolloutRequest, request: Request) -> RolloutResponse:
+        """Run `n` agent episodes per item in fresh sandboxes, optionally continuing a trusted prefix.
+
+        Returns episodes in item order with their steps, final answer and token-exact training data
+        (`token_ids`, `loss_mask`, `logprobs`) and the single `policy_version` that produced them.
+        """
+        return await _serving(request).rollouts(body)
+
+    @router.get("/weights", response_model=WeightsInfo, tags=["weights"])
+    async def get_weights(request: Request) -> WeightsInfo:
+        """The policy version and checkpoint currently served."""
+        return _serving(request).weights()
+
+    @router.post("/weights", response_model=WeightsInfo, tags=["weights"], responses=NOT_FOUND)
+    async def load_weights(body: LoadWeightsRequest, request: Request) -> WeightsInfo:
+        """Load a checkpoint without a restart; waits for requests in flight so none mixes two versions."""
+        return await _serving(request).load_weights(body)
+
+    return router

@@ -1,0 +1,56 @@
+"""Prometheus metrics and structured logs for the services."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class ServiceMetrics:
+    """One registry per app, so several apps can live in one process (tests) without clashing."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "score_http_requests_total", "HTTP requests by route and status.",
+            ["service", "method", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "score_http_request_seconds", "HTTP request latency by route.",
+            ["service", "method", "route"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_request_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Count and time every request by its route template (not the raw path, to bound label cardinality)."""
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.requests.labels(metrics.service, request.method, template, str(status)).inc()
+            metrics.latency.labels(metrics.service, request.method, template).observe(time.perf_counter() - started)
+
+
+def configure_logging(level: str = "info", service: str = "score") -> None:
+    """Short, greppable key=value log lines with the service name."""
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s service={service} logger=%(name)s %(message)s",
+        force=True,
+    )
