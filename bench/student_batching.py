@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,13 @@ from shared.models.transformers_engine import TransformersEngine  # noqa: E402
 from shared.schemas.sampling import SamplingParams  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """The service's engine counters (batches, joined requests, tokens) from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(r'score_engine_total\{counter="(\w+)",service="student"\} (\S+)', text)
+    return {name: float(value) for name, value in found}
 
 
 def prompts(n: int) -> list[str]:
@@ -102,10 +110,12 @@ async def main_async(args) -> dict:
         await http_round(service.url, questions, 4)  # warm-up both sides
         await inprocess_round(engine, questions, 4)
         rows = []
+        counters_before = engine_counters(service.url)
         for _ in range(args.repeats):  # interleaved so both see the same machine noise
             http_s, http_tokens = await http_round(service.url, questions, args.max_tokens)
             local_s, local_tokens = await inprocess_round(engine, questions, args.max_tokens)
             rows.append({"http_s": http_s, "http_tokens": http_tokens, "local_s": local_s, "local_tokens": local_tokens})
+        counters_after = engine_counters(service.url)
         http_latency = await single_latency_http(service.url, questions[0], args.repeats * 5)
         local_latency = await single_latency_inprocess(engine, questions[0], args.repeats * 5)
     finally:
@@ -119,6 +129,9 @@ async def main_async(args) -> dict:
         "ratio_service_vs_inprocess": http_tps / local_tps, "target_ratio": 0.8,
         "single_request_latency_s": {"service": http_latency, "inprocess": local_latency,
                                      "http_overhead_s": http_latency - local_latency},
+        "service_engine_counters_during_rounds": {
+            k: counters_after.get(k, 0.0) - v for k, v in counters_before.items()
+        },
         "rounds": rows,
     }
 
@@ -139,6 +152,8 @@ def main() -> None:
     print(f"{'single request via HTTP (ms)':<44}{latency['service'] * 1000:>14.1f}")
     print(f"{'single request in-process (ms)':<44}{latency['inprocess'] * 1000:>14.1f}")
     print(f"{'HTTP overhead (ms)':<44}{latency['http_overhead_s'] * 1000:>14.1f}")
+    counters = result["service_engine_counters_during_rounds"]
+    print(f"{'service batches / requests joined mid-batch':<44}{counters.get('batches', 0):>7.0f} /{counters.get('joined_requests', 0):>5.0f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

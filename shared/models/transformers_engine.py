@@ -49,6 +49,64 @@ class _Row:
     stop_cut: int | None = None  # text length to keep when a stop string matched
 
 
+@dataclass
+class _LiveBatch:
+    """The rows being decoded together and their shared KV cache (all rows padded to one length)."""
+
+    rows: list[_Row]
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # (B, L) 0 on left padding
+    next_pos: torch.Tensor        # (B,) position id of each row's next token
+    logits: torch.Tensor          # (B, V) float32, for the token to sample next
+    temperature: torch.Tensor     # (B,)
+    top_p: torch.Tensor           # (B,)
+
+    def select(self, keep: list[int]) -> None:
+        """Drop finished rows from the batch and its cache."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.attention_mask.device)
+        for layer in self.cache.layers:
+            layer.batch_select_indices(index)
+        self.rows = [self.rows[i] for i in keep]
+        self.attention_mask, self.next_pos = self.attention_mask[index], self.next_pos[index]
+        self.logits, self.temperature, self.top_p = self.logits[index], self.temperature[index], self.top_p[index]
+
+    def step(self, model, tokens: torch.Tensor) -> None:
+        """Feed each row its sampled token; leaves the logits for the following one."""
+        ones = self.attention_mask.new_ones((len(self.rows), 1))
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=-1)
+        out = model(
+            input_ids=tokens.unsqueeze(-1), attention_mask=self.attention_mask,
+            position_ids=self.next_pos.unsqueeze(-1), past_key_values=self.cache, use_cache=True,
+        )
+        self.logits = out.logits[:, -1, :].float()
+        self.next_pos = self.next_pos + 1
+
+    def merge(self, other: "_LiveBatch") -> "_LiveBatch":
+        """Join two batches: left-pad the shorter cache (masked out) and stack the rows."""
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)])
+        self.attention_mask = torch.cat(
+            [_left_pad(self.attention_mask, width, dim=1), _left_pad(other.attention_mask, width, dim=1)]
+        )
+        self.rows = self.rows + other.rows
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.temperature = torch.cat([self.temperature, other.temperature])
+        self.top_p = torch.cat([self.top_p, other.top_p])
+        return self
+
+
+def _left_pad(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
 class TransformersEngine(Engine):
     kind = "transformers"
 
@@ -75,9 +133,13 @@ class TransformersEngine(Engine):
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._model_lock = threading.Lock()  # the worker holds it for a batch; weight swaps wait for it
         self._worker: threading.Thread | None = None
+        self._current: list[_Row] = []  # rows of the batch being decoded (to fail them if it crashes)
         self.model = None
         self.tokenizer = None
-        self._stats = {"generated_tokens": 0.0, "prompt_tokens": 0.0, "batches": 0.0, "batched_requests": 0.0}
+        self._stats = {
+            "generated_tokens": 0.0, "prompt_tokens": 0.0, "batches": 0.0, "batched_requests": 0.0,
+            "joined_requests": 0.0,
+        }
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,15 +190,14 @@ class TransformersEngine(Engine):
             if first is None:
                 return
             batch = self._gather(first)
+            self._current = [_Row(r, self._generator(r.sampling.seed)) for r in batch]
             try:
                 with self._model_lock:
-                    outputs = self._generate_batch(batch)
-                for request, output in zip(batch, outputs):
-                    self._resolve(request, output)
+                    self._run_batch(self._current)
             except Exception as exc:  # a failed batch fails its requests, never the worker
-                log.exception("generation batch of %d failed", len(batch))
-                for request in batch:
-                    self._resolve(request, exc)
+                log.exception("generation batch of %d failed", len(self._current))
+                for row in self._current:
+                    self._resolve(row.request, exc)  # no-op for rows already answered
 
     def _gather(self, first: _Request) -> list[_Request]:
         """Collect requests while they keep arriving (gap-bounded) up to the batch size and a time cap."""
@@ -169,59 +230,75 @@ class TransformersEngine(Engine):
         request.loop.call_soon_threadsafe(_set)
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[_Request]) -> list[GenerationOutput]:
-        model, tokenizer, device = self.model, self.tokenizer, self.device
-        rows = [_Row(r, self._generator(r.sampling.seed)) for r in batch]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    def _run_batch(self, rows: list[_Row]) -> None:
+        """Decode `rows`, answering each request as it finishes; requests that arrive meanwhile join the
+        batch at the next step (continuous batching), so a burst is not split into serial batches."""
         eos_ids = self._eos_ids()
+        live = self._prefill(rows)
+        while True:
+            logp = torch.log_softmax(live.logits, dim=-1)
+            tokens = sample_next(live.logits, live.temperature, live.top_p, [r.generator for r in live.rows])
+            chosen_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            for row, token, token_logp in zip(live.rows, tokens.tolist(), chosen_logp.tolist()):
+                self._append(row, token, token_logp, eos_ids)
+                if row.finish_reason is not None:
+                    self._resolve(row.request, self._output(row))
+            keep = [pos for pos, row in enumerate(live.rows) if row.finish_reason is None]
+            if len(keep) < len(live.rows):
+                live.select(keep)
+                tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
+            if live.rows:
+                live.step(self.model, tokens)
+            joining = self._take_waiting(self.max_batch_size - len(live.rows))
+            if joining:
+                joined = [_Row(r, self._generator(r.sampling.seed)) for r in joining]
+                rows.extend(joined)
+                live = live.merge(self._prefill(joined)) if live.rows else self._prefill(joined)
+                self._stats["joined_requests"] += len(joined)
+            if not live.rows:
+                break
 
-        width = max(len(r.prompt_ids) for r in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, request in enumerate(batch):  # left padding keeps every row's last token in the last column
-            input_ids[i, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
-            attention_mask[i, width - len(request.prompt_ids):] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        self._stats["batches"] += 1
+        self._stats["batched_requests"] += len(rows)
+        self._stats["prompt_tokens"] += sum(len(r.request.prompt_ids) for r in rows)
+        self._stats["generated_tokens"] += sum(len(row.token_ids) for row in rows)
+
+    def _take_waiting(self, room: int) -> list[_Request]:
+        taken: list[_Request] = []
+        while len(taken) < room:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # shutdown: let the current batch finish first
+                self._queue.put(None)
+                break
+            taken.append(item)
+        return taken
+
+    def _prefill(self, rows: list[_Row]) -> "_LiveBatch":
+        """Run the prompts of `rows` (left-padded) through the model, filling a fresh KV cache."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(row.request.prompt_ids) for row in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # left padding keeps every row's last token in the last column
+            prompt = row.request.prompt_ids
+            input_ids[i, width - len(prompt):] = torch.tensor(prompt)
+            attention_mask[i, width - len(prompt):] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        temperature = torch.tensor([r.sampling.temperature for r in batch], device=device)
-        top_p = torch.tensor([r.sampling.top_p for r in batch], device=device)
-
         cache = DynamicCache()
-        out = model(
+        out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         )
-        active = list(range(len(rows)))  # row index of each live batch position
-        next_pos = position_ids[:, -1] + 1  # (B_live,)
-        while True:
-            logits = out.logits[:, -1, :].float()  # (B_live, V)
-            logp = torch.log_softmax(logits, dim=-1)
-            tokens = sample_next(logits, temperature, top_p, [rows[i].generator for i in active])
-            chosen_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-            for pos, (token, token_logp) in enumerate(zip(tokens.tolist(), chosen_logp.tolist())):
-                self._append(rows[active[pos]], token, token_logp, eos_ids)
-            keep = [pos for pos, i in enumerate(active) if rows[i].finish_reason is None]
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                for layer in cache.layers:
-                    layer.batch_select_indices(index)
-                tokens, attention_mask = tokens[index], attention_mask[index]
-                temperature, top_p, next_pos = temperature[index], top_p[index], next_pos[index]
-                active = [active[pos] for pos in keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
-            out = model(
-                input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask,
-                position_ids=next_pos.unsqueeze(-1), past_key_values=cache, use_cache=True,
-            )
-            next_pos = next_pos + 1
-
-        self._stats["batches"] += 1
-        self._stats["batched_requests"] += len(batch)
-        self._stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in batch)
-        self._stats["generated_tokens"] += sum(len(row.token_ids) for row in rows)
-        return [self._output(row) for row in rows]
+        return _LiveBatch(
+            rows=list(rows), cache=cache, attention_mask=attention_mask, next_pos=position_ids[:, -1] + 1,
+            logits=out.logits[:, -1, :].float(),
+            temperature=torch.tensor([r.request.sampling.temperature for r in rows], device=self.device),
+            top_p=torch.tensor([r.request.sampling.top_p for r in rows], device=self.device),
+        )
 
     def _append(self, row: _Row, token: int, token_logp: float, eos_ids: set[int]) -> None:
         row.token_ids.append(token)

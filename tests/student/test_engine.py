@@ -81,3 +81,28 @@ def test_stop_strings_end_the_turn(engine):
 def test_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(PromptTooLongError):
         _generate_many(engine, [[1] * (engine.context_length + 1)], [SamplingParams(max_tokens=1)])
+
+
+def test_requests_arriving_mid_batch_join_it_and_stay_reproducible(engine):
+    long_prompt, late_prompt = _ids(engine, "A long task that keeps generating."), _ids(engine, "Compute 7 * 8.")
+    long_sampling = SamplingParams(temperature=1.0, max_tokens=60, seed=21)
+    late_sampling = SamplingParams(temperature=1.0, max_tokens=20, seed=22)
+
+    async def staggered():
+        first = asyncio.create_task(engine.generate(long_prompt, long_sampling))
+        await asyncio.sleep(0.05)  # the first batch is decoding by now
+        second = await engine.generate(late_prompt, late_sampling)
+        return await first, second
+
+    before = engine.stats()["joined_requests"]
+    long_out, late_out = asyncio.run(staggered())
+    assert engine.stats()["joined_requests"] > before
+    solo_long, solo_late = _generate_many(engine, [long_prompt], [long_sampling])[0], _generate_many(
+        engine, [late_prompt], [late_sampling])[0]
+    assert long_out.token_ids == solo_long.token_ids
+    assert late_out.token_ids == solo_late.token_ids
+    prompt = torch.tensor([late_prompt + late_out.token_ids])
+    with torch.no_grad():
+        logits = engine.model(prompt).logits[0, len(late_prompt) - 1 : -1].float()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(late_out.token_ids).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(expected, torch.tensor(late_out.logprobs), atol=1e-4)
