@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+
+access_log = logging.getLogger("score.access")
+_QUIET_ROUTES = {"/health", "/ready", "/metrics"}  # polled constantly; logging them drowns the rest
 
 
 class ServiceMetrics:
@@ -35,16 +40,24 @@ def install_request_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         status = 500
         try:
             response = await call_next(request)
             status = response.status_code
+            response.headers["x-request-id"] = request_id
             return response
         finally:
             route = request.scope.get("route")
             template = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
             metrics.requests.labels(metrics.service, request.method, template, str(status)).inc()
-            metrics.latency.labels(metrics.service, request.method, template).observe(time.perf_counter() - started)
+            metrics.latency.labels(metrics.service, request.method, template).observe(elapsed)
+            if template not in _QUIET_ROUTES:
+                access_log.info(
+                    "request_id=%s method=%s path=%s status=%d duration_ms=%.1f",
+                    request_id, request.method, request.url.path, status, elapsed * 1000,
+                )
 
 
 def configure_logging(level: str = "info", service: str = "score") -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shared.agent.rollout import RolloutRunner
 from shared.agent.tokens import chat_token_ids
-from shared.errors import NotFoundError, ServiceError, UnprocessableError
+from shared.errors import NotFoundError, ServiceError, UnavailableError, UnprocessableError
 from shared.models.engine import Engine, PromptTooLongError
 from shared.schemas.openai import (
     ChatChoice,
@@ -29,6 +29,7 @@ from shared.schemas.rollout import RolloutRequest, RolloutResponse
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
 from shared.settings import Settings
+from shared.tools.sandbox import SandboxError
 from shared.versioning import VersionGate
 
 log = logging.getLogger("score.student")
@@ -96,9 +97,12 @@ class StudentServing:
     async def rollouts(self, request: RolloutRequest) -> RolloutResponse:
         async with self.gate.request():
             version = self.engine.policy_version
-            episodes = await self.runner.run(
-                request.items, n=request.n, max_turns=request.max_turns, sampling=request.sampling
-            )
+            try:
+                episodes = await self.runner.run(
+                    request.items, n=request.n, max_turns=request.max_turns, sampling=request.sampling
+                )
+            except SandboxError as exc:  # the host refused an interpreter process: retry later, not a bug
+                raise UnavailableError(f"sandbox unavailable: {exc}") from exc
         self.episodes_total += len(episodes)
         return RolloutResponse(episodes=episodes, policy_version=version)
 

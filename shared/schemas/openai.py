@@ -25,11 +25,11 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
     max_tokens: int | None = Field(default=None, ge=1, le=32768, description="Most new tokens (default 256).")
     max_completion_tokens: int | None = Field(default=None, ge=1, le=32768, description="Alias of max_tokens.")
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int = Field(default=1, ge=1, le=64, description="Choices to sample.")
     stop: str | list[str] | None = Field(default=None, description="Stop strings (not included in the output).")
-    seed: int | None = Field(default=None)
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling; choice i uses seed + i.")
     stream: bool = Field(default=False, description="Streaming is not supported; must be false.")
     logprobs: bool = Field(default=False, description="Return the log-probability of each generated token.")
 
@@ -82,14 +82,14 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: str | None = Field(default=None, description="Model name from /v1/models; optional, one model is served.")
     prompt: list[int] | str = Field(description="Prompt as token ids (or text).")
-    max_tokens: int = Field(default=16, ge=1, le=32768)
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=64)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    max_tokens: int = Field(default=16, ge=1, le=32768, description="Most new tokens.")
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    n: int = Field(default=1, ge=1, le=64, description="Choices to sample.")
+    stop: str | list[str] | None = Field(default=None, description="Stop strings (not included in the output).")
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling; choice i uses seed + i.")
     logprobs: int | None = Field(default=None, ge=0, le=1, description="1 returns the sampled token's logprob.")
     return_tokens_as_token_ids: bool = Field(default=False, description="vLLM extension: tokens as `token_id:N`.")
     skip_special_tokens: bool = Field(default=True, description="Drop special tokens from the returned text.")
