@@ -90,7 +90,8 @@ def test_requests_arriving_mid_batch_join_it_and_stay_reproducible(engine):
 
     async def staggered():
         first = asyncio.create_task(engine.generate(long_prompt, long_sampling))
-        await asyncio.sleep(0.05)  # the first batch is decoding by now
+        while not any(row.token_ids for row in engine._current if row.request.prompt_ids == long_prompt):
+            await asyncio.sleep(0.001)  # until the first batch is decoding
         second = await engine.generate(late_prompt, late_sampling)
         return await first, second
 

@@ -51,7 +51,11 @@ def test_a_rollout_in_flight_finishes_on_the_version_it_started_with(score_home,
 
         worker = threading.Thread(target=run_rollout)
         worker.start()
-        time.sleep(0.3)  # the rollout is in flight
+        gate = client.app.state.serving.gate
+        deadline = time.monotonic() + 30
+        while gate.in_flight == 0 and time.monotonic() < deadline:  # wait until the rollout holds its lease
+            time.sleep(0.005)
+        assert gate.in_flight == 1
         swapped = client.post("/v1/weights", json={"path": str(checkpoint), "version": 5}).json()
         worker.join()
         episodes = results["rollout"]["episodes"]
