@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
@@ -32,6 +31,7 @@ from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.models.transformers_engine import TransformersEngine  # noqa: E402
 from shared.schemas.sampling import SamplingParams  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
+from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
 
@@ -144,20 +144,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "student_batching.json"))
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    print(f"{'measure':<44}{'value':>14}")
-    print(f"{'service, 32 concurrent requests (tok/s)':<44}{result['service_tokens_per_s']:>14.1f}")
-    print(f"{'in-process batched generation (tok/s)':<44}{result['inprocess_batched_tokens_per_s']:>14.1f}")
-    print(f"{'ratio (target >= 0.8)':<44}{result['ratio_service_vs_inprocess']:>14.3f}")
     latency = result["single_request_latency_s"]
-    print(f"{'single request via HTTP (ms)':<44}{latency['service'] * 1000:>14.1f}")
-    print(f"{'single request in-process (ms)':<44}{latency['inprocess'] * 1000:>14.1f}")
-    print(f"{'HTTP overhead (ms)':<44}{latency['http_overhead_s'] * 1000:>14.1f}")
     counters = result["service_engine_counters_during_rounds"]
-    print(f"{'service batches / requests joined mid-batch':<44}{counters.get('batches', 0):>7.0f} /{counters.get('joined_requests', 0):>5.0f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    report([
+        ("service, 32 concurrent requests (tok/s)", f"{result['service_tokens_per_s']:.1f}"),
+        ("in-process batched generation (tok/s)", f"{result['inprocess_batched_tokens_per_s']:.1f}"),
+        ("ratio (target >= 0.8)", f"{result['ratio_service_vs_inprocess']:.3f}"),
+        ("single request via HTTP (ms)", f"{latency['service'] * 1000:.1f}"),
+        ("single request in-process (ms)", f"{latency['inprocess'] * 1000:.1f}"),
+        ("HTTP overhead (ms)", f"{latency['http_overhead_s'] * 1000:.1f}"),
+        ("service batches / requests joined mid-batch",
+         f"{counters.get('batches', 0):.0f} / {counters.get('joined_requests', 0):.0f}"),
+    ], result, args.out)
 
 
 if __name__ == "__main__":

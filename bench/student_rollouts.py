@@ -13,7 +13,6 @@ Prints a table and writes bench/results/student_rollouts.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
 from shared.tasks.expert import expert_steps  # noqa: E402
+from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
 
@@ -102,18 +102,15 @@ def main() -> None:
         },
     }
     m, r = result["model_rollouts"], result["prefix_replays"]
-    print(f"{'measure':<52}{'value':>12}")
-    print(f"{f'model rollouts: {args.items} items x n={args.n}, {args.max_turns} turns (s)':<52}{m['seconds']:>12.2f}")
-    print(f"{'  episodes/s':<52}{m['episodes_per_s']:>12.2f}")
-    print(f"{'  model turns/s':<52}{m['model_turns_per_s']:>12.2f}")
-    print(f"{'  generated tokens/s':<52}{m['generated_tokens_per_s']:>12.1f}")
-    print(f"{'expert prefix replays, same episode count (s)':<52}{r['seconds']:>12.2f}")
-    print(f"{'  episodes/s (sandbox start + steps, no model)':<52}{r['episodes_per_s']:>12.2f}")
-    print(f"{'  executed steps/s':<52}{r['executed_steps_per_s']:>12.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    report([
+        (f"model rollouts: {args.items} items x n={args.n}, {args.max_turns} turns (s)", f"{m['seconds']:.2f}"),
+        ("  episodes/s", f"{m['episodes_per_s']:.2f}"),
+        ("  model turns/s", f"{m['model_turns_per_s']:.2f}"),
+        ("  generated tokens/s", f"{m['generated_tokens_per_s']:.1f}"),
+        ("expert prefix replays, same episode count (s)", f"{r['seconds']:.2f}"),
+        ("  episodes/s (sandbox start + steps, no model)", f"{r['episodes_per_s']:.2f}"),
+        ("  executed steps/s", f"{r['executed_steps_per_s']:.2f}"),
+    ], result, args.out)
 
 
 if __name__ == "__main__":
