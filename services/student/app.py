@@ -9,18 +9,17 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import Gauge
-from transformers import AutoTokenizer
 
 from shared.agent.rollout import RolloutRunner
 from shared.auth import bearer_dependency
 from shared.errors import install_error_handlers
 from shared.models.engine import Engine
-from shared.models.loading import resolve_model_path
+from shared.models.loading import load_tokenizer, resolve_model_path
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ServiceMetrics, install_request_metrics
 from shared.tools.sandbox import Sandbox, isolation_report
-from shared.tools.search import BM25Search, make_search_tool
+from shared.tools.search import BM25Search, agent_tools
 from services.student.api import api_router, ops_router
 from services.student.config import StudentConfig
 from services.student.serving import StudentServing
@@ -34,7 +33,7 @@ def build_engine(config: StudentConfig) -> Engine:
     if config.engine == "openai":
         if not config.base_url:
             raise ValueError("--engine openai needs --base-url (an OpenAI-compatible server, e.g. http://vllm:8000/v1)")
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, padding_side="left")
+        tokenizer = load_tokenizer(path)
         return OpenAIEngine(
             config.base_url, tokenizer=tokenizer, model_name=config.served_model_name,
             api_key=config.settings.api_token, weight_sync=config.weight_sync,
@@ -42,14 +41,14 @@ def build_engine(config: StudentConfig) -> Engine:
     return TransformersEngine(str(path), model_name=name, device=config.device, max_batch_size=config.max_batch_size)
 
 
-def build_search_tool(config: StudentConfig):
+def build_tools(config: StudentConfig) -> dict:
     if config.search_corpus:
         backend = BM25Search.from_jsonl(config.search_corpus)
     else:
         from shared.tasks.builtin import builtin_search_backend
 
         backend = builtin_search_backend()
-    return make_search_tool(backend)
+    return agent_tools(backend)
 
 
 def create_app(config: StudentConfig | None = None) -> FastAPI:
@@ -63,8 +62,7 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine = build_engine(config)
         await engine.start()
-        search = build_search_tool(config)
-        tools = {"search": search, "web_search": search}
+        tools = build_tools(config)
         runner = RolloutRunner(
             engine, partial(Sandbox, tools=tools, limits=config.sandbox),
             max_concurrent_episodes=config.max_concurrent_episodes,

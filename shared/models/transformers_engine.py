@@ -308,12 +308,15 @@ class TransformersEngine(Engine):
             return
         stops = row.request.sampling.stop
         if stops:
-            text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-            for stop in stops:
-                cut = text.find(stop)
-                if cut >= 0:
-                    row.finish_reason, row.stop_cut = "stop", cut
-                    return
+            # Earlier tokens held no stop, so a new match ends in the last few tokens: decode only those
+            # (a stop of n characters spans at most 4n byte-level tokens), not the whole turn each step.
+            window = 4 * max(map(len, stops)) + 4
+            tail = self.tokenizer.decode(row.token_ids[-window:], skip_special_tokens=True)
+            if any(stop in tail for stop in stops):
+                text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+                row.finish_reason = "stop"
+                row.stop_cut = min(cut for cut in (text.find(stop) for stop in stops) if cut >= 0)
+                return
         if len(row.token_ids) >= row.request.max_new:
             row.finish_reason = "length"
 

@@ -9,12 +9,11 @@ from shared.schemas.agent import Episode, Task
 from shared.tasks.builtin import builtin_search_backend
 from shared.tasks.expert import expert_steps
 from shared.tools.sandbox import Sandbox
-from shared.tools.search import make_search_tool
+from shared.tools.search import agent_tools
 
 
 def builtin_tools() -> dict:
-    search = make_search_tool(builtin_search_backend())
-    return {"search": search, "web_search": search}
+    return agent_tools(builtin_search_backend())
 
 
 def gold_episode(task: Task, tools: dict | None = None) -> Episode:

@@ -172,3 +172,9 @@ def make_search_tool(backend: SearchBackend, k: int = 3) -> Callable[[str], str]
         return format_hits(backend.search(query, k=k))
 
     return search
+
+
+def agent_tools(backend: SearchBackend, k: int = 3) -> dict[str, Callable[[str], str]]:
+    """The tools an episode's sandbox exposes: `search` and its alias `web_search` (the paper's name)."""
+    search = make_search_tool(backend, k=k)
+    return {"search": search, "web_search": search}
