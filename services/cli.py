@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from shared.settings import DEFAULT_PORTS
 
-SERVICES = ("student",)  # services available in this release; the others arrive with their own modules
+# Each service package's `app` module provides `app_from_args(args, settings) -> FastAPI`.
+SERVICES = ("student", "teacher", "trainer")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -19,14 +21,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     configure_logging(settings.log_level, args.service)
-    if args.service == "student":
-        from services.student.app import create_app
-        from services.student.config import StudentConfig
-
-        app = create_app(StudentConfig(
-            model=args.model, engine=args.engine, base_url=args.base_url, served_model_name=args.served_model_name,
-            device=args.device, settings=settings,
-        ))
+    module = importlib.import_module(f"services.{args.service}.app")
+    try:
+        app = module.app_from_args(args, settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     port = args.port or DEFAULT_PORTS[args.service]
     uvicorn.run(app, host=args.host, port=port, log_level=settings.log_level, access_log=False)
     return 0
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: the service's standard port")
     serve.add_argument("--model", default=None, help="checkpoint directory (default: the built-in tiny model)")
-    serve.add_argument("--engine", choices=("transformers", "openai"), default="transformers")
+    serve.add_argument("--engine", choices=("transformers", "openai", "expert"), default=None,
+                       help="model backend: transformers (in-process, default), openai (remote OpenAI-compatible "
+                       "server) or expert (teacher only: the built-in suite's scripted solver)")
     serve.add_argument("--base-url", default=None, help="OpenAI-compatible server for --engine openai")
     serve.add_argument("--served-model-name", default=None)
     serve.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

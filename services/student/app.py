@@ -51,6 +51,16 @@ def build_tools(config: StudentConfig) -> dict:
     return agent_tools(backend)
 
 
+def app_from_args(args, settings) -> FastAPI:
+    """The app `score serve student` runs, from its command-line flags."""
+    if args.engine == "expert":
+        raise ValueError("--engine expert is the teacher's scripted solver; the student takes transformers or openai")
+    return create_app(StudentConfig(
+        model=args.model, engine=args.engine or "transformers", base_url=args.base_url,
+        served_model_name=args.served_model_name, device=args.device, settings=settings,
+    ))
+
+
 def create_app(config: StudentConfig | None = None) -> FastAPI:
     config = config or StudentConfig()
     metrics = ServiceMetrics("student")
