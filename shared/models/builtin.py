@@ -13,24 +13,19 @@ directory beside the target and are renamed into place, so a directory with a ma
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from shared.agent.prompts import AFTER_PLAN, OBSERVATION_PREFIX, SYSTEM_PROMPT, TAGS
+from shared.fsutil import atomic_directory, file_lock, remove_leftovers
 from shared.models.tiny import ROLE_SIZES, TINY_SIZES, build_tiny_model
 from shared.models.tokenizer import CHATML_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
 from shared.settings import get_settings
@@ -147,44 +142,6 @@ def _write_manifest(directory: Path, **fields) -> None:
     (directory / MANIFEST).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
 
 
-@contextlib.contextmanager
-def _building(target: Path) -> Iterator[Path]:
-    """A temp dir beside `target`; on success it replaces `target` by rename, else it is removed."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # mkdtemp makes the dir private (0700); other users of a shared SCORE_HOME must read it.
-    os.chmod(tmp, 0o755)
-    # rename() cannot replace a non-empty directory: move the stale one aside first.
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-    if target.exists():
-        os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Temp dirs of builds that crashed; only called under the lock, so none is in use."""
-    for path in root.glob(".*.tmp-*"):
-        shutil.rmtree(path, ignore_errors=True)
-    for path in root.glob(".*.old-*"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even if we crash
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --- builds ------------------------------------------------------------------------------------
 
 
@@ -193,7 +150,7 @@ def _build_tokenizer(target: Path, texts: tuple[str, ...], recipe_hash: str) -> 
     logger.info("training the built-in tokenizer (vocab %d) on %d texts, %d chars",
                 VOCAB_SIZE, len(texts), sum(map(len, texts)))
     tokenizer = train_tokenizer(texts, vocab_size=VOCAB_SIZE)
-    with _building(target) as tmp:
+    with atomic_directory(target) as tmp:
         tokenizer.save_pretrained(tmp)
         _write_manifest(tmp, kind="tokenizer", vocab_size=len(tokenizer), recipe_hash=recipe_hash,
                         recipe_version=RECIPE_VERSION, texts=len(texts),
@@ -206,7 +163,7 @@ def _build_model(role: str, target: Path, tokenizer_dir: Path, recipe: dict, rec
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, padding_side="left")
     model = build_tiny_model(recipe["size"], tokenizer, seed=recipe["seed"])
     params = sum(p.numel() for p in model.parameters())
-    with _building(target) as tmp:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _write_manifest(tmp, kind="model", role=role, size=recipe["size"], params=params, seed=recipe["seed"],
@@ -230,11 +187,11 @@ def ensure_builtin_model(role: str, home: Path | None = None) -> Path:
         return target
 
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root.parent / ".builtin.lock"):
+    with file_lock(root.parent / ".builtin.lock"):
         if _is_current(target, recipe_hash):  # built by another process while we waited
             return target
         started = time.perf_counter()
-        _remove_leftovers(root)
+        remove_leftovers(root)
         tokenizer_dir = root / TOKENIZER_DIRNAME
         if not _is_current(tokenizer_dir, tokenizer_hash):
             _build_tokenizer(tokenizer_dir, tokenizer_training_texts(), tokenizer_hash)

@@ -1,0 +1,120 @@
+"""Versioned checkpoints under `SCORE_HOME/checkpoints/<name>/v<N>/`, with a lineage index.
+
+Layout:
+    checkpoints/<name>/v<N>/     a Hugging Face checkpoint (config, safetensors, tokenizer + chat template)
+    checkpoints/<name>/index.json  every published version: parent, job, metrics, time
+    checkpoints/<name>/.lock       serialises publishing across processes
+
+A version directory appears only complete (written under a temporary name, then renamed), and it is
+added to the index after the rename, so both the student service (which loads `v<N>` by path) and the
+index never see half a checkpoint. Versions start at 1; version 0 is a model service's initial weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from shared.fsutil import atomic_directory, file_lock, remove_leftovers, write_json_atomic
+
+INDEX = "index.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})(?:[/@]v?(?P<version>\d+))?$")
+
+
+class CheckpointRef(BaseModel):
+    """One published checkpoint version and where it came from."""
+
+    name: str = Field(description="Checkpoint series name, e.g. `student-sft`.")
+    version: int = Field(ge=1, description="Version within the series (1, 2, ...); the student serves it as policy_version.")
+    path: str = Field(description="Directory of the Hugging Face format checkpoint.")
+    parent: str | None = Field(default=None, description="What it was trained from: `name/vN`, a path, or `builtin:<role>`.")
+    job_id: str | None = Field(default=None, description="Trainer job or RL session that wrote it.")
+    created_at: float = Field(default_factory=time.time, description="Unix time of publication.")
+    metrics: dict = Field(default_factory=dict, description="Training metrics at publication (loss, steps, ...).")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+class CheckpointStore:
+    """Publish and look up checkpoint versions under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self, name: str) -> list[CheckpointRef]:
+        index = self.root / check_name(name) / INDEX
+        if not index.is_file():
+            return []
+        return [CheckpointRef.model_validate(row) for row in json.loads(index.read_text())["versions"]]
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / INDEX).is_file())
+
+    def latest(self, name: str) -> CheckpointRef | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def get(self, name: str, version: int | None = None) -> CheckpointRef:
+        """A published version (the latest when `version` is None); KeyError names what is missing."""
+        versions = self.versions(name)
+        if not versions:
+            raise KeyError(f"no checkpoint named {name!r} under {self.root}")
+        if version is None:
+            return versions[-1]
+        for ref in versions:
+            if ref.version == version:
+                return ref
+        raise KeyError(f"checkpoint {name!r} has no version {version} (versions: {[r.version for r in versions]})")
+
+    def resolve(self, ref: str) -> CheckpointRef | None:
+        """`name`, `name/vN`, `name@N` -> the published ref; None when `ref` is not a known checkpoint name."""
+        match = _REF.match(ref.strip())
+        if not match or not (self.root / match["name"] / INDEX).is_file():
+            return None
+        version = match["version"]
+        return self.get(match["name"], int(version) if version is not None else None)
+
+    def publish(
+        self,
+        name: str,
+        write: Callable[[Path], None],
+        *,
+        parent: str | None = None,
+        job_id: str | None = None,
+        metrics: dict | None = None,
+    ) -> CheckpointRef:
+        """Allocate the next version, let `write(directory)` fill it, then make it visible atomically."""
+        series = self.root / check_name(name)
+        with file_lock(series / ".lock"):
+            remove_leftovers(series)
+            versions = self.versions(name)
+            version = versions[-1].version + 1 if versions else 1
+            target = series / f"v{version}"
+            with atomic_directory(target) as tmp:
+                write(tmp)
+            ref = CheckpointRef(
+                name=name, version=version, path=str(target), parent=parent, job_id=job_id, metrics=metrics or {}
+            )
+            write_json_atomic(series / INDEX, {"name": name, "versions": [r.model_dump() for r in [*versions, ref]]})
+        return ref
+
+    def save_model(self, name: str, model, tokenizer, **lineage) -> CheckpointRef:
+        """Publish a transformers model and its tokenizer (safetensors + chat template) as the next version."""
+
+        def write(directory: Path) -> None:
+            model.save_pretrained(directory, safe_serialization=True)
+            tokenizer.save_pretrained(directory)
+
+        return self.publish(name, write, **lineage)
