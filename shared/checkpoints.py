@@ -118,3 +118,29 @@ class CheckpointStore:
             tokenizer.save_pretrained(directory)
 
         return self.publish(name, write, **lineage)
+
+
+def resolve_model(ref: str | None, *, home: Path, default_role: str = "student") -> tuple[Path, str]:
+    """A model reference -> (checkpoint directory, lineage label).
+
+    Accepted: None/"" (the built-in tiny model of `default_role`), `builtin:<role>`, a published checkpoint
+    (`name`, `name/vN`, `name@N`), or a local Hugging Face checkpoint directory. Unknown references raise
+    KeyError naming what was looked for.
+    """
+    from shared.models.builtin import ROLES, ensure_builtin_model  # building pulls in the task suite
+
+    if ref is None or not str(ref).strip():
+        return ensure_builtin_model(default_role, home), f"builtin:{default_role}"
+    ref = str(ref).strip()
+    if ref.startswith("builtin:"):
+        role = ref.split(":", 1)[1]
+        if role not in ROLES:
+            raise KeyError(f"unknown built-in model {ref!r}; available: {', '.join('builtin:' + r for r in ROLES)}")
+        return ensure_builtin_model(role, home), ref
+    published = CheckpointStore(home / "checkpoints").resolve(ref)
+    if published is not None:
+        return Path(published.path), f"{published.name}/v{published.version}"
+    path = Path(ref).expanduser()
+    if (path / "config.json").is_file():
+        return path, str(path)
+    raise KeyError(f"{ref!r} is neither a published checkpoint (name, name/vN) nor a checkpoint directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,19 @@ def test_resolve_references(tmp_path):
 def test_bad_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="checkpoint name"):
         CheckpointStore(tmp_path).publish("../escape", _write_marker("x"))
+
+
+def test_resolve_model_references(tmp_path, score_home):
+    from shared.checkpoints import resolve_model
+
+    path, label = resolve_model(None, home=score_home)
+    assert label == "builtin:student" and (path / "config.json").is_file()
+    assert resolve_model("builtin:teacher", home=score_home)[1] == "builtin:teacher"
+    store = CheckpointStore(score_home / "checkpoints")
+    ref = store.publish("resolve-test", _write_marker("x"))
+    assert resolve_model("resolve-test", home=score_home) == (Path(ref.path), "resolve-test/v1")
+    assert resolve_model(str(path), home=score_home)[0] == path
+    with pytest.raises(KeyError, match="neither a published checkpoint"):
+        resolve_model("no-such-model", home=score_home)
+    with pytest.raises(KeyError, match="unknown built-in"):
+        resolve_model("builtin:oracle", home=score_home)

@@ -1,0 +1,1 @@
+"""The trainer service: SFT jobs and GRPO updates with versioned checkpoints."""
