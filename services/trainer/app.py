@@ -1,0 +1,69 @@
+"""The trainer service's app factory and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import Gauge
+
+from shared.auth import bearer_dependency
+from shared.checkpoints import CheckpointStore
+from shared.errors import install_error_handlers
+from shared.observability import ServiceMetrics, install_request_metrics
+from services.trainer.api import ops_router
+from services.trainer.config import TrainerConfig
+
+log = logging.getLogger("score.trainer")
+
+
+def app_from_args(args, settings) -> FastAPI:
+    """The app `score serve trainer` runs, from its command-line flags."""
+    for flag in ("model", "engine", "base_url", "served_model_name"):
+        if getattr(args, flag, None):
+            raise ValueError(
+                f"--{flag.replace('_', '-')} does not apply to the trainer: each job names its base checkpoint "
+                "in the request (`base`)"
+            )
+    return create_app(TrainerConfig(device=args.device, settings=settings))
+
+
+def create_app(config: TrainerConfig | None = None) -> FastAPI:
+    config = config or TrainerConfig()
+    metrics = ServiceMetrics("trainer")
+    jobs_gauge = Gauge("score_trainer_jobs", "Trainer jobs by state.", ["service", "state"], registry=metrics.registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = config.settings
+        app.state.store = CheckpointStore(config.settings.checkpoints_dir)
+        log.info("trainer ready home=%s", config.settings.home)
+        try:
+            yield
+        finally:
+            pass
+
+    app = FastAPI(
+        title="SCoRe trainer service",
+        version="0.1.0",
+        description="Supervised fine-tuning jobs (loss on assistant turns only, packed sequences, resumable, "
+        "single process or torchrun) and GRPO steps; every result is a versioned Hugging Face checkpoint.",
+        lifespan=lifespan,
+    )
+
+    def render_metrics():
+        jobs = getattr(app.state, "jobs", None)
+        if jobs is not None:
+            for state, count in jobs.counts().items():
+                jobs_gauge.labels("trainer", state).set(count)
+        return metrics.render()
+
+    app.state.config = config
+    app.state.render_metrics = render_metrics
+    install_error_handlers(app)
+    install_request_metrics(app, metrics)
+    auth = bearer_dependency(config.settings.api_token)
+    app.state.auth = auth
+    app.include_router(ops_router(auth))
+    return app
