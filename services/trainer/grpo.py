@@ -1,0 +1,200 @@
+"""One GRPO update of a policy on a batch of rollout groups (no HTTP, no files).
+
+    advantages   = group-normalised rewards, one per sample          (losses.group_advantages)
+    ratio        = exp(logp_policy - logp_behaviour) per token        (behaviour = the student's logprobs)
+    loss         = -min(ratio * A, clip(ratio, 1-eps, 1+eps_high) * A) [+ beta * k3 KL to the reference]
+                   aggregated over generated tokens only (completion_mask), token- or sequence-mean
+
+The batch is split into mini-batches of `mini_batch_size` samples, each right-padded to its longest
+sample; gradients accumulate over all of them with the batch's normaliser, so the optimizer step
+equals one full-batch step whatever the mini-batch size. `num_iterations` repeats that step on the
+same batch. Target alignment: position t of the (T-1)-long per-token tensors scores token t+1 given
+tokens 0..t, so `completion_mask = loss_mask[1:]` and `old_per_token_logps = logprobs[1:]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+from services.trainer import losses
+from shared.schemas.rl import GRPOHyperparameters
+
+
+class Sample(Protocol):
+    """What a step needs of a rollout (`shared.schemas.rl.RLSample` is one)."""
+
+    token_ids: list[int]
+    loss_mask: list[int]
+    logprobs: list[float]
+    reward: float
+
+
+@dataclass
+class MiniBatch:
+    input_ids: torch.Tensor            # (B, L) right-padded with pad_id
+    attention_mask: torch.Tensor       # (B, L) 1 on real tokens, 0 on padding
+    completion_mask: torch.Tensor      # (B, L-1) 1 on generated tokens (targets), 0 on prompt/observations/padding
+    old_per_token_logps: torch.Tensor  # (B, L-1) behaviour log-probabilities of the targets
+    advantages: torch.Tensor           # (B,)
+    ref_per_token_logps: torch.Tensor | None = None  # (B, L-1), filled when beta > 0
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.input_ids[:, 1:]    # (B, L-1)
+
+
+def pad_mini_batch(samples: Sequence[Sample], advantages: torch.Tensor, *, pad_id: int, device) -> MiniBatch:
+    """Right-pad `samples` to the longest one; padding is masked out of attention and loss."""
+    width = max(len(s.token_ids) for s in samples)
+    rows = len(samples)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    loss_mask = torch.zeros((rows, width), dtype=torch.float32)
+    logprobs = torch.zeros((rows, width), dtype=torch.float32)
+    for row, sample in enumerate(samples):
+        length = len(sample.token_ids)
+        input_ids[row, :length] = torch.tensor(sample.token_ids, dtype=torch.long)
+        attention_mask[row, :length] = 1
+        loss_mask[row, :length] = torch.tensor(sample.loss_mask, dtype=torch.float32)
+        logprobs[row, :length] = torch.tensor(sample.logprobs, dtype=torch.float32)
+    return MiniBatch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        completion_mask=loss_mask[:, 1:].to(device),
+        old_per_token_logps=logprobs[:, 1:].to(device),
+        advantages=advantages.to(device),
+    )
+
+
+def per_token_logps(model, batch: MiniBatch, *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities (B, L-1) of each target token under `model` (unscaled logits, like the engine's
+    behaviour logprobs), and optionally the entropy (B, L-1) of each position's distribution (no grad)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logits = logits[:, :-1, :]  # (B, L-1, V): the last position predicts nothing we have
+    logps = losses.selective_log_softmax(logits, batch.targets)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = losses.entropy_from_logits(logits.detach())
+    return logps, entropy
+
+
+def _autocast(device: torch.device):
+    # bf16 matmuls on GPU with fp32 master weights and fp32 loss math; plain fp32 on CPU (bf16 is slow there).
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def grpo_step(
+    policy,
+    optimizer: torch.optim.Optimizer,
+    groups: Sequence[Sequence[Sample]],
+    hp: GRPOHyperparameters,
+    *,
+    pad_id: int,
+    ref_model=None,
+) -> dict[str, float]:
+    """Update `policy` in place on `groups` (one list of samples per prompt); returns step metrics."""
+    started = time.perf_counter()
+    device = next(policy.parameters()).device
+    samples = [sample for group in groups for sample in group]
+    rewards = torch.tensor([float(s.reward) for s in samples])
+    advantages, is_std_zero = losses.group_advantages(
+        rewards, [len(group) for group in groups], scale_rewards=hp.scale_rewards
+    )
+    size = hp.mini_batch_size
+    batches = [
+        pad_mini_batch(samples[i : i + size], advantages[i : i + size], pad_id=pad_id, device=device)
+        for i in range(0, len(samples), size)
+    ]
+    # Normalisers of the whole batch, so accumulated mini-batch gradients equal one full-batch mean.
+    num_tokens = float(sum(b.completion_mask.sum().item() for b in batches)) or 1.0
+    num_sequences = float(len(samples))
+    if hp.beta > 0.0:
+        if ref_model is None:
+            raise ValueError("beta > 0 needs the reference model")
+        with torch.no_grad(), _autocast(device):
+            for batch in batches:
+                batch.ref_per_token_logps = per_token_logps(ref_model, batch)[0]
+
+    eps_low, eps_high = hp.epsilon_low, hp.effective_epsilon_high
+    params = [p for p in policy.parameters() if p.requires_grad]
+    totals = {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "clip_low": 0.0, "clip_high": 0.0, "clip_region": 0.0}
+    first = {"entropy": 0.0, "ppo_kl": 0.0, "ratio_sum": 0.0, "ratio_max": 0.0}
+    policy.train()
+    try:
+        for iteration in range(hp.num_iterations):
+            optimizer.zero_grad(set_to_none=True)
+            for batch in batches:
+                mask = batch.completion_mask
+                with _autocast(device):
+                    logps, entropy = per_token_logps(policy, batch, with_entropy=iteration == 0)
+                per_token_loss, ratio = losses.clipped_surrogate(
+                    logps, batch.old_per_token_logps, batch.advantages, epsilon_low=eps_low, epsilon_high=eps_high
+                )
+                if batch.ref_per_token_logps is not None:
+                    per_token_kl = losses.k3_kl(logps, batch.ref_per_token_logps)
+                    per_token_loss = per_token_loss + hp.beta * per_token_kl
+                    totals["kl"] += (per_token_kl.detach() * mask).sum().item()
+                if hp.loss_type == "token_mean":
+                    loss = losses.token_mean(per_token_loss, mask, num_tokens)
+                else:
+                    loss = losses.sequence_mean(per_token_loss, mask, num_sequences)
+                loss.backward()
+                totals["loss"] += loss.item()  # mini-batch losses sum to the batch loss (shared normaliser)
+                clipped = losses.clip_fractions(ratio.detach(), batch.advantages, mask, epsilon_low=eps_low, epsilon_high=eps_high)
+                for name in ("low", "high", "region"):
+                    totals[f"clip_{name}"] += clipped[name].item()
+                if iteration == 0:  # the policy as it was when the batch arrived
+                    ratio = ratio.detach()
+                    first["entropy"] += (entropy * mask).sum().item()
+                    first["ppo_kl"] += ((batch.old_per_token_logps - logps.detach()) * mask).sum().item()
+                    first["ratio_sum"] += (ratio * mask).sum().item()
+                    first["ratio_max"] = max(first["ratio_max"], (ratio * mask).max().item())
+            max_norm = hp.max_grad_norm if hp.max_grad_norm is not None else math.inf
+            totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            optimizer.step()
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        policy.eval()
+    elapsed = time.perf_counter() - started
+
+    iterations = hp.num_iterations
+    real_tokens = sum(len(s.token_ids) for s in samples)
+    padded_tokens = sum(b.input_ids.numel() for b in batches)
+    completion_lengths = torch.tensor([float(sum(s.loss_mask)) for s in samples])
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        "reward_std": rewards.std().item() if len(samples) > 1 else 0.0,
+        "frac_reward_zero_std": is_std_zero.float().mean().item(),
+        "advantages/abs_mean": advantages.abs().mean().item(),
+        "loss": totals["loss"] / iterations,
+        "grad_norm": totals["grad_norm"] / iterations,
+        "clip_ratio": totals["clip_region"] / (num_tokens * iterations),
+        "clip_ratio/low_mean": totals["clip_low"] / (num_tokens * iterations),
+        "clip_ratio/high_mean": totals["clip_high"] / (num_tokens * iterations),
+        "entropy": first["entropy"] / num_tokens,
+        "ppo_kl": first["ppo_kl"] / num_tokens,
+        "importance_ratio/mean": first["ratio_sum"] / num_tokens,
+        "importance_ratio/max": first["ratio_max"],
+        "response_length/mean": completion_lengths.mean().item(),
+        "response_length/max": completion_lengths.max().item(),
+        "num_samples": float(len(samples)),
+        "num_groups": float(len(groups)),
+        "num_tokens": float(real_tokens),
+        "num_completion_tokens": num_tokens,
+        "padding_share": 1.0 - real_tokens / padded_tokens,
+        "update_time_s": elapsed,
+        "tokens_per_s": real_tokens * iterations / elapsed,
+        "learning_rate": hp.learning_rate,
+    }
+    if hp.beta > 0.0:
+        metrics["kl"] = totals["kl"] / (num_tokens * iterations)
+    return metrics

@@ -1,0 +1,283 @@
+"""RL (GRPO) on the trainer service: sessions, hyperparameters, steps on groups of rollouts.
+
+`POST /v1/rl/sessions` opens a session (a policy kept in the trainer's memory with its optimizer);
+`POST /v1/rl/sessions/{id}/steps` applies one GRPO update to a batch of rollout groups and publishes
+the result as the next checkpoint version, which the student loads with `POST /v1/weights`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_STEP_SAMPLES = 4096  # samples per step; a bigger batch should be split into several steps by the caller
+
+
+class GRPOHyperparameters(BaseModel):
+    """How each GRPO step updates the policy. Defaults follow TRL's GRPOConfig and the SCoRe paper."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(
+        default=1e-6, gt=0.0, le=1.0,
+        description="AdamW learning rate. The paper uses 7e-7 for a 7B student; tiny models need far larger "
+        "values (1e-3 moves the built-in 0.5M-parameter student within a few steps).",
+    )
+    beta: float = Field(
+        default=0.0, ge=0.0,
+        description="KL coefficient to the reference model (the session's base weights, k3 estimator). 0 (the "
+        "paper's setting, TRL's default) never loads the reference, saving its memory and forward pass.",
+    )
+    epsilon: float = Field(
+        default=0.2, gt=0.0, lt=1.0,
+        description="Clip range of the importance ratio: tokens whose ratio leaves [1-epsilon, 1+epsilon_high] "
+        "in the direction the advantage pushes get no gradient.",
+    )
+    epsilon_high: float | None = Field(
+        default=None, gt=0.0,
+        description="Upper clip bound; None = `epsilon` (symmetric). DAPO's clip-higher uses 0.28 to keep "
+        "exploration on low-probability tokens.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="Advantage normalisation: `group` divides (r - group mean) by the group's std (GRPO), `batch` "
+        "by the batch's std, `none` only centres (Dr. GRPO: no question-difficulty bias).",
+    )
+    loss_type: Literal["token_mean", "sequence_mean"] = Field(
+        default="token_mean",
+        description="Loss aggregation: `token_mean` averages over every generated token of the batch (TRL `dapo`, "
+        "verl `token-mean`; no length bias); `sequence_mean` averages each sample's tokens then the samples "
+        "(TRL `grpo`, verl `seq-mean-token-mean`).",
+    )
+    num_iterations: int = Field(
+        default=1, ge=1, le=16,
+        description="Update epochs over each batch (mu in the GRPO paper). 1 is strictly one optimizer step "
+        "per batch; more reuses the batch and makes the clip matter.",
+    )
+    mini_batch_size: int = Field(
+        default=8, ge=1, le=1024,
+        description="Samples per forward/backward pass. Gradients are accumulated over the whole batch and "
+        "normalised once, so this trades memory for speed without changing the update.",
+    )
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0.0, description="Clip the global gradient norm to this value; None disables clipping."
+    )
+    weight_decay: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="AdamW decoupled weight decay. 0 (TRL's default) keeps a zero-advantage step a no-op.",
+    )
+    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW first-moment decay.")
+    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0, description="AdamW second-moment decay.")
+    max_staleness: int = Field(
+        default=1, ge=0, le=1000,
+        description="Oldest accepted sample: `policy_version >= current - max_staleness`. 0 = strictly on-policy "
+        "(every sample from the version just published); 1 lets the student sample the next batch while the "
+        "trainer updates on this one. Older samples are refused with 409.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GRPOHyperparameters":
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(
+                f"epsilon_high ({self.epsilon_high}) is below epsilon ({self.epsilon}); raise epsilon_high or leave it "
+                "unset for a symmetric clip"
+            )
+        return self
+
+    @property
+    def epsilon_low(self) -> float:
+        return self.epsilon
+
+    @property
+    def effective_epsilon_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+class RLSessionCreate(BaseModel):
+    """Open an RL session: a policy loaded from `base`, trained by GRPO steps, published as `output_name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str | None = Field(
+        default=None, pattern=SESSION_ID.pattern,
+        description="Caller-chosen id (1-64 letters, digits, '.', '_', '-'). Creating an existing id with the same "
+        "body returns it unchanged (idempotent); a different body is 409. Default: a random id.",
+    )
+    base: str | None = Field(
+        default=None,
+        description="Starting weights: a published checkpoint (`name`, `name/vN`), `builtin:<role>`, or a "
+        "checkpoint directory. Default: the built-in tiny student.",
+    )
+    output_name: str | None = Field(
+        default=None, pattern=SESSION_ID.pattern,
+        description="Checkpoint series each step publishes into (next version each time). Default: `rl-<session_id>`.",
+    )
+    initial_policy_version: int = Field(
+        default=0, ge=0,
+        description="The policy_version the student serves for `base`; the first step publishes this + 1.",
+    )
+    hyperparameters: GRPOHyperparameters = Field(
+        default_factory=GRPOHyperparameters, description="GRPO settings, fixed for the session's life."
+    )
+    save_optimizer_state: bool = Field(
+        default=True,
+        description="Write the AdamW state next to the session after each step so a restarted trainer continues "
+        "with its moments. Costs two parameter-sized tensors of disk; off, a restart resets the moments.",
+    )
+
+
+class CheckpointInfo(BaseModel):
+    name: str = Field(description="Checkpoint series.")
+    version: int = Field(description="Version within the series.")
+    path: str = Field(description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights).")
+
+
+class RLSessionInfo(BaseModel):
+    """An RL session's state."""
+
+    id: str = Field(description="Session id.")
+    state: Literal["active", "closed"] = Field(description="`active` accepts steps; `closed` was deleted.")
+    base: str = Field(description="Lineage label of the starting weights, e.g. `builtin:student` or `sft/v2`.")
+    base_path: str = Field(description="Directory the starting weights were read from.")
+    output_name: str = Field(description="Checkpoint series the session publishes into.")
+    initial_policy_version: int = Field(description="Policy version of `base`.")
+    policy_version: int = Field(description="Version of the current policy (initial + steps taken).")
+    steps: int = Field(description="GRPO steps applied so far.")
+    hyperparameters: GRPOHyperparameters = Field(description="The session's GRPO settings.")
+    save_optimizer_state: bool = Field(description="Whether the AdamW state is saved after each step.")
+    checkpoint: CheckpointInfo | None = Field(description="Latest published checkpoint; null before the first step.")
+    loaded: bool = Field(description="Whether the policy is in this process's memory (false after a restart until the next step).")
+    created_at: float = Field(description="Unix time of creation.")
+    updated_at: float = Field(description="Unix time of the last change.")
+    last_metrics: dict[str, float] = Field(default_factory=dict, description="Metrics of the latest step.")
+
+
+class RLSessionList(BaseModel):
+    sessions: list[RLSessionInfo] = Field(description="Every session under SCORE_HOME/trainer/rl/, newest first.")
+
+
+class RLSample(BaseModel):
+    """One rollout of a group, token-exact as the student's `/v1/rollouts` returns it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_ids: list[int] = Field(min_length=2, description="Whole episode: prompt, model turns and observations.")
+    loss_mask: list[int] = Field(
+        description="Per token: 1 = generated by the policy (trained), 0 = prompt/observation (ignored). Same length "
+        "as token_ids; the first token cannot be 1 (nothing precedes it to predict it)."
+    )
+    logprobs: list[float] = Field(
+        description="Per token: the behaviour policy's log-probability of the token (0.0 where loss_mask is 0). "
+        "Same length as token_ids."
+    )
+    policy_version: int = Field(ge=0, description="Policy version that sampled this rollout (staleness check).")
+    reward: float = Field(description="Scalar reward of the rollout.")
+    prompt_length: int | None = Field(
+        default=None, ge=0,
+        description="Tokens before the first model turn; when given, loss_mask must be 0 on all of them.",
+    )
+
+    @field_validator("token_ids")
+    @classmethod
+    def _non_negative_ids(cls, value: list[int]) -> list[int]:
+        if min(value) < 0:
+            raise ValueError(f"token id {min(value)} is negative")
+        return value
+
+    @field_validator("loss_mask")
+    @classmethod
+    def _mask_matches(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        _same_length(value, info, "loss_mask")
+        if any(bit not in (0, 1) for bit in value):
+            raise ValueError("loss_mask values must be 0 or 1")
+        if value and value[0] == 1:
+            raise ValueError("loss_mask[0] must be 0: the first token has no preceding context to be predicted from")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_match(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        _same_length(value, info, "logprobs")
+        for position, logprob in enumerate(value):
+            if not math.isfinite(logprob) or logprob > 1e-3:
+                raise ValueError(
+                    f"logprobs[{position}] = {logprob} is not a log-probability (must be finite and <= 0); send "
+                    "log-probabilities, not probabilities"
+                )
+        return value
+
+    @field_validator("reward")
+    @classmethod
+    def _finite_reward(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("reward must be a finite number")
+        return value
+
+    @field_validator("prompt_length")
+    @classmethod
+    def _prompt_unmasked(cls, value: int | None, info: ValidationInfo) -> int | None:
+        ids, mask = info.data.get("token_ids"), info.data.get("loss_mask")
+        if value is None or ids is None or mask is None:
+            return value
+        if value > len(ids):
+            raise ValueError(f"prompt_length {value} exceeds the sample's {len(ids)} tokens")
+        if any(mask[:value]):
+            raise ValueError(f"loss_mask has 1s inside the prompt (first {value} tokens); prompt tokens are not trained")
+        return value
+
+
+def _same_length(value: list, info: ValidationInfo, field: str) -> None:
+    ids = info.data.get("token_ids")
+    if ids is not None and len(value) != len(ids):
+        raise ValueError(f"{field} has {len(value)} entries but token_ids has {len(ids)}; they must align token by token")
+
+
+class RolloutGroup(BaseModel):
+    """The samples of one prompt; advantages are relative to the group's rewards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[RLSample] = Field(
+        min_length=1,
+        description="Rollouts of one prompt (e.g. 16 in the paper). A group of one, or one whose rewards are all "
+        "equal, carries zero advantage (it still counts in the token mean and the metrics).",
+    )
+    prompt_id: str | None = Field(default=None, description="Task or prefix id, for logs only.")
+
+
+class RLStepRequest(BaseModel):
+    """One GRPO update on a batch of rollout groups."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: list[RolloutGroup] = Field(min_length=1, description="Rollout groups, one per prompt.")
+    step_id: str | None = Field(
+        default=None, max_length=128,
+        description="Idempotency key: resending the step that was applied last with the same step_id returns its "
+        "result again instead of applying it twice (safe retries after a lost response).",
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "RLStepRequest":
+        total = sum(len(group.samples) for group in self.groups)
+        if total > MAX_STEP_SAMPLES:
+            raise ValueError(f"{total} samples exceed the limit of {MAX_STEP_SAMPLES} per step; split the batch")
+        return self
+
+
+class RLStepResponse(BaseModel):
+    """The result of one step: the new policy version and where its weights are."""
+
+    session_id: str = Field(description="Session id.")
+    step: int = Field(description="Steps applied in the session, this one included.")
+    policy_version: int = Field(description="Version of the updated policy; load `checkpoint.path` as this version.")
+    checkpoint: CheckpointInfo = Field(description="The checkpoint published by this step.")
+    metrics: dict[str, float] = Field(
+        description="TRL/verl-style metrics: `reward/mean`, `reward_std`, `frac_reward_zero_std`, `loss`, "
+        "`grad_norm`, `clip_ratio` (+ `/low_mean`, `/high_mean`), `entropy`, `kl` (when beta > 0), `ppo_kl`, "
+        "`response_length/mean`, `tokens_per_s`, `policy_version`, ..."
+    )
