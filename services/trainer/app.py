@@ -14,6 +14,8 @@ from shared.errors import install_error_handlers
 from shared.observability import ServiceMetrics, install_request_metrics
 from services.trainer.api import ops_router
 from services.trainer.config import TrainerConfig
+from services.trainer.rl import RLSessions
+from services.trainer.rl_api import rl_router
 
 log = logging.getLogger("score.trainer")
 
@@ -38,6 +40,7 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.settings = config.settings
         app.state.store = CheckpointStore(config.settings.checkpoints_dir)
+        app.state.rl = RLSessions(settings=config.settings, store=app.state.store, device=config.device)
         log.info("trainer ready home=%s", config.settings.home)
         try:
             yield
@@ -66,4 +69,5 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
     auth = bearer_dependency(config.settings.api_token)
     app.state.auth = auth
     app.include_router(ops_router(auth))
+    app.include_router(rl_router(auth))
     return app
