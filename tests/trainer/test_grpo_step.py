@@ -1,0 +1,122 @@
+"""One GRPO update on the built-in tiny student: real forward/backward passes, real optimizer steps."""
+
+import copy
+
+import pytest
+import torch
+
+from services.trainer.grpo import grpo_step
+from shared.models.loading import load_causal_lm
+from shared.schemas.rl import GRPOHyperparameters, RLSample
+
+
+@pytest.fixture(scope="module")
+def student(student_model_dir):
+    model, tokenizer = load_causal_lm(student_model_dir, device="cpu", dtype=torch.float32)
+    return model, tokenizer
+
+
+def behaviour_samples(model, rewards: list[float], *, seed: int = 0, prompt_len: int = 5) -> list[RLSample]:
+    """Samples of varying lengths whose logprobs are the model's own (ratio 1, as fresh on-policy rollouts)."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index, reward in enumerate(rewards):
+        length = prompt_len + 4 + 3 * index
+        token_ids = torch.randint(3, 2000, (length,), generator=generator)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(token_ids.unsqueeze(0)).logits[0].float(), -1)
+        # prompt tokens, then generated tokens with one masked "observation" token in the middle
+        loss_mask = [0] * prompt_len + [1] * (length - prompt_len)
+        loss_mask[prompt_len + 2] = 0
+        logprobs = [0.0] + [logp[t - 1, token_ids[t]].item() for t in range(1, length)]
+        logprobs = [lp if bit else 0.0 for lp, bit in zip(logprobs, loss_mask)]
+        samples.append(RLSample(
+            token_ids=token_ids.tolist(), loss_mask=loss_mask, logprobs=logprobs, policy_version=0, reward=reward,
+        ))
+    return samples
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def changed(model, before: dict[str, torch.Tensor]) -> list[str]:
+    return [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+
+
+def adamw(model, lr=1e-3):
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+
+def test_a_step_with_reward_differences_changes_the_parameters(student):
+    model = copy.deepcopy(student[0])
+    samples = behaviour_samples(model, [1.0, 0.0, 0.5, 0.0])
+    before = snapshot(model)
+    metrics = grpo_step(model, adamw(model), [samples[:2], samples[2:]], GRPOHyperparameters(learning_rate=1e-3), pad_id=0)
+    moved = changed(model, before)
+    assert len(moved) == len(before)  # every parameter tensor got a gradient and moved
+    assert metrics["grad_norm"] > 0
+    assert metrics["importance_ratio/mean"] == pytest.approx(1.0, abs=1e-4)  # on-policy: trainer == behaviour
+    assert metrics["frac_reward_zero_std"] == 0.0
+    assert metrics["padding_share"] > 0  # lengths differ, so the mini-batch is right-padded
+    assert metrics["clip_ratio"] == 0.0
+
+
+def test_zero_advantages_leave_the_parameters_untouched(student):
+    model = copy.deepcopy(student[0])
+    samples = behaviour_samples(model, [0.7, 0.7, 0.7, 0.2])  # one equal-reward group, one group of one
+    before = snapshot(model)
+    metrics = grpo_step(model, adamw(model), [samples[:3], samples[3:]], GRPOHyperparameters(learning_rate=1e-3), pad_id=0)
+    assert changed(model, before) == []
+    assert metrics["frac_reward_zero_std"] == 1.0
+    assert metrics["grad_norm"] == 0.0
+    assert metrics["loss"] == 0.0
+
+
+def test_with_zero_advantages_only_the_kl_term_moves_a_drifted_policy(student):
+    reference = student[0]
+    drifted = copy.deepcopy(reference)
+    with torch.no_grad():
+        drifted.model.norm.weight.mul_(1.5)  # the policy has left its reference
+    samples = behaviour_samples(drifted, [1.0, 1.0, 1.0])
+
+    without_kl = copy.deepcopy(drifted)
+    before = snapshot(without_kl)
+    grpo_step(without_kl, adamw(without_kl), [samples], GRPOHyperparameters(learning_rate=1e-3), pad_id=0)
+    assert changed(without_kl, before) == []
+
+    with_kl = copy.deepcopy(drifted)
+    hp = GRPOHyperparameters(learning_rate=1e-3, beta=0.1)
+    metrics = grpo_step(with_kl, adamw(with_kl), [samples], hp, pad_id=0, ref_model=reference)
+    assert metrics["kl"] > 0
+    assert metrics["loss"] == pytest.approx(0.1 * metrics["kl"], rel=1e-4)  # the policy term is exactly 0
+    distance = lambda m: (m.model.norm.weight - reference.model.norm.weight).abs().sum().item()  # noqa: E731
+    assert distance(with_kl) < distance(drifted)  # pulled back towards the reference
+
+
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+def test_mini_batch_size_does_not_change_the_update(student, loss_type):
+    """Accumulating over mini-batches (with padding) gives the gradient of one unpadded full-batch pass."""
+    base = student[0]
+    samples = behaviour_samples(base, [1.0, 0.0, 0.25, 0.75, 0.5])
+    groups = [samples[:2], samples[2:]]
+    results = []
+    for mini_batch_size in (1, 2, 5):
+        model = copy.deepcopy(base)
+        before = snapshot(model)
+        hp = GRPOHyperparameters(mini_batch_size=mini_batch_size, loss_type=loss_type, max_grad_norm=None)
+        grpo_step(model, torch.optim.SGD(model.parameters(), lr=1.0), groups, hp, pad_id=0)
+        results.append({name: before[name] - p.detach() for name, p in model.named_parameters()})  # = the gradient
+    for other in results[1:]:
+        for name, grad in results[0].items():
+            assert torch.allclose(grad, other[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_two_iterations_reuse_the_batch_and_report_clipping(student):
+    model = copy.deepcopy(student[0])
+    samples = behaviour_samples(model, [1.0, 0.0, 1.0, 0.0])
+    hp = GRPOHyperparameters(learning_rate=5e-2, num_iterations=2, epsilon=0.05)
+    metrics = grpo_step(model, adamw(model, lr=5e-2), [samples], hp, pad_id=0)
+    # after the first update the ratios leave [0.95, 1.05]: the second pass clips some tokens
+    assert metrics["clip_ratio"] > 0
+    assert metrics["clip_ratio"] == pytest.approx(metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"])
