@@ -141,12 +141,6 @@ class RLSessions:
         _free_device_memory(self.device)
         return self._info(live)
 
-    def release_all(self) -> None:
-        """Drop every loaded model (service shutdown); sessions continue from disk in the next process."""
-        for live in self._live.values():
-            live.unload()
-        _free_device_memory(self.device)
-
     # ---- steps -----------------------------------------------------------------------------------
     async def step(self, session_id: str, body: RLStepRequest) -> RLStepResponse:
         live = self._require(session_id)
