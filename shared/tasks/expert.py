@@ -8,6 +8,7 @@ runs the code in the sandbox, which is what makes them trustworthy.
 from __future__ import annotations
 
 import json
+import re
 
 from shared.schemas.agent import Step, Task
 from shared.tasks.arith import ArithChain, phrase_op
@@ -92,9 +93,154 @@ def expert_steps(task: Task) -> list[Step]:
 
 
 def expert_next_step(task: Task, prefix: list[Step]) -> Step:
-    """The expert's step after `prefix`, taken to be the first len(prefix) steps of its own trajectory."""
-    steps = expert_steps(task)
-    if len(prefix) >= len(steps):
-        raise ValueError(f"the expert's trajectory for task {task.id!r} has {len(steps)} steps; "
-                         f"a prefix of {len(prefix)} leaves nothing to add")
-    return steps[len(prefix)]
+    """The expert's step after `prefix`, read from what the prefix's observations established.
+
+    A prefix that is the beginning of the expert's own trajectory (same code, step for step) continues that
+    trajectory. Any other prefix — steps named differently, failed, repeated or wrong — continues from the
+    state its observations show: for arith the furthest correct intermediate value printed, for kb the
+    furthest hop a search resolved; the step then carries literal values, so it never relies on the
+    prefix's variable names.
+    """
+    family, meta = _family_and_meta(task)
+    gold = expert_steps(task)
+    if not prefix:
+        return gold[0]
+    if _follows(prefix, gold):
+        if len(prefix) >= len(gold):
+            raise ValueError(f"the expert's trajectory for task {task.id!r} has {len(gold)} steps; "
+                             f"a prefix of {len(prefix)} leaves nothing to add")
+        return gold[len(prefix)]
+    progress = expert_progress(task, prefix)
+    return _arith_step_from(meta, progress) if family == "arith" else _kb_step_from(meta, progress)
+
+
+def expert_progress(task: Task, prefix: list[Step]) -> int:
+    """How far the prefix's observations got: the index of the furthest arith value printed / kb hop resolved.
+
+    -1 when nothing is established yet. Only observations count (code is not read), so a step that printed a
+    correct value however it computed it advances the chain, and a step whose code raised does not.
+    """
+    family, meta = _family_and_meta(task)
+    observations = [s.observation for s in prefix if s.kind == "act" and s.observation and not _failed(s.observation)]
+    if family == "arith":
+        values = ArithChain.from_meta(meta).values()
+        printed = {int(n) for obs in observations for n in _INTEGER.findall(obs)}
+        return max((i for i, v in enumerate(values) if v in printed), default=-1)
+    hops = meta["hops"]
+    return max((i for i, hop in enumerate(hops) if any(_resolves(hop, obs) for obs in observations)), default=-1)
+
+
+def _follows(prefix: list[Step], gold: list[Step]) -> bool:
+    """True when every prefix step is the gold step at its position (same kind and code)."""
+    if len(prefix) > len(gold):
+        return False
+    return all(p.kind == g.kind and (p.code or "").strip() == (g.code or "").strip() for p, g in zip(prefix, gold))
+
+
+_INTEGER = re.compile(r"(?<![\w.])-?\d+(?![\w.])")
+_ERROR_PREFIXES = ("Error:", "Traceback")
+# How a kb document states each relation ("X was born in Y", "Y is a city located in Z", ...).
+_DOC_FACT = {
+    "founded_by": "founded by {value}",
+    "born_in": "born in {value}",
+    "located_in": "located in {value}",
+    "founded": "founded {value}",
+    "headquartered_in": "headquartered in {value}",
+}
+
+
+def _failed(observation: str) -> bool:
+    return observation.lstrip().startswith(_ERROR_PREFIXES)
+
+
+def _resolves(hop: dict, observation: str) -> bool:
+    """The top search hit is the hop's entity (a line "[1] <entity>: ...") and states the hop's fact.
+
+    Only the top hit counts: a search shows neighbouring documents too (a company's founder, say), and a
+    hop is resolved by searching for its entity, not by a neighbour's document turning up.
+    """
+    head = re.compile(rf"^\[1\] {re.escape(hop['entity'])}: ")
+    fact = _DOC_FACT[hop["relation"]].format(value=hop["value"])
+    return any(head.match(line) and fact in line for line in observation.splitlines())
+
+
+def _arith_step_from(meta: dict, progress: int) -> Step:
+    chain = ArithChain.from_meta(meta)
+    values = chain.values()
+    if progress == len(values) - 1:
+        return Step(kind="act", thought=f"The result so far is {values[-1]}, which is the final result.",
+                    code=f"final_answer_print({values[-1]})")
+    symbol, operand = chain.ops[progress + 1]
+    source = chain.start if progress < 0 else values[progress]
+    before = f"Start from {chain.start}" if progress < 0 else f"The last correct value is {source}. Next"
+    var = _VARIABLES[progress + 1]
+    return Step(kind="act", thought=f"{before}: {phrase_op(symbol, operand)}.",
+                code=f"{var} = {source} {symbol} {operand}\nprint({var})")
+
+
+def _kb_step_from(meta: dict, progress: int) -> Step:
+    hops = meta["hops"]
+    if progress == len(hops) - 1:
+        answer = hops[-1]["value"]
+        fact = _FACT[hops[-1]["relation"]].format(**hops[-1])
+        return Step(kind="act", thought=f"{fact}, so the answer is {answer}.",
+                    code=f"final_answer_print({json.dumps(answer)})")
+    hop = hops[progress + 1]
+    purpose = _PURPOSE[hop["relation"]].format(entity=hop["entity"])
+    if progress < 0:
+        thought = f"First, I search for {hop['entity']} {purpose}."
+    else:
+        learnt = _FACT[hops[progress]["relation"]].format(**hops[progress])
+        thought = f"{learnt}. Next, I search for {hop['entity']} {purpose}."
+    return Step(kind="act", thought=thought, code=f"print(search({json.dumps(hop['entity'])}))")
+
+
+def broken_trajectory(task: Task, rng) -> tuple[list[Step], int, str]:
+    """The gold trajectory with one act step deliberately wrong: (steps, index of the broken step, what broke).
+
+    arith: a wrong operand or operator (later steps keep the gold code, so the error propagates) or a wrong
+    final answer; kb: a search for the wrong entity (then a wrong final answer) or a wrong final answer.
+    Every broken trajectory ends in a wrong final answer. `rng` is a `random.Random`.
+    """
+    family, meta = _family_and_meta(task)
+    gold = expert_steps(task)
+    position = rng.randrange(1, len(gold))
+    if family == "arith":
+        return _broken_arith(gold, meta, position, rng)
+    return _broken_kb(gold, meta, position, rng)
+
+
+def _broken_arith(gold: list[Step], meta: dict, position: int, rng) -> tuple[list[Step], int, str]:
+    chain = ArithChain.from_meta(meta)
+    values = chain.values()
+    steps = list(gold)
+    if position == len(gold) - 1:
+        wrong = values[-1] + rng.choice([-1, 1]) * rng.randint(1, 9)
+        steps[position] = gold[position].model_copy(update={"code": f"final_answer_print({wrong})"})
+        return steps, position, "wrong final answer"
+    op_index = position - 1
+    symbol, operand = chain.ops[op_index]
+    source = str(chain.start) if op_index == 0 else _VARIABLES[op_index - 1]
+    if rng.random() < 0.5:
+        operand += rng.choice([-1, 1]) * rng.randint(1, 9)
+        what = "wrong operand"
+    else:
+        symbol = rng.choice([s for s in ("+", "-", "*") if s != symbol])
+        what = "wrong operator"
+    var = _VARIABLES[op_index]
+    steps[position] = gold[position].model_copy(update={"code": f"{var} = {source} {symbol} {operand}\nprint({var})"})
+    return steps, position, what
+
+
+def _broken_kb(gold: list[Step], meta: dict, position: int, rng) -> tuple[list[Step], int, str]:
+    from shared.tasks.kb import documents  # the world is built on first use; only kb corruption needs it
+
+    hops = meta["hops"]
+    named = {hop["entity"] for hop in hops} | {hop["value"] for hop in hops}
+    titles = [doc["title"] for doc in documents()]
+    other = rng.choice([t for t in rng.sample(titles, 8) if t not in named])
+    wrong_answer = Step(kind="act", thought=f"So the answer is {other}.", code=f"final_answer_print({json.dumps(other)})")
+    if position == len(gold) - 1:
+        return [*gold[:-1], wrong_answer], position, "wrong final answer"
+    wrong_search = gold[position].model_copy(update={"code": f"print(search({json.dumps(other)}))"})
+    return [*gold[:position], wrong_search, wrong_answer], position, "wrong entity searched"

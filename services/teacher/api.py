@@ -1,0 +1,61 @@
+"""HTTP glue of the teacher service: thin routes over `TeacherServing`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.schemas.teacher import CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse
+from services.teacher.serving import TeacherServing
+
+
+def _serving(request: Request) -> TeacherServing:
+    return request.app.state.serving
+
+
+def ops_router(auth) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health", summary="Liveness")
+    async def health() -> dict:
+        """The process is up (no auth, no model needed)."""
+        return {"status": "ok"}
+
+    @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}})
+    async def ready(request: Request, response: Response) -> dict:
+        """The teacher backend is loaded and corrections can be served; also reports the sandbox layers."""
+        serving = getattr(request.app.state, "serving", None)
+        if serving is None:
+            response.status_code = 503
+            return {"status": "loading"}
+        return {"status": "ready", "engine": serving.backend.kind, "model": serving.backend.model_name,
+                "sandbox": request.app.state.sandbox_layers}
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)])
+    async def metrics(request: Request) -> Response:
+        """Request counts and latency, corrections, hard trajectories, teacher calls, tokens and rollouts."""
+        return request.app.state.render_metrics()
+
+    return router
+
+
+def api_router(auth) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERROR_RESPONSES, tags=["teacher"])
+
+    @router.post("/corrections", response_model=CorrectionResponse)
+    async def corrections(body: CorrectionRequest, request: Request) -> CorrectionResponse:
+        """Locate each trajectory's first critical error and write the corrected step (in item order).
+
+        `verify` executes the teacher's own step at every prefix and confirms the correction with a full
+        teacher rollout to the gold answer; `judge` asks the teacher to name the error (JSON) and to write
+        the corrected step, which is executed. Unusable repairs come back `hard` with a reason.
+        """
+        return await _serving(request).corrections(body)
+
+    @router.post("/judgements", response_model=JudgementResponse)
+    async def judgements(body: JudgementRequest, request: Request) -> JudgementResponse:
+        """Answer equivalence (scorers first, the teacher when asked) and step equivalence (observations after
+        executing both steps from the same prefix, or the teacher's verdict); cached by content."""
+        return await _serving(request).judge(body)
+
+    return router

@@ -1,0 +1,119 @@
+"""The teacher service's app factory and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+from prometheus_client import Gauge
+
+from shared.agent.rollout import RolloutRunner
+from shared.auth import bearer_dependency
+from shared.checkpoints import resolve_model
+from shared.errors import install_error_handlers
+from shared.models.loading import load_tokenizer
+from shared.models.openai_engine import OpenAIEngine
+from shared.models.transformers_engine import TransformersEngine
+from shared.observability import ServiceMetrics, install_request_metrics
+from shared.schemas.sampling import SamplingParams
+from shared.tools.sandbox import Sandbox, isolation_report
+from services.student.app import build_tools
+from services.teacher.api import api_router, ops_router
+from services.teacher.backends import EngineBackend, ExpertBackend, OpenAIBackend, TeacherBackend
+from services.teacher.config import TeacherConfig
+from services.teacher.execution import Executor
+from services.teacher.serving import TeacherServing
+
+log = logging.getLogger("score.teacher")
+
+
+def app_from_args(args, settings) -> FastAPI:
+    """The app `score serve teacher` runs, from its command-line flags."""
+    engine = args.engine or "transformers"
+    if engine == "expert":
+        for flag in ("model", "base_url", "served_model_name", "device"):
+            if getattr(args, flag, None):
+                raise ValueError(f"--{flag.replace('_', '-')} does not apply to --engine expert (the scripted solver "
+                                 "of the built-in suite runs no model)")
+    if engine == "openai" and not args.base_url:
+        raise ValueError("--engine openai needs --base-url (an OpenAI-compatible server, e.g. http://vllm:8000/v1)")
+    if engine != "openai" and args.base_url:
+        raise ValueError("--base-url applies only to --engine openai")
+    return create_app(TeacherConfig(
+        engine=engine, model=args.model, base_url=args.base_url, served_model_name=args.served_model_name,
+        device=args.device, settings=settings,
+    ))
+
+
+def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) -> TeacherBackend:
+    if config.engine == "expert":
+        return ExpertBackend(executor)
+    try:
+        path, label = resolve_model(config.model, home=config.settings.home, default_role="teacher")
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0]) if exc.args else str(exc)) from exc
+    sampling = SamplingParams(temperature=config.temperature, max_tokens=config.max_step_tokens)
+    if config.engine == "openai":
+        engine = OpenAIEngine(config.base_url, tokenizer=load_tokenizer(path), model_name=config.served_model_name,
+                              api_key=config.settings.api_token)
+        runner = RolloutRunner(engine, sandbox_factory, max_concurrent_executions=config.max_concurrent_sandboxes)
+        return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
+                             sampling=sampling, max_judge_tokens=config.max_judge_tokens)
+    engine = TransformersEngine(str(path), model_name=config.served_model_name or label, device=config.device,
+                                max_batch_size=config.max_batch_size)
+    runner = RolloutRunner(engine, sandbox_factory, max_concurrent_executions=config.max_concurrent_sandboxes)
+    return EngineBackend(engine, runner, sampling=sampling, max_judge_tokens=config.max_judge_tokens)
+
+
+def create_app(config: TeacherConfig | None = None) -> FastAPI:
+    config = config or TeacherConfig()
+    metrics = ServiceMetrics("teacher")
+    totals = Gauge("score_teacher_total", "Teacher counters: corrections, hard, teacher_calls, teacher_tokens, "
+                   "full_rollouts.", ["service", "counter"], registry=metrics.registry)
+    judgements = Gauge("score_teacher_judgements_total", "Judgements computed (not cached), by kind.",
+                       ["service", "kind"], registry=metrics.registry)
+    cache_hits = Gauge("score_teacher_judgement_cache_hits_total", "Judgements answered from the cache.",
+                       ["service"], registry=metrics.registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        tools = build_tools(config)
+        sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox)
+        executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)
+        backend = build_backend(config, executor, sandbox_factory)
+        await backend.start()
+        app.state.sandbox_layers = isolation_report()
+        app.state.serving = TeacherServing(backend=backend, executor=executor, config=config)
+        log.info("teacher ready engine=%s model=%s", backend.kind, backend.model_name)
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    app = FastAPI(
+        title="SCoRe teacher service",
+        version="0.1.0",
+        description="The teacher: locates a student trajectory's first critical error and writes the corrected "
+        "step (checked by execution, or judged by the teacher model), and judges answer and step equivalence.",
+        lifespan=lifespan,
+    )
+
+    def render_metrics():
+        serving = getattr(app.state, "serving", None)
+        if serving is not None:
+            for name, value in serving.totals.items():
+                totals.labels("teacher", name).set(value)
+            for kind, value in serving.judgements.totals.items():
+                judgements.labels("teacher", kind).set(value)
+            cache_hits.labels("teacher").set(serving.judgements.cache.hits)
+        return metrics.render()
+
+    app.state.render_metrics = render_metrics
+    install_error_handlers(app)
+    install_request_metrics(app, metrics)
+    auth = bearer_dependency(config.settings.api_token)
+    app.include_router(ops_router(auth))
+    app.include_router(api_router(auth))
+    return app

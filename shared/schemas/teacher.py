@@ -1,0 +1,199 @@
+"""The teacher's wire formats: corrections (first critical error + corrected step) and judgements."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.schemas.agent import Step, Task, TrueAnswer
+
+Strategy = Literal["verify", "judge"]
+MAX_CORRECTION_ITEMS = 256
+MAX_JUDGEMENT_ITEMS = 1024
+
+
+class GradedTask(Task):
+    """A task whose gold answer is known (corrections and judgements need it)."""
+
+    true_answer: TrueAnswer | None = Field(
+        description="Gold answer: a string, a number, or a list of accepted aliases. Required here.", examples=[464],
+    )
+
+    @field_validator("true_answer")
+    @classmethod
+    def _required(cls, value: TrueAnswer | None) -> TrueAnswer:
+        if value is None:
+            raise ValueError("true_answer is required: the teacher judges against the gold answer")
+        if isinstance(value, list) and not value:
+            raise ValueError("true_answer alias list must not be empty")
+        return value
+
+
+def check_trajectory(steps: list[Step]) -> list[Step]:
+    """A trajectory as the agent format produces it: the plan first, then act steps with code (or a parse error)."""
+    for index, step in enumerate(steps):
+        if index == 0 and step.kind != "plan":
+            raise ValueError("steps[0] must be the `plan` step")
+        if index > 0 and step.kind != "act":
+            raise ValueError(f"steps[{index}] must be an `act` step (only the first step is the plan)")
+        if step.kind == "act" and not (step.code or "").strip() and step.parse_error is None:
+            raise ValueError(f"steps[{index}].code must not be empty for an `act` step (unless parse_error says why)")
+    return steps
+
+
+class CorrectionItem(BaseModel):
+    """One failed student trajectory to correct."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: GradedTask = Field(description="The task, with its gold answer (`true_answer`).")
+    steps: list[Step] = Field(
+        min_length=1,
+        description="The student's trajectory: the plan, then act steps. Observations are recomputed by "
+        "re-executing the code in a fresh sandbox, so those sent are only informative.",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _shape(cls, steps: list[Step]) -> list[Step]:
+        return check_trajectory(steps)
+
+
+class CorrectionRequest(BaseModel):
+    """Locate the first critical error of each trajectory and write the corrected step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[CorrectionItem] = Field(
+        min_length=1, max_length=MAX_CORRECTION_ITEMS, description="Trajectories to correct; answered in this order."
+    )
+    strategy: Strategy = Field(
+        default="verify",
+        description="`verify`: model-agnostic and checked — the teacher's own step at every prefix is executed, "
+        "the first step whose effect differs and from which the teacher reaches the gold answer is the error. "
+        "`judge`: the paper's way — the teacher reads the trajectory and names the error (JSON), then writes the "
+        "corrected step, which is executed.",
+    )
+
+
+class Cost(BaseModel):
+    """What a correction cost the teacher."""
+
+    teacher_calls: int = Field(default=0, description="Teacher model calls (generations); 0 for the scripted expert.")
+    teacher_tokens: int = Field(default=0, description="Tokens the teacher model generated.")
+    teacher_prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher model read.")
+    full_rollouts: int = Field(default=0, description="Teacher rollouts run to a final answer (verify only).")
+    sandbox_runs: int = Field(default=0, description="Sandboxes started to replay prefixes and execute steps.")
+
+    def add(self, other: "Cost") -> "Cost":
+        return Cost(**{name: getattr(self, name) + getattr(other, name) for name in Cost.model_fields})
+
+
+class Correction(BaseModel):
+    """The teacher's verdict on one trajectory."""
+
+    task_id: str = Field(description="Id of the corrected task.")
+    strategy: Strategy = Field(description="The strategy that produced this correction.")
+    answer_correct: bool = Field(description="Whether the trajectory's own final answer already matches the gold answer.")
+    first_error_step: int | None = Field(
+        description="0-based index into `steps` of the first critical error; null when there is nothing to correct "
+        "or the trajectory is `hard`. (The paper's official code counts from 1.)"
+    )
+    analysis: str = Field(default="", description="Why that step is the first critical error.")
+    corrected_step: Step | None = Field(
+        default=None,
+        description="The step to put in place of `steps[first_error_step]`: thought, code and the observation its "
+        "code printed when executed after the verified prefix `steps[:first_error_step]`.",
+    )
+    hard: bool = Field(description="True when no usable repair was found; `reason` says why.")
+    reason: str | None = Field(default=None, description="Why the trajectory is hard (null otherwise).")
+    cost: Cost = Field(description="What this correction cost.")
+
+
+class CorrectionResponse(BaseModel):
+    corrections: list[Correction] = Field(description="One correction per item, in item order.")
+    cost: Cost = Field(description="The request's total cost.")
+    engine: str = Field(description="The teacher backend that answered: `expert`, `transformers` or `openai`.")
+
+
+# ---- judgements -------------------------------------------------------------------------------------------
+
+class AnswerJudgementItem(BaseModel):
+    """Is a predicted final answer equivalent to the gold answer?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["answer"] = Field(description="Answer equivalence.")
+    prediction: str | None = Field(description="The final answer given (null: none was given).")
+    true_answer: TrueAnswer = Field(description="Gold answer: a string, a number, or a list of accepted aliases.")
+    question: str | None = Field(default=None, description="The task's question; shown to the teacher model if asked.")
+    use_teacher: bool = Field(
+        default=False,
+        description="When the programmatic scorers (math-verify, normalised exact match) say no, ask the teacher "
+        "model for a verdict (needs a model backend).",
+    )
+
+    @field_validator("true_answer")
+    @classmethod
+    def _aliases(cls, value: TrueAnswer) -> TrueAnswer:
+        if isinstance(value, list) and not value:
+            raise ValueError("true_answer alias list must not be empty")
+        return value
+
+
+class StepJudgementItem(BaseModel):
+    """Is `candidate` the same action as `steps[index]`, both taken after `steps[:index]`? (RL key-step reward.)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["step"] = Field(description="Step equivalence.")
+    task: Task = Field(description="The task the steps belong to.")
+    steps: list[Step] = Field(min_length=1, description="A trajectory holding the reference step at `index`.")
+    index: int = Field(ge=0, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.")
+    candidate: Step = Field(description="The step to compare with `steps[index]`.")
+    use_teacher: bool = Field(
+        default=False,
+        description="Ask the teacher model instead of comparing observations after execution (needs a model backend).",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _shape(cls, steps: list[Step]) -> list[Step]:
+        return check_trajectory(steps)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "StepJudgementItem":
+        if self.index >= len(self.steps):
+            raise ValueError(f"index {self.index} is outside the trajectory ({len(self.steps)} steps)")
+        return self
+
+
+JudgementItem = Annotated[Union[AnswerJudgementItem, StepJudgementItem], Field(discriminator="kind")]
+
+
+class JudgementRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[JudgementItem] = Field(
+        min_length=1, max_length=MAX_JUDGEMENT_ITEMS, description="Answer or step judgements, answered in this order."
+    )
+
+
+class Judgement(BaseModel):
+    kind: Literal["answer", "step"] = Field(description="What was judged.")
+    equivalent: bool = Field(description="The verdict: same answer / same action.")
+    method: Literal["math", "exact", "f1", "none", "execution", "teacher"] = Field(
+        description="What decided: a programmatic scorer (`math`, `exact`, `f1`, `none` = no prediction), "
+        "`execution` (observations compared after running both steps) or `teacher` (the teacher model)."
+    )
+    f1: float | None = Field(default=None, description="Answer judgements: token F1 with the best alias.")
+    reference_observation: str | None = Field(default=None, description="Step judgements: what the reference step printed.")
+    candidate_observation: str | None = Field(default=None, description="Step judgements: what the candidate printed.")
+    detail: str = Field(default="", description="A short explanation (the teacher's words when it decided).")
+    cached: bool = Field(default=False, description="True when the result came from the judgement cache.")
+
+
+class JudgementResponse(BaseModel):
+    judgements: list[Judgement] = Field(description="One judgement per item, in item order.")
+    cost: Cost = Field(description="What the judgements cost (cached ones cost nothing).")
