@@ -58,6 +58,10 @@ class TeacherBackend(ABC):
     model_name: str = ""
     has_model: bool = True
 
+    def unsupported(self, task: Task) -> str | None:
+        """Why this backend cannot correct `task`, or None when it can."""
+        return None
+
     async def start(self) -> None:
         """Load or connect what the backend needs."""
 
@@ -87,6 +91,12 @@ class ExpertBackend(TeacherBackend):
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+
+    def unsupported(self, task: Task) -> str | None:
+        if getattr(task, "family", None) in ("arith", "kb") and isinstance(getattr(task, "meta", None), dict):
+            return None
+        return ("the expert backend solves only built-in tasks (with `family` and `meta`); use a model backend "
+                "(--engine transformers or openai) for other tasks")
 
     async def propose(self, jobs: list[tuple[Task, list[Step]]]) -> list[Proposal]:
         return [Proposal(self._next(task, prefix)) for task, prefix in jobs]

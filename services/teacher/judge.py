@@ -26,7 +26,7 @@ from services.teacher.backends import BackendError, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor
 from services.teacher.parsing import ParseFailure, parse_judgement
-from services.teacher.prepare import Prepared, hard, nothing_to_correct, short
+from services.teacher.prepare import Prepared, hard, short, triage
 
 
 def leaked_answer(step: Step, task: Task, prefix: list[Step]) -> str | None:
@@ -60,12 +60,9 @@ class JudgeStrategy:
 
     async def correct(self, prepared: list[Prepared]) -> list[Correction]:
         judge_one = self._model_judge if self.backend.has_model else self._expert_judge
-        return list(await asyncio.gather(*(
-            self._nothing(p) if p.answer_correct else judge_one(p) for p in prepared
-        )))
-
-    async def _nothing(self, prepared: Prepared) -> Correction:
-        return nothing_to_correct(prepared, "judge")
+        settled = [triage(p, "judge", self.backend) for p in prepared]
+        judged = iter(await asyncio.gather(*(judge_one(p) for p, done in zip(prepared, settled) if done is None)))
+        return [done if done is not None else next(judged) for done in settled]
 
     # ---- the scripted expert -----------------------------------------------------------------------------
     async def _expert_judge(self, prepared: Prepared) -> Correction:

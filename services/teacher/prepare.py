@@ -39,6 +39,16 @@ def nothing_to_correct(prepared: Prepared, strategy: Strategy) -> Correction:
     )
 
 
+def triage(prepared: Prepared, strategy: Strategy, backend) -> Correction | None:
+    """The answer when no search is needed: the trajectory already succeeded, or the backend cannot help."""
+    if prepared.answer_correct:
+        return nothing_to_correct(prepared, strategy)
+    reason = backend.unsupported(prepared.item.task)
+    if reason is not None:
+        return hard(prepared, strategy, reason, Cost(sandbox_runs=1))
+    return None
+
+
 def hard(prepared: Prepared, strategy: Strategy, reason: str, cost: Cost, analysis: str = "") -> Correction:
     return Correction(
         task_id=prepared.item.task.id, strategy=strategy, answer_correct=prepared.answer_correct,

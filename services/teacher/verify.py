@@ -25,7 +25,7 @@ from shared.scoring import score_answer
 from services.teacher.backends import Proposal, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor, same_code, same_effect
-from services.teacher.prepare import Prepared, hard, nothing_to_correct, short
+from services.teacher.prepare import Prepared, hard, short, triage
 
 
 class VerifyStrategy:
@@ -35,9 +35,10 @@ class VerifyStrategy:
         self.config = config
 
     async def correct(self, prepared: list[Prepared]) -> list[Correction]:
+        settled = [triage(p, "verify", self.backend) for p in prepared]
         jobs, positions = [], []
         for i, p in enumerate(prepared):
-            if p.answer_correct:
+            if settled[i] is not None:
                 continue
             for k, step in enumerate(p.steps):
                 if step.kind == "act":
@@ -47,23 +48,22 @@ class VerifyStrategy:
         by_item: dict[int, dict[int, Proposal]] = defaultdict(dict)
         for (i, k), proposal in zip(positions, proposals):
             by_item[i][k] = proposal
-        return list(await asyncio.gather(*(
-            self._nothing(p) if p.answer_correct else self._locate(p, by_item[i]) for i, p in enumerate(prepared)
+        located = iter(await asyncio.gather(*(
+            self._locate(p, by_item[i]) for i, p in enumerate(prepared) if settled[i] is None
         )))
-
-    async def _nothing(self, prepared: Prepared) -> Correction:
-        return nothing_to_correct(prepared, "verify")
+        return [done if done is not None else next(located) for done in settled]
 
     async def _locate(self, prepared: Prepared, proposals: dict[int, Proposal]) -> Correction:
         task, steps = prepared.item.task, prepared.steps
         cost = Cost(sandbox_runs=1)
         for proposal in proposals.values():
             cost = cost.add(proposal.cost)
-        matched, tried = 0, []
+        matched, unusable, tried = 0, 0, []
         for k in sorted(proposals):
             teacher = proposals[k].step
             if teacher is None or teacher.kind != "act" or teacher.parse_error is not None:
-                continue  # the teacher wrote no usable step here: nothing to compare against
+                unusable += 1  # the teacher wrote no usable step here: nothing to compare against
+                continue
             student = steps[k]
             if same_code(teacher, student):
                 matched += 1
@@ -85,7 +85,7 @@ class VerifyStrategy:
             if answer is not None and score_answer(answer, task.true_answer).correct:
                 corrected = continuation.steps[k] if len(continuation.steps) > k else teacher
                 return self._found(prepared, k, student, corrected, matched, continuation.steps, cost)
-        return hard(prepared, "verify", self._hard_reason(matched, tried), cost)
+        return hard(prepared, "verify", self._hard_reason(matched, unusable, tried), cost)
 
     @staticmethod
     def _found(prepared: Prepared, k: int, student: Step, corrected: Step, matched: int,
@@ -100,7 +100,10 @@ class VerifyStrategy:
             analysis=analysis, corrected_step=corrected, hard=False, cost=cost,
         )
 
-    def _hard_reason(self, matched: int, tried: list[int]) -> str:
+    def _hard_reason(self, matched: int, unusable: int, tried: list[int]) -> str:
+        if not tried and unusable:
+            return (f"the teacher wrote no usable step at {unusable} of {matched + unusable} prefixes (malformed "
+                    f"or missing) and matched the student's effect at the other {matched}")
         if not tried:
             return (f"no step differs in effect from the teacher's own step ({matched} act steps matched); the "
                     "trajectory ends without the gold answer but no step can be singled out")

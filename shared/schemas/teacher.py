@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.schemas.agent import Step, Task, TrueAnswer
 
@@ -162,11 +162,13 @@ class StepJudgementItem(BaseModel):
     def _shape(cls, steps: list[Step]) -> list[Step]:
         return check_trajectory(steps)
 
-    @model_validator(mode="after")
-    def _index_in_range(self) -> "StepJudgementItem":
-        if self.index >= len(self.steps):
-            raise ValueError(f"index {self.index} is outside the trajectory ({len(self.steps)} steps)")
-        return self
+    @field_validator("index")
+    @classmethod
+    def _index_in_range(cls, index: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if steps is not None and index >= len(steps):
+            raise ValueError(f"index {index} is outside the trajectory ({len(steps)} steps: 0-{len(steps) - 1})")
+        return index
 
 
 JudgementItem = Annotated[Union[AnswerJudgementItem, StepJudgementItem], Field(discriminator="kind")]

@@ -14,7 +14,7 @@ from shared.schemas.agent import Step, Task
 from shared.scoring import score_answer
 from shared.tasks import kb
 from shared.tasks.builtin import builtin_search_backend, builtin_tasks
-from shared.tasks.expert import expert_next_step, expert_steps
+from shared.tasks.expert import broken_trajectory, expert_next_step, expert_progress, expert_steps
 from shared.tools.search import make_search_tool
 
 
@@ -138,3 +138,65 @@ def test_tasks_read_back_from_json_still_have_an_expert():
 def test_a_task_without_a_builtin_spec_is_refused():
     with pytest.raises(ValueError, match="not a built-in task"):
         expert_steps(Task(id="user-1", question="What is 2 + 2?", true_answer=4))
+
+
+# ---- the state-aware expert: continues from what a prefix's observations established ----------------------
+
+_ARITH = Task(id="t", question="q", true_answer=4775, family="arith",
+              meta={"start": 347, "ops": [["+", 85], ["*", 12], ["-", 409]]})
+
+
+def _act(code: str, observation: str | None) -> Step:
+    return Step(kind="act", thought="", code=code, observation=observation)
+
+
+def _plan() -> Step:
+    return expert_steps(_ARITH)[0]
+
+
+def test_arith_expert_continues_from_values_printed_under_other_names():
+    prefix = [_plan(), _act("x = 347 + 85\nprint(x)", "432")]
+    step = expert_next_step(_ARITH, prefix)
+    assert step.code == "b = 432 * 12\nprint(b)"  # literal values: never relies on the prefix's variable names
+    assert "432" in step.thought and "multiply by 12" in step.thought
+
+
+def test_arith_expert_ignores_failed_and_wrong_steps_and_repeats():
+    prefix = [_plan(), _act("x = 347 + 85\nprint(x)", "432"), _act("print(x)", "432"),
+              _act("y = x * 13\nprint(y)", "5616"), _act("print(z)", "Error: NameError: name 'z' is not defined (line 1)")]
+    assert expert_next_step(_ARITH, prefix).code == "b = 432 * 12\nprint(b)"
+    assert expert_progress(_ARITH, prefix) == 0
+
+
+def test_arith_expert_starts_from_the_question_and_ends_with_the_last_value():
+    assert expert_next_step(_ARITH, [_plan(), _act("print('hi')", "hi")]).code == "a = 347 + 85\nprint(a)"
+    done = [_plan(), _act("print(347 + 85)", "432"), _act("print(432 * 12)", "5184"), _act("print(5184 - 409)", "4775")]
+    assert expert_next_step(_ARITH, done).code == "final_answer_print(4775)"
+
+
+def test_kb_expert_counts_only_hops_a_search_resolved():
+    task = builtin_tasks(family="kb", n=1, seed=4)[0]
+    hops = task.meta["hops"]
+    search = make_search_tool(builtin_search_backend())
+    plan = expert_steps(task)[0]
+    # A paraphrased query whose top hit is the entity resolves the hop; the next step searches the next entity.
+    query = f"who is {hops[0]['entity']}"
+    resolved = [plan, _act(f"print(search({json.dumps(query)}))", search(query))]
+    assert expert_progress(task, resolved) == 0
+    assert expert_next_step(task, resolved).code == f"print(search({json.dumps(hops[1]['entity'])}))"
+    # A search for something else resolves nothing: the expert searches the first entity again.
+    wrong = [plan, _act('print(search("Posvalland"))', search("Posvalland"))]
+    assert expert_progress(task, wrong) == -1
+    assert expert_next_step(task, wrong).code == f"print(search({json.dumps(hops[0]['entity'])}))"
+
+
+def test_broken_trajectories_break_exactly_one_step_and_end_wrong():
+    import random
+
+    rng = random.Random(5)
+    for task in builtin_tasks(n=60, seed=5):
+        gold = expert_steps(task)
+        steps, position, what = broken_trajectory(task, rng)
+        assert steps[:position] == gold[:position] and steps[position] != gold[position] and what
+        _, final = _run(steps)
+        assert final is None or not score_answer(final, task.true_answer).correct
