@@ -12,8 +12,9 @@ from shared.auth import bearer_dependency
 from shared.checkpoints import CheckpointStore
 from shared.errors import install_error_handlers
 from shared.observability import ServiceMetrics, install_request_metrics
-from services.trainer.api import ops_router
+from services.trainer.api import jobs_router, ops_router
 from services.trainer.config import TrainerConfig
+from services.trainer.jobs import JobManager
 from services.trainer.rl import RLSessions
 from services.trainer.rl_api import rl_router
 
@@ -41,11 +42,17 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
         app.state.settings = config.settings
         app.state.store = CheckpointStore(config.settings.checkpoints_dir)
         app.state.rl = RLSessions(settings=config.settings, store=app.state.store, device=config.device)
-        log.info("trainer ready home=%s", config.settings.home)
+        jobs = JobManager(
+            jobs_dir=config.jobs_dir, home=config.settings.home, checkpoints_dir=config.settings.checkpoints_dir,
+            max_running=config.max_running_jobs, poll_interval_s=config.poll_interval_s, device=config.device,
+        )
+        await jobs.start()
+        app.state.jobs = jobs
+        log.info("trainer ready home=%s jobs=%d", config.settings.home, len(jobs.jobs))
         try:
             yield
         finally:
-            pass
+            await jobs.close()
 
     app = FastAPI(
         title="SCoRe trainer service",
@@ -69,5 +76,6 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
     auth = bearer_dependency(config.settings.api_token)
     app.state.auth = auth
     app.include_router(ops_router(auth))
+    app.include_router(jobs_router(auth))
     app.include_router(rl_router(auth))
     return app

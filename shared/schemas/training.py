@@ -1,0 +1,278 @@
+"""Trainer jobs (`/v1/jobs`): the request, the SFT hyperparameters, the job's state and its events.
+
+States form an explicit state machine (`VALID_TRANSITIONS`); a request that would need an illegal
+transition (cancelling a finished job) is answered 409.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+# running -> queued: the service stopped (or was killed) mid-job; the job waits to resume from its last checkpoint.
+VALID_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.queued: frozenset({JobState.running, JobState.cancelled, JobState.failed}),
+    JobState.running: frozenset({JobState.succeeded, JobState.failed, JobState.cancelled, JobState.queued}),
+    JobState.succeeded: frozenset(),
+    JobState.failed: frozenset(),
+    JobState.cancelled: frozenset(),
+}
+TERMINAL_STATES = frozenset(state for state, targets in VALID_TRANSITIONS.items() if not targets)
+
+
+class Message(BaseModel):
+    """One chat message of a training conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"] = Field(description="Who speaks; loss falls only on `assistant`.")
+    content: str = Field(description="The message text.")
+
+
+class Conversation(BaseModel):
+    """One training example in OpenAI `messages` form."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[Message] = Field(
+        min_length=1,
+        description="The conversation; it needs at least one assistant turn (every assistant turn is trained on).",
+    )
+
+    @model_validator(mode="after")
+    def _has_assistant_turn(self) -> "Conversation":
+        if not any(message.role == "assistant" for message in self.messages):
+            raise ValueError("has no assistant turn (nothing to train on); add one or drop the example")
+        return self
+
+
+class DatasetSpec(BaseModel):
+    """Training data: a messages JSONL file readable by the trainer, or the rows inline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        default=None, description="A JSONL file, one `{\"messages\": [...]}` object a line (OpenAI messages format)."
+    )
+    rows: list[Conversation] | None = Field(default=None, min_length=1, description="The conversations inline.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if (self.path is None) == (self.rows is None):
+            raise ValueError("give exactly one of `path` (messages JSONL) or `rows` (inline conversations)")
+        return self
+
+
+class SFTHyperparameters(BaseModel):
+    """Supervised fine-tuning settings. Every field has a default; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_epochs: float = Field(
+        default=3.0, gt=0, le=1000,
+        description="Passes over the dataset (fractions allowed). More epochs fit the data more closely and risk "
+        "overfitting small datasets. Ignored when `max_steps` is set.",
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1,
+        description="Optimizer steps to run; overrides `num_epochs`. Useful for fixed-budget runs and tests.",
+    )
+    learning_rate: float = Field(
+        default=2e-3, gt=0, le=1.0,
+        description="Peak AdamW learning rate, reached after warmup. The default suits the built-in tiny models; "
+        "pretrained 1-10B models usually want 1e-5 to 2e-5 (1e-4 to 2e-4 with LoRA).",
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Decay after warmup: cosine to `min_lr_ratio`, linear to it, or constant."
+    )
+    warmup_ratio: float = Field(
+        default=0.05, ge=0, lt=1,
+        description="Share of the steps spent ramping the learning rate up linearly from 0; steadies early Adam steps.",
+    )
+    min_lr_ratio: float = Field(
+        default=0.0, ge=0, le=1, description="Final learning rate as a share of the peak (cosine and linear schedules)."
+    )
+    weight_decay: float = Field(
+        default=0.0, ge=0, description="AdamW decoupled weight decay on matrices (not on norms and biases)."
+    )
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.")
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW second-moment decay.")
+    adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW denominator epsilon.")
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0,
+        description="Clip the global gradient norm to this value before each step (None: no clipping).",
+    )
+    micro_batch_tokens: int = Field(
+        default=4096, ge=16, le=1_048_576,
+        description="Token budget of one packed micro-batch on one process: conversations are packed into rows of "
+        "at most this many tokens without padding. Larger is faster until memory runs out.",
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024,
+        description="Micro-batches each process accumulates per optimizer step. Global batch = "
+        "micro_batch_tokens x gradient_accumulation_steps x nproc.",
+    )
+    layout: Literal["auto", "bucketed", "packed"] = Field(
+        default="auto",
+        description="How conversations share a micro-batch. `packed`: end to end in one row with per-conversation "
+        "position ids (no padding; cheapest with flash-attention, whose varlen kernels skip cross-conversation "
+        "pairs). `bucketed`: similar lengths in a padded batch (little padding; attention per conversation; best "
+        "with SDPA/eager kernels, e.g. on CPU). `auto`: packed under flash-attention, else bucketed.",
+    )
+    max_seq_length: int = Field(
+        default=2048, ge=16,
+        description="Longest conversation in tokens; longer ones are truncated from the end (their loss mask too). "
+        "Must not exceed micro_batch_tokens.",
+    )
+    seed: int = Field(default=0, description="Seeds the data order, packing and initialisation of LoRA weights.")
+    save_every_steps: int = Field(
+        default=50, ge=1,
+        description="Write an intermediate training state (model, optimizer, scheduler, RNG, data position) every "
+        "this many steps; a killed job resumes from the latest one. Lower = less lost work, more disk writes.",
+    )
+    log_every_steps: int = Field(default=1, ge=1, description="Report metrics every this many optimizer steps.")
+    nproc: int = Field(
+        default=1, ge=1, le=64,
+        description="Processes for data-parallel training (DDP under torchrun: gloo on CPU, nccl on GPU, one "
+        "process per GPU). 1 runs a single process.",
+    )
+    cpu_threads: int | None = Field(
+        default=None, ge=1, le=512,
+        description="Torch threads per training process on CPU. Default: cores / nproc. One thread is steadier "
+        "on a machine whose cores other work also uses (idle threads spin at every parallel region).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where to train: `auto` takes CUDA when available. bf16 on CUDA, fp32 on CPU."
+    )
+    lora: bool = Field(default=False, description="Train LoRA adapters (PEFT) instead of all weights.")
+    lora_r: int = Field(default=16, ge=1, le=1024, description="LoRA rank: adapter capacity; memory grows with it.")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input path.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters (Qwen2/Llama projection names by default).",
+    )
+    merge_lora: bool = Field(
+        default=True,
+        description="Publish the adapter merged into the base weights (what the student service and vLLM load as a "
+        "plain checkpoint). False publishes the PEFT adapter directory instead.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SFTHyperparameters":
+        if self.max_seq_length > self.micro_batch_tokens:
+            raise ValueError(
+                f"max_seq_length ({self.max_seq_length}) exceeds micro_batch_tokens ({self.micro_batch_tokens}): "
+                "raise micro_batch_tokens or lower max_seq_length so every conversation fits a micro-batch"
+            )
+        if self.lora and not self.lora_target_modules:
+            raise ValueError("lora is on but lora_target_modules is empty: name the modules to adapt")
+        return self
+
+
+class JobRequest(BaseModel):
+    """Create a training job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sft"] = Field(default="sft", description="Job kind: `sft` (supervised fine-tuning).")
+    base: str | None = Field(
+        default=None,
+        description="Model to start from: a published checkpoint (`name`, `name/vN`), `builtin:student`, "
+        "`builtin:teacher` or a checkpoint directory. Default: the built-in tiny student.",
+    )
+    dataset: DatasetSpec = Field(description="Training conversations (messages JSONL path or inline rows).")
+    hyperparameters: SFTHyperparameters = Field(
+        default_factory=SFTHyperparameters, description="Optimisation settings; every field has a default."
+    )
+    output_name: str | None = Field(
+        default=None,
+        description="Checkpoint series the result is published to (next version). Default: `<kind>-<job id>`.",
+    )
+    job_id: str | None = Field(
+        default=None,
+        description="Caller-chosen id. Creating a job with an id that exists returns that job (idempotent retry).",
+    )
+
+    @field_validator("job_id", "output_name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not _JOB_ID.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+
+class JobMetrics(BaseModel):
+    """Latest training metrics of a job."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: float | None = Field(default=None, description="Mean loss per assistant token over the last logged step.")
+    tokens_per_s: float | None = Field(default=None, description="Trained-on tokens (all non-padding) per second, all processes.")
+    learning_rate: float | None = Field(default=None, description="Learning rate of the last step.")
+    grad_norm: float | None = Field(default=None, description="Global gradient norm before clipping.")
+    epoch: float | None = Field(default=None, description="Passes over the data so far.")
+    tokens_seen: int | None = Field(default=None, description="Tokens processed so far (all processes).")
+    padding_share: float | None = Field(default=None, description="Share of computed token slots that were padding.")
+    assistant_share: float | None = Field(default=None, description="Share of tokens that carry loss (assistant turns).")
+
+
+class JobCheckpoint(BaseModel):
+    name: str = Field(description="Checkpoint series name.")
+    version: int = Field(description="Published version; load it with the student's `POST /v1/weights {name, version}`.")
+    path: str = Field(description="Directory of the Hugging Face format checkpoint.")
+
+
+class JobInfo(BaseModel):
+    """A job as `GET /v1/jobs/{id}` reports it."""
+
+    id: str = Field(description="Job id.")
+    kind: str = Field(description="Job kind.")
+    state: JobState = Field(description="queued | running | succeeded | failed | cancelled.")
+    base: str = Field(description="Lineage label of the model it starts from.")
+    output_name: str = Field(description="Checkpoint series the result goes to.")
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned (known once data is packed).")
+    metrics: JobMetrics = Field(default_factory=JobMetrics, description="Latest metrics.")
+    eta_s: float | None = Field(default=None, description="Estimated seconds to finish, from recent step times.")
+    checkpoint: JobCheckpoint | None = Field(default=None, description="The published result, once succeeded.")
+    error: str | None = Field(default=None, description="Why the job failed.")
+    resumed_from_step: int | None = Field(
+        default=None, description="Step of the intermediate state the job last resumed from (after a restart)."
+    )
+    attempts: int = Field(default=0, description="Times a training process was started for this job.")
+    hyperparameters: SFTHyperparameters = Field(description="Settings in force.")
+    created_at: float = Field(description="Unix time of creation.")
+    updated_at: float = Field(description="Unix time of the last change.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo] = Field(description="Jobs, oldest first.")
+
+
+class JobEvent(BaseModel):
+    """One line of a job's event log (`GET /v1/jobs/{id}/events`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int = Field(description="Position in the job's log, from 0.")
+    time: float = Field(description="Unix time.")
+    type: Literal["state", "progress", "checkpoint", "log"] = Field(description="What happened.")
+    state: JobState | None = Field(default=None, description="New state, for `state` events.")
+    step: int | None = Field(default=None, description="Optimizer step, for `progress` and `checkpoint` events.")
+    metrics: dict | None = Field(default=None, description="Metrics at that step.")
+    message: str | None = Field(default=None, description="Human-readable detail.")
