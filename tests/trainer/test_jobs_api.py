@@ -1,0 +1,123 @@
+"""The jobs API in-process: validation (422 naming field or line), idempotent creation, state machine, events.
+
+The app here never starts a training process (`max_running_jobs=0` keeps jobs queued); training through
+the service runs in the slow end-to-end tests.
+"""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.schemas.training import TERMINAL_STATES, VALID_TRANSITIONS, JobState
+from shared.settings import Settings
+from services.trainer.app import create_app
+from services.trainer.config import TrainerConfig
+
+GOOD = {"messages": [{"role": "user", "content": "Compute 2 + 2."}, {"role": "assistant", "content": "4"}]}
+NO_ASSISTANT = {"messages": [{"role": "user", "content": "Compute 2 + 2."}]}
+
+
+@pytest.fixture
+def client(score_home, tmp_path):
+    # The built-in models come from the session's SCORE_HOME; jobs and checkpoints go to a fresh one.
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
+    config = TrainerConfig(settings=Settings(home=home), max_running_jobs=0)
+    with TestClient(create_app(config)) as client:
+        yield client
+
+
+def _error(response, status=422):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+def test_rows_without_assistant_turn_name_the_row(client):
+    rows = [GOOD, GOOD, GOOD, NO_ASSISTANT]
+    error = _error(client.post("/v1/jobs", json={"dataset": {"rows": rows}}))
+    assert error["param"] == "body.dataset.rows.3"
+    assert "assistant" in error["message"]
+
+
+def test_empty_dataset(client, tmp_path):
+    error = _error(client.post("/v1/jobs", json={"dataset": {"rows": []}}))
+    assert error["param"] == "body.dataset.rows"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    error = _error(client.post("/v1/jobs", json={"dataset": {"path": str(empty)}}))
+    assert error["param"] == "body.dataset.path" and "no conversations" in error["message"]
+    error = _error(client.post("/v1/jobs", json={"dataset": {}}))
+    assert error["param"] == "body.dataset"
+
+
+def test_jsonl_errors_name_the_line(client, tmp_path):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text("\n".join([json.dumps(GOOD)] * 3 + ['{"messages": [']) + "\n")
+    error = _error(client.post("/v1/jobs", json={"dataset": {"path": str(bad_json)}}))
+    assert error["param"] == "body.dataset.path" and "line 4" in error["message"] and "JSON" in error["message"]
+    no_assistant = tmp_path / "no_assistant.jsonl"
+    no_assistant.write_text("\n".join(json.dumps(r) for r in [GOOD, GOOD, GOOD, NO_ASSISTANT]) + "\n")
+    error = _error(client.post("/v1/jobs", json={"dataset": {"path": str(no_assistant)}}))
+    assert "line 4" in error["message"] and "assistant" in error["message"]
+    error = _error(client.post("/v1/jobs", json={"dataset": {"path": str(tmp_path / "missing.jsonl")}}))
+    assert error["param"] == "body.dataset.path"
+
+
+def test_unknown_base_checkpoint(client):
+    error = _error(client.post("/v1/jobs", json={"base": "no-such-model/v3", "dataset": {"rows": [GOOD]}}))
+    assert error["param"] == "body.base" and "no-such-model" in error["message"]
+
+
+def test_hyperparameter_validation_says_what_to_change(client):
+    error = _error(client.post("/v1/jobs", json={"dataset": {"rows": [GOOD]}, "hyperparameters": {"learning_rate": 0}}))
+    assert error["param"] == "body.hyperparameters.learning_rate"
+    error = _error(client.post("/v1/jobs", json={
+        "dataset": {"rows": [GOOD]}, "hyperparameters": {"max_seq_length": 4096, "micro_batch_tokens": 1024}}))
+    assert error["param"] == "body.hyperparameters" and "raise micro_batch_tokens" in error["message"]
+    error = _error(client.post("/v1/jobs", json={"dataset": {"rows": [GOOD]}, "hyperparameters": {"lr": 1e-3}}))
+    assert error["param"] == "body.hyperparameters.lr"
+
+
+def test_create_is_idempotent_with_a_caller_id_and_persists(client):
+    body = {"dataset": {"rows": [GOOD]}, "job_id": "unit-job-1", "output_name": "unit-out"}
+    first = client.post("/v1/jobs", json=body)
+    assert first.status_code == 201
+    job = first.json()
+    assert job["state"] == "queued" and job["base"] == "builtin:student" and job["output_name"] == "unit-out"
+    again = client.post("/v1/jobs", json=body)
+    assert again.status_code == 200 and again.json()["id"] == "unit-job-1"
+    assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == ["unit-job-1"]
+    assert client.get("/v1/jobs/unit-job-1").json()["hyperparameters"]["learning_rate"] == job["hyperparameters"]["learning_rate"]
+    assert _error(client.get("/v1/jobs/nope"), 404)["type"] == "not_found"
+
+
+def test_cancel_then_cancel_again_is_a_conflict(client):
+    job = client.post("/v1/jobs", json={"dataset": {"rows": [GOOD]}}).json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    error = _error(client.post(f"/v1/jobs/{job['id']}/cancel"), 409)
+    assert "cancelled" in error["message"]
+    lines = client.get(f"/v1/jobs/{job['id']}/events").text.splitlines()
+    states = [json.loads(line).get("state") for line in lines]
+    assert states == ["queued", "cancelled"]
+    later = client.get(f"/v1/jobs/{job['id']}/events", params={"after": 0}).text.splitlines()
+    assert [json.loads(line)["seq"] for line in later] == [1]
+    stream = client.get(f"/v1/jobs/{job['id']}/events", params={"stream": "true"})
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.text.count("event: state") == 2  # a finished job's stream ends after its last event
+
+
+def test_state_machine_is_explicit():
+    assert TERMINAL_STATES == {JobState.succeeded, JobState.failed, JobState.cancelled}
+    assert JobState.running in VALID_TRANSITIONS[JobState.queued]
+    assert JobState.queued in VALID_TRANSITIONS[JobState.running]  # resume after a restart
+    assert all(not VALID_TRANSITIONS[state] for state in TERMINAL_STATES)
+
+
+def test_openapi_fields_are_described(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("SFTHyperparameters", "JobRequest", "JobInfo", "DatasetSpec"):
+        for field, spec in schema[name]["properties"].items():
+            assert spec.get("description"), f"{name}.{field} has no description"
