@@ -138,7 +138,7 @@ class JudgeStrategy:
             if leaked_answer(step, task, steps[:k]) is not None:
                 failures.append("the corrected step states the gold answer before any observation showed it")
                 continue
-            executed = await self.executor.run_after(steps[:k], step.model_copy(update={"raw": None}))
+            executed = await self.executor.run_after(steps[:k], step)
             cost = cost.add(Cost(sandbox_runs=1))
             return Correction(
                 task_id=task.id, strategy="judge", answer_correct=False, first_error_step=k,

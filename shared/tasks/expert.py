@@ -195,19 +195,37 @@ def _kb_step_from(meta: dict, progress: int) -> Step:
     return Step(kind="act", thought=thought, code=f"print(search({json.dumps(hop['entity'])}))")
 
 
-def broken_trajectory(task: Task, rng) -> tuple[list[Step], int, str]:
+def broken_trajectory(task: Task, rng, *, restyle: bool = False) -> tuple[list[Step], int, str]:
     """The gold trajectory with one act step deliberately wrong: (steps, index of the broken step, what broke).
 
     arith: a wrong operand or operator (later steps keep the gold code, so the error propagates) or a wrong
     final answer; kb: a search for the wrong entity (then a wrong final answer) or a wrong final answer.
     Every broken trajectory ends in a wrong final answer. `rng` is a `random.Random`.
+    `restyle=True` writes every step's code differently from the expert (other variable names, search
+    results stored before printing) without changing what it prints, as another agent would.
     """
     family, meta = _family_and_meta(task)
     gold = expert_steps(task)
     position = rng.randrange(1, len(gold))
     if family == "arith":
-        return _broken_arith(gold, meta, position, rng)
-    return _broken_kb(gold, meta, position, rng)
+        steps, position, what = _broken_arith(gold, meta, position, rng)
+    else:
+        steps, position, what = _broken_kb(gold, meta, position, rng)
+    if restyle:
+        steps = [s.model_copy(update={"code": _restyled(s.code)}) if s.code else s for s in steps]
+    return steps, position, what
+
+
+_EXPERT_VARIABLE = re.compile(rf"\b([{_VARIABLES}])\b")
+_PRINTED_SEARCH = re.compile(r"^print\((search\(.*\))\)$")
+
+
+def _restyled(code: str) -> str:
+    """The same effect in other words: `a` -> `value_1`, `print(search(q))` -> `hits = search(q)` + `print(hits)`."""
+    search = _PRINTED_SEARCH.match(code)
+    if search:
+        return f"hits = {search.group(1)}\nprint(hits)"
+    return _EXPERT_VARIABLE.sub(lambda m: f"value_{_VARIABLES.index(m.group(1)) + 1}", code)
 
 
 def _broken_arith(gold: list[Step], meta: dict, position: int, rng) -> tuple[list[Step], int, str]:

@@ -22,12 +22,12 @@ def teacher_config(score_home, **overrides) -> TeacherConfig:
     return TeacherConfig(**values)
 
 
-def broken_items(n: int, *, seed: int) -> tuple[list[dict], list[int]]:
+def broken_items(n: int, *, seed: int, restyle: bool = False) -> tuple[list[dict], list[int]]:
     """`n` built-in tasks (both families) with one act step broken each: request items and broken positions."""
     rng = random.Random(seed)
     items, positions = [], []
     for task in builtin_tasks(n=n, seed=seed):
-        steps, position, _ = broken_trajectory(task, rng)
+        steps, position, _ = broken_trajectory(task, rng, restyle=restyle)
         items.append({"task": task.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
         positions.append(position)
     return items, positions

@@ -48,6 +48,17 @@ def test_verify_finds_the_broken_step_and_its_correction_reaches_the_gold_answer
     assert body["cost"]["full_rollouts"] == sum(c["cost"]["full_rollouts"] for c in corrections)
 
 
+def test_verify_sees_through_code_written_differently(expert_client):
+    # Every step is written unlike the expert's (other variable names, search results stored first): the
+    # teacher's steps are executed after each prefix and compared by observation, not by code.
+    items, positions = broken_items(20, seed=13, restyle=True)
+    body = expert_client.post("/v1/corrections", json={"items": items, "strategy": "verify"}).json()
+    found = sum(c["first_error_step"] == p for c, p in zip(body["corrections"], positions))
+    assert found / len(items) >= 0.95
+    assert body["cost"]["full_rollouts"] / len(items) <= 1.5
+    assert body["cost"]["sandbox_runs"] > 3 * len(items)  # the comparisons really ran
+
+
 def test_judge_with_the_expert_finds_the_same_steps(expert_client):
     items, positions = broken_items(N_BROKEN, seed=12)
     response = expert_client.post("/v1/corrections", json={"items": items, "strategy": "judge"})

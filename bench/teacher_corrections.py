@@ -1,0 +1,146 @@
+"""Teacher corrections: how fast, how costly and how accurate the first-critical-error search is.
+
+Builds built-in tasks (both families) whose expert trajectory has one act step deliberately broken at a
+known position (wrong operand or operator, wrong entity searched, wrong final answer), sends them to a real
+`score serve teacher --engine expert` process with `verify` and then `judge` — and `verify` once more with
+every step's code restyled (other variable names, same effects), which makes the teacher execute and compare
+its own step at each prefix instead of recognising its own code — and reports corrections/s,
+full teacher rollouts, teacher tokens and sandboxes per correction, and how often the broken position was
+found. A second, smaller round runs `verify` and `judge` on the built-in tiny teacher model in-process
+(untrained: it mostly writes malformed steps, so its corrections are mostly `hard`), for model tokens and
+calls per correction. Nothing is asserted; the numbers are reported.
+
+    .venv/bin/python bench/teacher_corrections.py [--items 200] [--model-items 4] [--model-max-tokens 64]
+
+Prints a table and writes bench/results/teacher_corrections.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.models.builtin import ensure_builtin_model  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.tasks.builtin import builtin_tasks  # noqa: E402
+from shared.tasks.expert import broken_trajectory  # noqa: E402
+from bench.report import report  # noqa: E402
+from tests.service_process import ServiceProcess  # noqa: E402
+
+
+def broken_items(n: int, seed: int, restyle: bool = False) -> tuple[list[dict], list[int], list[str]]:
+    rng = random.Random(seed)
+    items, positions, kinds = [], [], []
+    for task in builtin_tasks(n=n, seed=seed):
+        steps, position, what = broken_trajectory(task, rng, restyle=restyle)
+        items.append({"task": task.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
+        positions.append(position)
+        kinds.append(f"{task.family}: {what}")
+    return items, positions, kinds
+
+
+def summarise(body: dict, seconds: float, positions: list[int], kinds: list[str]) -> dict:
+    corrections = body["corrections"]
+    n = len(corrections)
+    found = [c["first_error_step"] == p for c, p in zip(corrections, positions)]
+    by_kind: dict[str, list[int]] = {}
+    for kind, hit in zip(kinds, found):
+        by_kind.setdefault(kind, []).append(int(hit))
+    cost = body["cost"]
+    return {
+        "items": n, "seconds": seconds, "corrections_per_s": n / seconds,
+        "position_accuracy": sum(found) / n, "hard": sum(c["hard"] for c in corrections),
+        "full_rollouts_per_correction": cost["full_rollouts"] / n,
+        "teacher_calls_per_correction": cost["teacher_calls"] / n,
+        "teacher_tokens_per_correction": cost["teacher_tokens"] / n,
+        "teacher_prompt_tokens_per_correction": cost["teacher_prompt_tokens"] / n,
+        "sandbox_runs_per_correction": cost["sandbox_runs"] / n,
+        "accuracy_by_break": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
+        "cost": cost,
+    }
+
+
+def expert_round(home: Path, n: int, seed: int) -> dict:
+    """Both strategies on trajectories as the expert writes them, and `verify` on restyled ones."""
+    rounds = [("verify", False), ("judge", False), ("verify restyled", True)]
+    service = ServiceProcess("teacher", "--engine", "expert", home=home, log_dir=Path(tempfile.mkdtemp()))
+    results = {}
+    try:
+        service.wait_ready()
+        items, _, _ = broken_items(2, seed)
+        httpx.post(f"{service.url}/v1/corrections", json={"items": items}, timeout=600)  # warm-up
+        for name, restyle in rounds:
+            items, positions, kinds = broken_items(n, seed, restyle=restyle)
+            started = time.perf_counter()
+            response = httpx.post(f"{service.url}/v1/corrections", timeout=1800,
+                                  json={"items": items, "strategy": name.split()[0]})
+            response.raise_for_status()
+            results[name] = summarise(response.json(), time.perf_counter() - started, positions, kinds)
+    finally:
+        service.stop()
+    return results
+
+
+def model_round(home: Path, items, positions, kinds, max_tokens: int) -> dict:
+    from fastapi.testclient import TestClient
+
+    from services.teacher.app import create_app
+    from services.teacher.config import TeacherConfig
+
+    config = TeacherConfig(engine="transformers", settings=Settings(home=home), max_step_tokens=max_tokens,
+                           max_judge_tokens=max_tokens * 2)
+    results = {}
+    with TestClient(create_app(config)) as client:
+        for strategy in ("verify", "judge"):
+            started = time.perf_counter()
+            response = client.post("/v1/corrections", json={"items": items, "strategy": strategy})
+            response.raise_for_status()
+            results[strategy] = summarise(response.json(), time.perf_counter() - started, positions, kinds)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=200, help="broken trajectories for the expert round")
+    parser.add_argument("--model-items", type=int, default=4, help="broken trajectories for the tiny-model round (0: skip)")
+    parser.add_argument("--model-max-tokens", type=int, default=64, help="token budget of one teacher model turn")
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "teacher_corrections.json"))
+    args = parser.parse_args()
+
+    home = Path(os.environ.get("SCORE_HOME") or tempfile.mkdtemp(prefix="score-bench-"))
+    result = {"config": vars(args), "expert": expert_round(home, args.items, args.seed)}
+    if args.model_items:
+        ensure_builtin_model("teacher", home)
+        m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1)
+        result["tiny_model"] = model_round(home, m_items, m_positions, m_kinds, args.model_max_tokens)
+
+    rows = []
+    for backend, strategies in (("expert", result["expert"]), ("tiny model", result.get("tiny_model", {}))):
+        for strategy, r in strategies.items():
+            rows += [
+                (f"{backend} {strategy}: {r['items']} broken trajectories (s)", f"{r['seconds']:.2f}"),
+                ("  corrections/s", f"{r['corrections_per_s']:.2f}"),
+                ("  position accuracy", f"{r['position_accuracy']:.3f}"),
+                ("  hard", f"{r['hard']}"),
+                ("  full teacher rollouts / correction", f"{r['full_rollouts_per_correction']:.2f}"),
+                ("  teacher calls / correction", f"{r['teacher_calls_per_correction']:.2f}"),
+                ("  teacher tokens / correction (generated)", f"{r['teacher_tokens_per_correction']:.1f}"),
+                ("  teacher prompt tokens / correction", f"{r['teacher_prompt_tokens_per_correction']:.1f}"),
+                ("  sandboxes / correction", f"{r['sandbox_runs_per_correction']:.2f}"),
+            ]
+    report(rows, result, args.out)
+
+
+if __name__ == "__main__":
+    main()
