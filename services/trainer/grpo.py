@@ -5,8 +5,8 @@
     loss         = -min(ratio * A, clip(ratio, 1-eps, 1+eps_high) * A) [+ beta * k3 KL to the reference]
                    aggregated over generated tokens only (completion_mask), token- or sequence-mean
 
-The batch is split into mini-batches of `mini_batch_size` samples, each right-padded to its longest
-sample; gradients accumulate over all of them with the batch's normaliser, so the optimizer step
+The batch is split into mini-batches of `mini_batch_size` samples of similar length, each right-padded
+to its longest sample; gradients accumulate over all of them with the batch's normaliser, so the optimizer step
 equals one full-batch step whatever the mini-batch size. `num_iterations` repeats that step on the
 same batch. Target alignment: position t of the (T-1)-long per-token tensors scores token t+1 given
 tokens 0..t, so `completion_mask = loss_mask[1:]` and `old_per_token_logps = logprobs[1:]`.
@@ -109,10 +109,13 @@ def grpo_step(
     advantages, is_std_zero = losses.group_advantages(
         rewards, [len(group) for group in groups], scale_rewards=hp.scale_rewards
     )
+    # Mini-batches of similar lengths pad least; the order is free because every mini-batch shares the
+    # batch's normaliser and the optimizer steps once after all of them.
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].token_ids))
     size = hp.mini_batch_size
     batches = [
-        pad_mini_batch(samples[i : i + size], advantages[i : i + size], pad_id=pad_id, device=device)
-        for i in range(0, len(samples), size)
+        pad_mini_batch([samples[i] for i in chunk], advantages[chunk], pad_id=pad_id, device=device)
+        for chunk in (order[start : start + size] for start in range(0, len(order), size))
     ]
     # Normalisers of the whole batch, so accumulated mini-batch gradients equal one full-batch mean.
     num_tokens = float(sum(b.completion_mask.sum().item() for b in batches)) or 1.0
