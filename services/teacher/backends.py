@@ -20,6 +20,7 @@ from shared.agent.execute import execute_step
 from shared.agent.rollout import RolloutRunner
 from shared.agent.tokens import chat_token_ids
 from shared.models.engine import Engine, PromptTooLongError
+from shared.models.openai_engine import RemoteEngineError
 from shared.schemas.agent import Episode, Step, Task
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
@@ -164,7 +165,7 @@ class EngineBackend(TeacherBackend):
         # One turn per prefix, all started together: the engine batches the concurrent calls, and the
         # runner executes each step in a sandbox rebuilt from its prefix, so proposals come back executed.
         items = [RolloutItem(task=Task.model_validate(task.model_dump()), prefix_steps=prefix) for task, prefix in jobs]
-        episodes = await self.runner.run(items, n=1, max_turns=1, sampling=self.sampling) if items else []
+        episodes = await self._run(items, max_turns=1) if items else []
         proposals = []
         for (_, prefix), episode in zip(jobs, episodes):
             step = episode.steps[len(prefix)] if len(episode.steps) > len(prefix) else None
@@ -173,8 +174,14 @@ class EngineBackend(TeacherBackend):
 
     async def continue_from(self, task: Task, steps: list[Step], *, max_turns: int) -> Continuation:
         item = RolloutItem(task=Task.model_validate(task.model_dump()), prefix_steps=steps)
-        [episode] = await self.runner.run([item], n=1, max_turns=max_turns, sampling=self.sampling)
+        [episode] = await self._run([item], max_turns=max_turns)
         return Continuation(episode.steps, episode.final_answer, episode_cost(episode))
+
+    async def _run(self, items: list[RolloutItem], *, max_turns: int) -> list[Episode]:
+        try:
+            return await self.runner.run(items, n=1, max_turns=max_turns, sampling=self.sampling)
+        except (httpx.HTTPError, RemoteEngineError) as exc:
+            raise BackendError(f"the teacher model failed: {exc}") from exc
 
     async def chat(self, messages: list[dict], *, max_tokens: int, json_schema: dict | None = None,
                    seed: int | None = None) -> ChatReply:
@@ -184,7 +191,7 @@ class EngineBackend(TeacherBackend):
             output = await self.engine.generate(prompt, sampling)
         except PromptTooLongError as exc:
             raise BackendError(f"the prompt does not fit the teacher's context: {exc}") from exc
-        except (httpx.HTTPError, RuntimeError) as exc:
+        except (httpx.HTTPError, RemoteEngineError) as exc:
             raise BackendError(f"the teacher model failed: {exc}") from exc
         cost = Cost(teacher_calls=1, teacher_tokens=len(output.token_ids), teacher_prompt_tokens=len(prompt))
         return ChatReply(output.text, cost)

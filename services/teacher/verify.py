@@ -22,7 +22,7 @@ from collections import defaultdict
 from shared.schemas.agent import Step
 from shared.schemas.teacher import Correction, Cost
 from shared.scoring import score_answer
-from services.teacher.backends import Proposal, TeacherBackend
+from services.teacher.backends import BackendError, Proposal, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor, same_code, same_effect
 from services.teacher.prepare import Prepared, hard, short, triage
@@ -44,7 +44,10 @@ class VerifyStrategy:
                 if step.kind == "act":
                     jobs.append((p.item.task, p.steps[:k]))
                     positions.append((i, k))
-        proposals = await self.backend.propose(jobs)
+        try:
+            proposals = await self.backend.propose(jobs)
+        except BackendError as exc:
+            return [done or hard(p, "verify", str(exc), Cost(sandbox_runs=1)) for p, done in zip(prepared, settled)]
         by_item: dict[int, dict[int, Proposal]] = defaultdict(dict)
         for (i, k), proposal in zip(positions, proposals):
             by_item[i][k] = proposal
@@ -77,9 +80,12 @@ class VerifyStrategy:
             if len(tried) >= self.config.max_rollouts_per_item:
                 break
             tried.append(k)
-            continuation = await self.backend.continue_from(
-                task, [*steps[:k], teacher], max_turns=self.config.rollout_max_turns
-            )
+            try:
+                continuation = await self.backend.continue_from(
+                    task, [*steps[:k], teacher], max_turns=self.config.rollout_max_turns
+                )
+            except BackendError as exc:
+                return hard(prepared, "verify", str(exc), cost)
             cost = cost.add(continuation.cost).add(Cost(full_rollouts=1))
             answer = continuation.final_answer
             if answer is not None and score_answer(answer, task.true_answer).correct:

@@ -166,3 +166,18 @@ def test_flags_that_do_not_apply_are_refused(score_home, flags, message):
                                  "device": None, "host": "127.0.0.1", "port": None, **flags})
     with pytest.raises(ValueError, match=message):
         app_from_args(args, Settings(home=score_home))
+
+
+def test_an_unreachable_teacher_server_makes_hard_corrections_not_errors(score_home):
+    from tests.service_process import free_port
+    from tests.teacher.conftest import broken_items
+
+    config = teacher_config(score_home, engine="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                            served_model_name="teacher-72b")
+    items, _ = broken_items(2, seed=61)
+    with TestClient(create_app(config)) as client:
+        for strategy in ("verify", "judge"):
+            response = client.post("/v1/corrections", json={"items": items, "strategy": strategy})
+            assert response.status_code == 200, response.text
+            for correction in response.json()["corrections"]:
+                assert correction["hard"] and "failed" in correction["reason"], correction
