@@ -1,0 +1,86 @@
+"""The trainer as a real process: kill -9 mid-job and the restarted service resumes the job and finishes it."""
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service_process import ServiceProcess
+from tests.trainer.sft_jobs import gold_conversations, write_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def fresh_home(score_home: Path, root: Path) -> Path:
+    """A SCORE_HOME of its own (jobs, checkpoints) sharing the session's built-in models."""
+    home = root / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
+    return home
+
+
+def wait_for(url: str, predicate, timeout_s: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout_s
+    job = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(url, timeout=10).json()
+        if predicate(job):
+            return job
+        if job.get("state") == "failed":
+            raise AssertionError(f"job failed: {job.get('error')}")
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out waiting for {what}; last: {job}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_kill_9_mid_job_then_restart_resumes_and_finishes(score_home, tmp_path):
+    home = fresh_home(score_home, tmp_path)
+    dataset = write_dataset(tmp_path / "gold.jsonl", gold_conversations(32))
+    body = {
+        "dataset": {"path": str(dataset)}, "job_id": "resume-me", "output_name": "resume-test",
+        "hyperparameters": {"max_steps": 30, "save_every_steps": 4, "learning_rate": 3e-3, "cpu_threads": 1,
+                            "micro_batch_tokens": 1024, "max_seq_length": 1024},
+    }
+    first = ServiceProcess("trainer", home=home, log_dir=tmp_path).wait_ready()
+    try:
+        created = httpx.post(f"{first.url}/v1/jobs", json=body, timeout=30)
+        assert created.status_code == 201, created.text
+        job_url = f"{first.url}/v1/jobs/resume-me"
+        wait_for(job_url, lambda j: j["step"] >= 6, 120, "step 6 (past the intermediate state at step 4)")
+        events = httpx.get(f"{job_url}/events", timeout=10).text
+        child_pid = int(events.split("training process started (pid ")[1].split(",")[0])
+        first.process.kill()  # SIGKILL: no shutdown code runs
+        first.process.wait(10)
+    finally:
+        first.stop()
+    deadline = time.monotonic() + 10
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child_pid), "the training process outlived the killed service"
+
+    second = ServiceProcess("trainer", home=home, log_dir=tmp_path).wait_ready()
+    try:
+        job_url = f"{second.url}/v1/jobs/resume-me"
+        listed = httpx.get(f"{second.url}/v1/jobs", timeout=10).json()["jobs"]
+        assert [j["id"] for j in listed] == ["resume-me"]
+        done = wait_for(job_url, lambda j: j["state"] == "succeeded", 150, "the resumed job to finish")
+        assert done["resumed_from_step"] is not None and done["resumed_from_step"] >= 4
+        assert done["attempts"] == 2
+        assert done["step"] == done["total_steps"] == 30
+        assert done["checkpoint"]["name"] == "resume-test" and done["checkpoint"]["version"] == 1
+        assert (Path(done["checkpoint"]["path"]) / "model.safetensors").is_file()
+        events = httpx.get(f"{job_url}/events", timeout=10).text.splitlines()
+        assert any("service restarted" in line for line in events)
+        # Idempotent creation across the restart: the same job id returns the finished job.
+        again = httpx.post(f"{second.url}/v1/jobs", json=body, timeout=30)
+        assert again.status_code == 200 and again.json()["state"] == "succeeded"
+    finally:
+        second.stop()
