@@ -58,12 +58,14 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
     if config.engine == "openai":
         engine = OpenAIEngine(config.base_url, tokenizer=load_tokenizer(path), model_name=config.served_model_name,
                               api_key=config.settings.api_token)
-        runner = RolloutRunner(engine, sandbox_factory, max_concurrent_executions=config.max_concurrent_sandboxes)
+        runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
+                               max_concurrent_executions=config.max_concurrent_sandboxes)
         return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
     engine = TransformersEngine(str(path), model_name=config.served_model_name or label, device=config.device,
                                 max_batch_size=config.max_batch_size)
-    runner = RolloutRunner(engine, sandbox_factory, max_concurrent_executions=config.max_concurrent_sandboxes)
+    runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
+                           max_concurrent_executions=config.max_concurrent_sandboxes)
     return EngineBackend(engine, runner, sampling=sampling, max_judge_tokens=config.max_judge_tokens)
 
 

@@ -129,5 +129,6 @@ class JudgementService:
             return fallback.model_copy(update={"detail": f"teacher unavailable ({exc}); programmatic verdict"}), Cost()
         verdict, reason = parse_equivalence(reply.text)
         if verdict is None:
-            return fallback.model_copy(update={"detail": f"teacher reply unreadable ({reason}); programmatic verdict"}), reply.cost
+            detail = f"teacher reply unreadable ({reason}); programmatic verdict"
+            return fallback.model_copy(update={"detail": detail}), reply.cost
         return fallback.model_copy(update={"equivalent": verdict, "method": "teacher", "detail": reason}), reply.cost

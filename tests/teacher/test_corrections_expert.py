@@ -108,7 +108,8 @@ def test_a_trajectory_that_reaches_the_gold_answer_has_nothing_to_correct(expert
     task = builtin_tasks(family="kb", n=1, seed=3)[0]
     item = {"task": task.model_dump(), "steps": [s.model_dump() for s in expert_steps(task)]}
     for strategy in ("verify", "judge"):
-        [correction] = expert_client.post("/v1/corrections", json={"items": [item], "strategy": strategy}).json()["corrections"]
+        body = {"items": [item], "strategy": strategy}
+        [correction] = expert_client.post("/v1/corrections", json=body).json()["corrections"]
         assert correction["answer_correct"] and not correction["hard"] and correction["first_error_step"] is None
 
 
