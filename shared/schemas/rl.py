@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from shared.schemas.agent import Episode
+
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_STEP_SAMPLES = 4096  # samples per step; a bigger batch should be split into several steps by the caller
 
@@ -131,6 +133,8 @@ class RLSessionCreate(BaseModel):
 
 
 class CheckpointInfo(BaseModel):
+    """Where a published checkpoint version lives."""
+
     name: str = Field(description="Checkpoint series.")
     version: int = Field(description="Version within the series.")
     path: str = Field(description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights).")
@@ -157,6 +161,8 @@ class RLSessionInfo(BaseModel):
 
 
 class RLSessionList(BaseModel):
+    """RL sessions known to this trainer."""
+
     sessions: list[RLSessionInfo] = Field(description="Every session under SCORE_HOME/trainer/rl/, newest first.")
 
 
@@ -180,6 +186,16 @@ class RLSample(BaseModel):
         default=None, ge=0,
         description="Tokens before the first model turn; when given, loss_mask must be 0 on all of them.",
     )
+
+    @classmethod
+    def from_episode(cls, episode: Episode, reward: float) -> "RLSample":
+        """The training sample of a student rollout (`POST /v1/rollouts` episode) with its reward."""
+        if episode.policy_version is None:
+            raise ValueError(f"episode of task {episode.task_id!r} carries no policy_version; it is not a rollout")
+        return cls(
+            token_ids=episode.token_ids, loss_mask=episode.loss_mask, logprobs=episode.logprobs,
+            policy_version=episode.policy_version, reward=reward, prompt_length=episode.prompt_length,
+        )
 
     @field_validator("token_ids")
     @classmethod

@@ -229,3 +229,17 @@ def test_rl_endpoints_require_the_token_when_one_is_set(score_home):
         assert_error(client.get("/v1/rl/sessions"), 401, "header.authorization")
         ok = client.get("/v1/rl/sessions", headers={"Authorization": "Bearer rl-test-token-123"})
         assert ok.status_code == 200
+
+
+def test_a_student_episode_becomes_a_sample_as_is():
+    from shared.schemas.agent import Episode
+    from shared.schemas.rl import RLSample
+
+    episode = Episode(
+        task_id="t1", token_ids=[5, 6, 7, 8], prompt_length=2, loss_mask=[0, 0, 1, 1],
+        logprobs=[0.0, 0.0, -0.5, -1.5], policy_version=4,
+    )
+    sample = RLSample.from_episode(episode, reward=0.5)
+    assert (sample.token_ids, sample.loss_mask, sample.prompt_length, sample.policy_version) == ([5, 6, 7, 8], [0, 0, 1, 1], 2, 4)
+    with pytest.raises(ValueError, match="policy_version"):
+        RLSample.from_episode(Episode(task_id="t2", token_ids=[1, 2], loss_mask=[0, 1], logprobs=[0.0, -1.0]), reward=0.0)
