@@ -152,7 +152,9 @@ def grpo_step(
                     loss = losses.sequence_mean(per_token_loss, mask, num_sequences)
                 loss.backward()
                 totals["loss"] += loss.item()  # mini-batch losses sum to the batch loss (shared normaliser)
-                clipped = losses.clip_fractions(ratio.detach(), batch.advantages, mask, epsilon_low=eps_low, epsilon_high=eps_high)
+                clipped = losses.clip_fractions(
+                    ratio.detach(), batch.advantages, mask, epsilon_low=eps_low, epsilon_high=eps_high
+                )
                 for name in ("low", "high", "region"):
                     totals[f"clip_{name}"] += clipped[name].item()
                 if iteration == 0:  # the policy as it was when the batch arrived

@@ -98,7 +98,9 @@ def k3_kl(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor) -> t
     return torch.exp(delta) - delta - 1.0
 
 
-def token_mean(per_token_value: torch.Tensor, completion_mask: torch.Tensor, num_tokens: float | None = None) -> torch.Tensor:
+def token_mean(
+    per_token_value: torch.Tensor, completion_mask: torch.Tensor, num_tokens: float | None = None
+) -> torch.Tensor:
     """Sum over completion tokens divided by `num_tokens` (default: the tokens in this mini-batch).
 
     Passing the token count of the whole batch makes gradients accumulated over mini-batches equal to
@@ -125,7 +127,12 @@ def sequence_mean(
 
 
 def clip_fractions(
-    ratio: torch.Tensor, advantages: torch.Tensor, completion_mask: torch.Tensor, *, epsilon_low: float, epsilon_high: float
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    epsilon_low: float,
+    epsilon_high: float,
 ) -> dict[str, torch.Tensor]:
     """Share of completion tokens whose objective was clipped (TRL's `clip_ratio/*` metrics), as sums.
 

@@ -97,7 +97,8 @@ class RLSessions:
     async def create(self, body: RLSessionCreate) -> tuple[RLSessionInfo, bool]:
         """(the session, True when it was created now); an existing id with the same body is returned as is."""
         session_id = body.session_id or uuid.uuid4().hex[:16]
-        request = body.model_copy(update={"session_id": session_id, "output_name": body.output_name or f"rl-{session_id}"})
+        output_name = body.output_name or f"rl-{session_id}"
+        request = body.model_copy(update={"session_id": session_id, "output_name": output_name})
         async with self._create_lock:
             existing = self._find(session_id)
             if existing is not None:
@@ -148,7 +149,9 @@ class RLSessions:
         async with live.lock:  # one step at a time per session: versions advance in order
             record = live.record
             if record.state != "active":
-                raise ConflictError(f"RL session {session_id!r} is {record.state}; open a new session", param="path.session_id")
+                raise ConflictError(
+                    f"RL session {session_id!r} is {record.state}; open a new session", param="path.session_id"
+                )
             if body.step_id is not None and body.step_id == record.last_step_id and record.last_response is not None:
                 return record.last_response
             self._check_versions(body, record)
@@ -227,7 +230,8 @@ class RLSessions:
         # fp32 master weights on every device: AdamW on bf16 weights loses small updates (lr ~1e-6).
         policy, tokenizer = load_causal_lm(source, device=str(self.device), dtype=torch.float32)
         optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=hp.weight_decay,
+            policy.parameters(), lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2),
+            weight_decay=hp.weight_decay,
         )
         saved = self._dir(record.id) / OPTIMIZER_FILE
         if record.request.save_optimizer_state and saved.is_file():

@@ -137,7 +137,9 @@ class CheckpointInfo(BaseModel):
 
     name: str = Field(description="Checkpoint series.")
     version: int = Field(description="Version within the series.")
-    path: str = Field(description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights).")
+    path: str = Field(
+        description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights)."
+    )
 
 
 class RLSessionInfo(BaseModel):
@@ -154,7 +156,9 @@ class RLSessionInfo(BaseModel):
     hyperparameters: GRPOHyperparameters = Field(description="The session's GRPO settings.")
     save_optimizer_state: bool = Field(description="Whether the AdamW state is saved after each step.")
     checkpoint: CheckpointInfo | None = Field(description="Latest published checkpoint; null before the first step.")
-    loaded: bool = Field(description="Whether the policy is in this process's memory (false after a restart until the next step).")
+    loaded: bool = Field(
+        description="Whether the policy is in this process's memory (false after a restart until the next step)."
+    )
     created_at: float = Field(description="Unix time of creation.")
     updated_at: float = Field(description="Unix time of the last change.")
     last_metrics: dict[str, float] = Field(default_factory=dict, description="Metrics of the latest step.")
@@ -242,14 +246,18 @@ class RLSample(BaseModel):
         if value > len(ids):
             raise ValueError(f"prompt_length {value} exceeds the sample's {len(ids)} tokens")
         if any(mask[:value]):
-            raise ValueError(f"loss_mask has 1s inside the prompt (first {value} tokens); prompt tokens are not trained")
+            raise ValueError(
+                f"loss_mask has 1s inside the prompt (first {value} tokens); prompt tokens are not trained"
+            )
         return value
 
 
 def _same_length(value: list, info: ValidationInfo, field: str) -> None:
     ids = info.data.get("token_ids")
     if ids is not None and len(value) != len(ids):
-        raise ValueError(f"{field} has {len(value)} entries but token_ids has {len(ids)}; they must align token by token")
+        raise ValueError(
+            f"{field} has {len(value)} entries but token_ids has {len(ids)}; they must align token by token"
+        )
 
 
 class RolloutGroup(BaseModel):
