@@ -78,8 +78,8 @@ class TeacherBackend(ABC):
         """Replay `steps` in a fresh sandbox, then let the teacher act until a final answer or `max_turns`."""
 
     async def chat(self, messages: list[dict], *, max_tokens: int, json_schema: dict | None = None,
-                   seed: int | None = None) -> ChatReply:
-        """One free-text answer to a chat prompt (the judge's prompts)."""
+                   seed: int | None = None, temperature: float | None = None) -> ChatReply:
+        """One free-text answer to a chat prompt (the judge's prompts); `temperature` None: the backend's own."""
         raise BackendError(f"the {self.kind} backend has no model to prompt")
 
 
@@ -184,9 +184,12 @@ class EngineBackend(TeacherBackend):
             raise BackendError(f"the teacher model failed: {exc}") from exc
 
     async def chat(self, messages: list[dict], *, max_tokens: int, json_schema: dict | None = None,
-                   seed: int | None = None) -> ChatReply:
+                   seed: int | None = None, temperature: float | None = None) -> ChatReply:
         prompt = chat_token_ids(self.engine.tokenizer, messages, add_generation_prompt=True)
-        sampling = self.sampling.model_copy(update={"max_tokens": max_tokens, "seed": seed})
+        sampling = self.sampling.model_copy(update={
+            "max_tokens": max_tokens, "seed": seed,
+            "temperature": self.sampling.temperature if temperature is None else temperature,
+        })
         try:
             output = await self.engine.generate(prompt, sampling)
         except PromptTooLongError as exc:
@@ -212,9 +215,9 @@ class OpenAIBackend(EngineBackend):
         await super().close()
 
     async def chat(self, messages: list[dict], *, max_tokens: int, json_schema: dict | None = None,
-                   seed: int | None = None) -> ChatReply:
-        body = {"model": self.engine.model_name, "messages": messages, "max_tokens": max_tokens,
-                "temperature": self.sampling.temperature, "seed": seed}
+                   seed: int | None = None, temperature: float | None = None) -> ChatReply:
+        body = {"model": self.engine.model_name, "messages": messages, "max_tokens": max_tokens, "seed": seed,
+                "temperature": self.sampling.temperature if temperature is None else temperature}
         if json_schema is not None and self._schema_supported:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "judgement", "schema": json_schema}}

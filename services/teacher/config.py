@@ -25,6 +25,7 @@ class TeacherConfig:
     rollout_max_turns: int = 8              # turns a full teacher rollout may take after the corrected step
     max_rollouts_per_item: int = 4          # verify: divergent prefixes tried before a trajectory is hard
     judge_attempts: int = 3                 # judge: tries per prompt before falling back to hard
+    retry_temperature: float = 0.7          # judge retries sample at least this hot, or greedy would repeat itself
     max_concurrent_sandboxes: int = 8       # sandboxes replaying or executing at once (comparisons, judge, expert)
     max_concurrent_episodes: int = 64       # model-backend turns and rollouts in flight (one sandbox each)
     judgement_cache_size: int = 4096        # judgements remembered by content hash (LRU)

@@ -64,6 +64,12 @@ class JudgeStrategy:
         judged = iter(await asyncio.gather(*(judge_one(p) for p, done in zip(prepared, settled) if done is None)))
         return [done if done is not None else next(judged) for done in settled]
 
+    def _sampling(self, attempt: int) -> dict:
+        """The first attempt samples as configured (greedy by default); retries sample, or they would repeat it."""
+        if attempt == 0:
+            return {"seed": 0, "temperature": None}
+        return {"seed": attempt, "temperature": max(self.config.temperature, self.config.retry_temperature)}
+
     # ---- the scripted expert -----------------------------------------------------------------------------
     async def _expert_judge(self, prepared: Prepared) -> Correction:
         task, steps = prepared.item.task, prepared.steps
@@ -103,7 +109,7 @@ class JudgeStrategy:
         verdict, failures = None, []
         for attempt in range(self.config.judge_attempts):
             reply = await self.backend.chat(prompts.judge_messages(task, steps), max_tokens=self.config.max_judge_tokens,
-                                            json_schema=prompts.JUDGE_SCHEMA, seed=attempt)
+                                            json_schema=prompts.JUDGE_SCHEMA, **self._sampling(attempt))
             cost = cost.add(reply.cost)
             parsed = parse_judgement(reply.text, len(steps))
             if isinstance(parsed, ParseFailure):
@@ -129,7 +135,7 @@ class JudgeStrategy:
         messages = prompts.correction_messages(task, steps[:k], steps[k], analysis, suggestion)
         failures = []
         for attempt in range(self.config.judge_attempts):
-            reply = await self.backend.chat(messages, max_tokens=self.config.max_step_tokens, seed=attempt)
+            reply = await self.backend.chat(messages, max_tokens=self.config.max_step_tokens, **self._sampling(attempt))
             cost = cost.add(reply.cost)
             step = parse_act(reply.text)
             if step.parse_error is not None:

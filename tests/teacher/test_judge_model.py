@@ -28,9 +28,11 @@ class RecordedModel(TeacherBackend):
     def __init__(self, replies: list) -> None:
         self.replies = list(replies)
         self.prompts: list[list[dict]] = []
+        self.temperatures: list[float | None] = []
 
-    async def chat(self, messages, *, max_tokens, json_schema=None, seed=None) -> ChatReply:
+    async def chat(self, messages, *, max_tokens, json_schema=None, seed=None, temperature=None) -> ChatReply:
         self.prompts.append(messages)
+        self.temperatures.append(temperature)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
@@ -85,6 +87,7 @@ def test_unreadable_verdicts_are_retried_then_hard():
     step = "<thought>t</thought><code>print(1)</code>"
     correction, model = _judge(["I am not sure.", good, step], task, steps)
     assert correction.first_error_step == k and correction.cost.teacher_calls == 3
+    assert model.temperatures == [None, 0.7, None]  # greedy first; the retry samples, or it would repeat itself
     hard, _ = _judge(["nope", '{"first_error_step": 99}', '{"answer_correct": false'], task, steps)
     assert hard.hard and "no usable verdict after 3 attempts" in hard.reason and hard.first_error_step is None
 
