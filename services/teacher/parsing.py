@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.DOTALL)
+_THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _NUMBER = re.compile(r"-?\d+")
 _NO_STEP = {"", "none", "null", "n/a", "na", "no", "no error", "nan", "-"}
@@ -37,14 +38,28 @@ class ParseFailure:
     reason: str
 
 
+def _without_thinking(text: str) -> str:
+    """Reasoning models think aloud in <think> blocks before answering; braces in there are not the answer."""
+    return _THINK.sub("", text)
+
+
 def _candidates(text: str) -> list[str]:
-    """Text spans that may hold the JSON object, most likely first."""
+    """Text spans that may hold the JSON object, most likely first: fenced blocks, every object the JSON
+    decoder reads whole (so braces in surrounding prose do not matter), then first `{` to last `}` for repair."""
     spans = [m.group(1) for m in _FENCE.finditer(text)]
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            _, end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        spans.append(text[match.start():end])
     start = text.find("{")
     if start >= 0:
         end = text.rfind("}")
         spans.append(text[start:end + 1] if end > start else text[start:])
-    return [s.strip() for s in spans if s.strip()]
+    unique = dict.fromkeys(s.strip() for s in spans if s.strip())
+    return list(unique)
 
 
 def _close_truncated(span: str) -> str:
@@ -145,9 +160,12 @@ def _as_step(value, n_steps: int) -> tuple[int | None, str | None]:
 
 def parse_judgement(text: str, n_steps: int) -> Verdict | ParseFailure:
     """The judge's verdict for a trajectory of `n_steps` steps (numbered 1..n_steps in the prompt)."""
-    if not text or not text.strip():
+    text = _without_thinking(text or "")
+    if not text.strip():
         return ParseFailure("the judge wrote nothing")
-    data = next((d for d in map(_load, _candidates(text)) if d is not None), None)
+    objects = [d for d in map(_load, _candidates(text)) if d is not None]
+    # The verdict is the object that names a step; prose may carry other objects (an example, a nested one).
+    data = next((d for d in objects if _first(d, _STEP_KEYS)[0]), objects[0] if objects else None)
     if data is None:
         data = _fields_by_pattern(text)
     if not data:
@@ -171,7 +189,7 @@ def parse_judgement(text: str, n_steps: int) -> Verdict | ParseFailure:
 
 def parse_equivalence(text: str) -> tuple[bool | None, str]:
     """(verdict or None when unreadable, reason) from an equivalence reply: JSON, or a plain yes/no."""
-    for span in _candidates(text or ""):
+    for span in _candidates(_without_thinking(text or "")):
         data = _load(span)
         if data is not None:
             found, value = _first(data, ("equivalent", "same", "equal"))

@@ -33,6 +33,11 @@ GOOD = [
     ('{"answer_correct": true, "first_error_step": "none", "analysis": ""}', None, True, ""),
     ('{"answer_correct": false, "first_error_step": 1, "analysis": "the plan"}', 0, False, "the plan"),
     ('first_error_step: 3, answer_correct: false', 2, False, ""),   # no braces at all: key-value pairs still read
+    ('<think>Step 2 sets {a} wrongly... or is it step 3?</think>\n{"first_error_step": 2, "analysis": "t"}',
+     1, None, "t"),                                                    # a reasoning model's thinking comes first
+    ('The format is {"key": value}. My verdict: {"first_error_step": 4, "analysis": "braces in prose"}',
+     3, None, "braces in prose"),
+    ('{"verdict": {"first_error_step": 2, "analysis": "nested"}}', 1, None, "nested"),
 ]
 
 BROKEN = [
@@ -44,6 +49,7 @@ BROKEN = [
     ('{"answer_correct": false, "first_error_step": "the third", "analysis": "words"}', "not a step number"),
     ("<|im_end|><|im_start|>", "no JSON object"),
     ("[1, 2, 3]", "no JSON object"),
+    ("<think>Step 3 looks wrong, I should answer with {\"first_error_step\": 3", "wrote nothing"),  # never answered
 ]
 
 
