@@ -9,7 +9,8 @@ The batch is split into mini-batches of `mini_batch_size` samples of similar len
 to its longest sample; gradients accumulate over all of them with the batch's normaliser, so the optimizer step
 equals one full-batch step whatever the mini-batch size. `num_iterations` repeats that step on the
 same batch. Target alignment: position t of the (T-1)-long per-token tensors scores token t+1 given
-tokens 0..t, so `completion_mask = loss_mask[1:]` and `old_per_token_logps = logprobs[1:]`.
+tokens 0..t, so `completion_mask = loss_mask[1:]` and `old_per_token_logps = logprobs[1:]`; positions
+before the mini-batch's first generated token are dropped before the vocabulary projection.
 """
 
 from __future__ import annotations
@@ -37,16 +38,24 @@ class Sample(Protocol):
 
 @dataclass
 class MiniBatch:
+    """A right-padded mini-batch. Per-token tensors cover only target positions `start + 1 .. L - 1`:
+    the prompt before the first generated token needs no logits (K = L - 1 - start columns)."""
+
     input_ids: torch.Tensor            # (B, L) right-padded with pad_id
     attention_mask: torch.Tensor       # (B, L) 1 on real tokens, 0 on padding
-    completion_mask: torch.Tensor      # (B, L-1) 1 on generated tokens (targets), 0 on prompt/observations/padding
-    old_per_token_logps: torch.Tensor  # (B, L-1) behaviour log-probabilities of the targets
+    completion_mask: torch.Tensor      # (B, K) 1 on generated target tokens, 0 on prompt/observations/padding
+    old_per_token_logps: torch.Tensor  # (B, K) behaviour log-probabilities of the targets
     advantages: torch.Tensor           # (B,)
-    ref_per_token_logps: torch.Tensor | None = None  # (B, L-1), filled when beta > 0
+    start: int = 0                     # first position whose logits are needed (it predicts token start + 1)
+    ref_per_token_logps: torch.Tensor | None = None  # (B, K), filled when beta > 0
 
     @property
     def targets(self) -> torch.Tensor:
-        return self.input_ids[:, 1:]    # (B, L-1)
+        return self.input_ids[:, self.start + 1 :]  # (B, K)
+
+    @property
+    def logits_to_keep(self) -> int:
+        return self.input_ids.shape[1] - self.start  # the model's last K + 1 positions
 
 
 def pad_mini_batch(samples: Sequence[Sample], advantages: torch.Tensor, *, pad_id: int, device) -> MiniBatch:
@@ -63,20 +72,27 @@ def pad_mini_batch(samples: Sequence[Sample], advantages: torch.Tensor, *, pad_i
         attention_mask[row, :length] = 1
         loss_mask[row, :length] = torch.tensor(sample.loss_mask, dtype=torch.float32)
         logprobs[row, :length] = torch.tensor(sample.logprobs, dtype=torch.float32)
+    # Long shared prefixes (SCoRe's verified prefix) need no logits: skip them up to the earliest generated token.
+    generated = loss_mask.sum(0).nonzero()
+    start = max(int(generated[0]) - 1, 0) if len(generated) else width - 2
     return MiniBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
-        completion_mask=loss_mask[:, 1:].to(device),
-        old_per_token_logps=logprobs[:, 1:].to(device),
+        completion_mask=loss_mask[:, start + 1 :].to(device),
+        old_per_token_logps=logprobs[:, start + 1 :].to(device),
         advantages=advantages.to(device),
+        start=start,
     )
 
 
 def per_token_logps(model, batch: MiniBatch, *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities (B, L-1) of each target token under `model` (unscaled logits, like the engine's
-    behaviour logprobs), and optionally the entropy (B, L-1) of each position's distribution (no grad)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    logits = logits[:, :-1, :]  # (B, L-1, V): the last position predicts nothing we have
+    """Log-probabilities (B, K) of each target token under `model` (unscaled logits, like the engine's
+    behaviour logprobs), and optionally the entropy (B, K) of each position's distribution (no grad)."""
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+        logits_to_keep=batch.logits_to_keep,
+    ).logits
+    logits = logits[:, :-1, :]  # (B, K, V): the last position predicts nothing we have
     logps = losses.selective_log_softmax(logits, batch.targets)
     entropy = None
     if with_entropy:

@@ -120,3 +120,21 @@ def test_two_iterations_reuse_the_batch_and_report_clipping(student):
     # after the first update the ratios leave [0.95, 1.05]: the second pass clips some tokens
     assert metrics["clip_ratio"] > 0
     assert metrics["clip_ratio"] == pytest.approx(metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"])
+
+
+def test_per_token_logps_skip_the_prompt_but_match_a_full_forward(student):
+    from services.trainer.grpo import pad_mini_batch, per_token_logps
+
+    model = student[0]
+    samples = behaviour_samples(model, [0.0, 1.0, 0.5], prompt_len=7)
+    batch = pad_mini_batch(samples, torch.zeros(3), pad_id=0, device="cpu")
+    assert batch.start == 6 and batch.completion_mask.shape == (3, batch.input_ids.shape[1] - 7)
+    with torch.no_grad():
+        logps, entropy = per_token_logps(model, batch, with_entropy=True)
+        for row, sample in enumerate(samples):  # each sample alone, unpadded, every position
+            ids = torch.tensor([sample.token_ids])
+            full = torch.log_softmax(model(ids).logits[0].float(), -1)
+            expected = [full[t - 1, sample.token_ids[t]].item() for t in range(7, len(sample.token_ids))]
+            got = logps[row, : len(expected)].tolist()
+            assert got == pytest.approx(expected, abs=1e-5)
+    assert entropy.shape == logps.shape
