@@ -1,0 +1,84 @@
+"""SFT through the real trainer service on expert trajectories, then the real student service loads the result.
+
+Measured on held-out built-in arith tasks, greedy, through `/v1/rollouts`: before training the nano student
+writes no well-formed turn and never answers; after ~1 minute of SFT it follows the agent format and ends
+its episodes with `final_answer_print`. (It does not yet copy 3-digit numbers reliably: at this size and
+budget solved tasks stay near 0; the counts are printed.)
+"""
+
+import json
+
+import httpx
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from shared.scoring import score_answer
+from shared.tasks.builtin import builtin_tasks
+from tests.service_process import ServiceProcess
+from tests.trainer.sft_jobs import gold_conversations, write_dataset
+from tests.trainer.test_e2e_service import fresh_home, wait_for
+
+pytestmark = pytest.mark.slow
+
+HELD_OUT = builtin_tasks(family="arith", split="eval", n=16, seed=11)
+
+
+def evaluate(student_url: str) -> dict:
+    body = {
+        "items": [{"task": task.model_dump(mode="json")} for task in HELD_OUT], "n": 1, "max_turns": 6,
+        "sampling": {"temperature": 0.0, "max_tokens": 80},
+    }
+    response = httpx.post(f"{student_url}/v1/rollouts", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    episodes = response.json()["episodes"]
+    steps = [step for episode in episodes for step in episode["steps"]]
+    return {
+        "solved": sum(score_answer(e["final_answer"], t.true_answer).correct for t, e in zip(HELD_OUT, episodes)),
+        "answered": sum(e["final_answer"] is not None for e in episodes),
+        "well_formed_turns": sum(step["parse_error"] is None for step in steps) / max(1, len(steps)),
+        "policy_version": response.json()["policy_version"],
+    }
+
+
+def test_sft_job_teaches_the_student_the_agent_format(score_home, tmp_path):
+    home = fresh_home(score_home, tmp_path)
+    dataset = write_dataset(tmp_path / "gold.jsonl", gold_conversations(256))
+    trainer = ServiceProcess("trainer", home=home, log_dir=tmp_path)
+    student = ServiceProcess("student", home=home, log_dir=tmp_path)
+    try:
+        trainer.wait_ready()
+        student.wait_ready()
+        body = {
+            "dataset": {"path": str(dataset)}, "output_name": "e2e-sft",
+            "hyperparameters": {"num_epochs": 2, "learning_rate": 1e-2, "micro_batch_tokens": 1024,
+                                "max_seq_length": 1024, "log_every_steps": 20, "cpu_threads": 1},
+        }
+        created = httpx.post(f"{trainer.url}/v1/jobs", json=body, timeout=60)
+        assert created.status_code == 201, created.text
+        job_url = f"{trainer.url}/v1/jobs/{created.json()['id']}"
+        before = evaluate(student.url)  # the base model, while the job trains
+        job = wait_for(job_url, lambda j: j["state"] == "succeeded", 400, "the SFT job")
+
+        events = [json.loads(line) for line in httpx.get(f"{job_url}/events", timeout=10).text.splitlines()]
+        losses = [e["metrics"]["loss"] for e in events if e["type"] == "progress"]
+        assert losses[-1] < 0.25 * losses[0], losses  # from ~7.6 (uniform over 2k tokens) to ~1
+        assert job["metrics"]["padding_share"] < 0.02 and job["metrics"]["tokens_per_s"] > 0
+
+        checkpoint = job["checkpoint"]
+        loaded = AutoModelForCausalLM.from_pretrained(checkpoint["path"], local_files_only=True)
+        assert loaded.config.model_type == "qwen2"
+        assert "generation" in AutoTokenizer.from_pretrained(checkpoint["path"]).chat_template
+        index = json.loads((home / "checkpoints" / "e2e-sft" / "index.json").read_text())["versions"][-1]
+        assert index["parent"] == "builtin:student" and index["job_id"] == job["id"]
+
+        swapped = httpx.post(f"{student.url}/v1/weights",
+                             json={"name": checkpoint["name"], "version": checkpoint["version"]}, timeout=120)
+        assert swapped.status_code == 200, swapped.text
+        after = evaluate(student.url)
+        print(f"held-out arith (16, greedy): before {before}, after {after}")
+        assert after["policy_version"] == checkpoint["version"]
+        assert after["answered"] > before["answered"] and after["answered"] >= 4
+        assert after["well_formed_turns"] > before["well_formed_turns"] + 0.5
+    finally:
+        trainer.stop()
+        student.stop()
