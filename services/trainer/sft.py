@@ -56,7 +56,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+        use_cuda = device_choice.startswith("cuda") or (device_choice == "auto" and torch.cuda.is_available())
         if use_cuda:
             torch.cuda.set_device(local_rank)
             self.device = torch.device("cuda", local_rank)

@@ -25,6 +25,14 @@ def gold_conversations(n: int, *, family: str = "arith", seed: int = 0) -> tuple
     )
 
 
+POOL = 256  # one pool of gold conversations per test session; smaller sets are its prefixes
+
+
+def gold_lines(n: int) -> tuple[str, ...]:
+    """The first `n` gold arith conversations (generated once per session, shared by the tests)."""
+    return gold_conversations(max(n, POOL))[:n]
+
+
 def write_dataset(path: Path, lines) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path

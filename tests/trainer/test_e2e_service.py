@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.service_process import ServiceProcess
-from tests.trainer.sft_jobs import gold_conversations, write_dataset
+from tests.trainer.sft_jobs import gold_lines, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 
 def test_kill_9_mid_job_then_restart_resumes_and_finishes(score_home, tmp_path):
     home = fresh_home(score_home, tmp_path)
-    dataset = write_dataset(tmp_path / "gold.jsonl", gold_conversations(32))
+    dataset = write_dataset(tmp_path / "gold.jsonl", gold_lines(32))
     body = {
         "dataset": {"path": str(dataset)}, "job_id": "resume-me", "output_name": "resume-test",
         "hyperparameters": {"max_steps": 30, "save_every_steps": 4, "learning_rate": 3e-3, "cpu_threads": 1,

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
 from tests.service_process import ServiceProcess
-from tests.trainer.sft_jobs import gold_conversations, write_dataset
+from tests.trainer.sft_jobs import gold_lines, write_dataset
 from tests.trainer.test_e2e_service import fresh_home, wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def evaluate(student_url: str) -> dict:
 
 def test_sft_job_teaches_the_student_the_agent_format(score_home, tmp_path):
     home = fresh_home(score_home, tmp_path)
-    dataset = write_dataset(tmp_path / "gold.jsonl", gold_conversations(256))
+    dataset = write_dataset(tmp_path / "gold.jsonl", gold_lines(256))
     trainer = ServiceProcess("trainer", home=home, log_dir=tmp_path)
     student = ServiceProcess("student", home=home, log_dir=tmp_path)
     try:

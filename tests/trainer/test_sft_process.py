@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.trainer.spec import STATE_DIR
-from tests.trainer.sft_jobs import copy_job_inputs, gold_conversations, make_job_dir, progress
+from tests.trainer.sft_jobs import copy_job_inputs, gold_lines, make_job_dir, progress
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _run(command, job_dir, home):
 
 @pytest.fixture(scope="module")
 def lines():
-    return gold_conversations(24)
+    return gold_lines(24)
 
 
 def test_torchrun_two_processes_match_one_process(lines, student_model_dir, score_home, tmp_path):
@@ -68,3 +68,19 @@ def test_resume_from_intermediate_state_continues_the_same_run(lines, student_mo
         torch.tensor([r["metrics"]["loss"] for r in uninterrupted[3:]]), rtol=1e-5, atol=1e-5,
     )
     assert [r["metrics"]["learning_rate"] for r in resumed] == [r["metrics"]["learning_rate"] for r in uninterrupted[3:]]
+
+
+def test_lora_job_publishes_a_merged_checkpoint(lines, student_model_dir, score_home, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    job = make_job_dir(tmp_path / "lora", base_path=student_model_dir, home=score_home, lines=lines,
+                       lora=True, lora_r=4, lora_alpha=8, **{**HYPERPARAMETERS, "max_steps": 3, "learning_rate": 1e-2})
+    records = _run([sys.executable], job, score_home)
+    assert len(records) == 3
+    published = progress(job, "published")[0]["checkpoint"]
+    merged = AutoModelForCausalLM.from_pretrained(published["path"], local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(student_model_dir, local_files_only=True)
+    assert not any("lora" in name for name in merged.state_dict())  # a plain checkpoint the student can load
+    changed = [name for name, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[name])]
+    assert changed and all(any(m in name for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj")) for name in changed)
