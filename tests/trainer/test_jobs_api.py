@@ -121,3 +121,12 @@ def test_openapi_fields_are_described(client):
     for name in ("SFTHyperparameters", "JobRequest", "JobInfo", "DatasetSpec"):
         for field, spec in schema[name]["properties"].items():
             assert spec.get("description"), f"{name}.{field} has no description"
+
+
+def test_jobs_need_the_bearer_token_when_one_is_set(score_home, tmp_path):
+    config = TrainerConfig(settings=Settings(home=tmp_path, api_token="trainer-secret-1"), max_running_jobs=0)
+    with TestClient(create_app(config)) as client:
+        assert client.get("/health").status_code == 200
+        assert _error(client.get("/v1/jobs"), 401)["param"] == "header.authorization"
+        authorized = client.get("/v1/jobs", headers={"Authorization": "Bearer trainer-secret-1"})
+        assert authorized.status_code == 200 and authorized.json() == {"jobs": []}
