@@ -15,6 +15,7 @@ version and the session on its previous version, never a session pointing at mis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -155,11 +156,18 @@ class RLSessions:
             if body.step_id is not None and body.step_id == record.last_step_id and record.last_response is not None:
                 return record.last_response
             self._check_versions(body, record)
+            work = asyncio.ensure_future(asyncio.to_thread(self._apply, live, body))
             try:
-                return await asyncio.to_thread(self._apply, live, body)
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The caller went away mid-step. The thread cannot be stopped: hold the lock until it has
+                # published, so no other step overlaps it; a retry with the same step_id gets its response.
+                with contextlib.suppress(Exception):
+                    await work
+                raise
             except UnprocessableError:
                 raise
-            except BaseException:
+            except Exception:
                 # The in-memory policy may be half-updated: reload it from the last published version.
                 live.unload()
                 raise

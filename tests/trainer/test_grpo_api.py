@@ -243,3 +243,16 @@ def test_a_student_episode_becomes_a_sample_as_is():
     assert (sample.token_ids, sample.loss_mask, sample.prompt_length, sample.policy_version) == ([5, 6, 7, 8], [0, 0, 1, 1], 2, 4)
     with pytest.raises(ValueError, match="policy_version"):
         RLSample.from_episode(Episode(task_id="t2", token_ids=[1, 2], loss_mask=[0, 1], logprobs=[0.0, -1.0]), reward=0.0)
+
+
+def test_concurrent_steps_on_one_session_are_applied_one_after_the_other(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    info = create(client)
+    url = f"/v1/rl/sessions/{info['id']}/steps"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda seed: client.post(url, json=batch(version=0)), range(2)))
+    assert [r.status_code for r in results] == [200, 200]
+    assert sorted(r.json()["policy_version"] for r in results) == [1, 2]
+    assert sorted(r.json()["checkpoint"]["version"] for r in results) == [1, 2]
+    assert client.get(f"/v1/rl/sessions/{info['id']}").json()["steps"] == 2
