@@ -159,6 +159,33 @@ def train(job_dir: Path) -> int:
             ctx.close()
 
 
+def accumulate_gradients(loss_module, micro_batches, collate, *, ctx: Dist, autocast, loss_tokens: int):
+    """Forward and backward this rank's share of one step's micro-batches; returns (loss sum, computed slots).
+
+    Ranks take micro-batches rank, rank+N, ...; DDP all-reduces at each rank's last one. Gradients come out as
+    the mean over the global step's `loss_tokens` trained tokens, however they were split.
+    """
+    mine = [(mb, 1.0) for mb in micro_batches[ctx.rank :: ctx.world]]
+    if not mine:  # the epoch's last step has fewer micro-batches than ranks: join the all-reduce with zero weight
+        mine = [(micro_batches[0], 0.0)]
+    # DDP averages gradients over ranks; scaling by world makes the result the global token mean.
+    scale = ctx.world / max(1, loss_tokens)
+    loss_sum, slots = 0.0, 0
+    for index, (indices, weight) in enumerate(mine):
+        batch = collate(indices)
+        slots += batch.slots if weight else 0
+        sync = index == len(mine) - 1 or ctx.world == 1
+        no_sync = contextlib.nullcontext() if sync else loss_module.no_sync()
+        with no_sync, autocast:
+            summed = loss_module(
+                batch.input_ids.to(ctx.device), batch.labels.to(ctx.device),
+                position_ids=_to(batch.position_ids, ctx.device), attention_mask=_to(batch.attention_mask, ctx.device),
+            )
+        (summed * (scale * weight)).backward()
+        loss_sum += float(summed.detach()) * weight
+    return loss_sum, slots
+
+
 def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
     hp = spec.hyperparameters
     torch.manual_seed(hp.seed)
@@ -184,6 +211,7 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
         if layout == "packed":
             return collate_packed(examples, indices)
         return collate_padded(examples, indices, tokenizer.pad_token_id)
+
     optimizer = build_optimizer(model, hp, fused=ctx.device.type == "cuda")
     scheduler = build_scheduler(optimizer, total_steps=total_steps, hp=hp)
     state_root = job_dir / STATE_DIR
@@ -217,25 +245,9 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
         micro_batches = schedule[step]
         step_loss_tokens = sum(loss_counts[i] for mb in micro_batches for i in mb)
         step_tokens = sum(lengths[i] for mb in micro_batches for i in mb)
-        mine = [(mb, 1.0) for mb in micro_batches[ctx.rank :: ctx.world]]
-        if not mine:  # the epoch's last step has fewer micro-batches than ranks: join the all-reduce with zero weight
-            mine = [(micro_batches[0], 0.0)]
-        # DDP averages gradients over ranks; scaling by world makes the result the global token mean.
-        scale = ctx.world / max(1, step_loss_tokens)
-        loss_sum = 0.0
-        step_slots = 0
-        for index, (indices, weight) in enumerate(mine):
-            batch = collate(indices)
-            step_slots += batch.slots if weight else 0
-            sync = index == len(mine) - 1 or ctx.world == 1
-            no_sync = contextlib.nullcontext() if sync else loss_module.no_sync()
-            with no_sync, autocast:
-                summed = loss_module(
-                    batch.input_ids.to(ctx.device), batch.labels.to(ctx.device),
-                    position_ids=_to(batch.position_ids, ctx.device), attention_mask=_to(batch.attention_mask, ctx.device),
-                )
-            (summed * (scale * weight)).backward()
-            loss_sum += float(summed.detach()) * weight
+        loss_sum, step_slots = accumulate_gradients(
+            loss_module, micro_batches, collate, ctx=ctx, autocast=autocast, loss_tokens=step_loss_tokens
+        )
         grad_norm = None
         if hp.max_grad_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm))
