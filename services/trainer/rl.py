@@ -144,6 +144,17 @@ class RLSessions:
         _free_device_memory(self.device)
         return self._info(live)
 
+    def gauges(self) -> dict[str, dict[str, float]]:
+        """Per session in this process: policy version, steps and the latest step's headline metrics (Prometheus)."""
+        values = {}
+        for session_id, live in self._live.items():
+            record = live.record
+            values[session_id] = {"policy_version": float(record.policy_version), "steps": float(record.steps)}
+            for name in ("reward/mean", "loss", "grad_norm", "tokens_per_s"):
+                if name in record.last_metrics:
+                    values[session_id][name] = record.last_metrics[name]
+        return values
+
     # ---- steps -----------------------------------------------------------------------------------
     async def step(self, session_id: str, body: RLStepRequest) -> RLStepResponse:
         live = self._require(session_id)

@@ -256,3 +256,11 @@ def test_concurrent_steps_on_one_session_are_applied_one_after_the_other(client)
     assert sorted(r.json()["policy_version"] for r in results) == [1, 2]
     assert sorted(r.json()["checkpoint"]["version"] for r in results) == [1, 2]
     assert client.get(f"/v1/rl/sessions/{info['id']}").json()["steps"] == 2
+
+
+def test_sessions_show_in_prometheus_metrics(client):
+    info = create(client)
+    client.post(f"/v1/rl/sessions/{info['id']}/steps", json=batch())
+    text = client.get("/metrics").text
+    assert f'score_rl_session{{service="trainer",session="{info["id"]}",value="policy_version"}} 1.0' in text
+    assert f'session="{info["id"]}",value="reward/mean"' in text
