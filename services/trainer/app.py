@@ -36,6 +36,10 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
     config = config or TrainerConfig()
     metrics = ServiceMetrics("trainer")
     jobs_gauge = Gauge("score_trainer_jobs", "Trainer jobs by state.", ["service", "state"], registry=metrics.registry)
+    rl_gauge = Gauge(
+        "score_rl_session", "RL sessions: policy version, steps, latest reward/mean, loss, grad_norm, tokens_per_s.",
+        ["service", "session", "value"], registry=metrics.registry,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,6 +71,11 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
         if jobs is not None:
             for state, count in jobs.counts().items():
                 jobs_gauge.labels("trainer", state).set(count)
+        rl = getattr(app.state, "rl", None)
+        if rl is not None:
+            for session, values in rl.gauges().items():
+                for name, value in values.items():
+                    rl_gauge.labels("trainer", session, name).set(value)
         return metrics.render()
 
     app.state.config = config
