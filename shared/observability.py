@@ -67,3 +67,37 @@ def configure_logging(level: str = "info", service: str = "score") -> None:
         format=f"%(asctime)s %(levelname)s service={service} logger=%(name)s %(message)s",
         force=True,
     )
+
+
+def ops_router(auth, *, readiness, ready_doc: str, metrics_doc: str):
+    """`/health` (no auth), `/ready` and `/metrics`, the same on every service.
+
+    `readiness(app) -> dict | None` describes a ready service, or returns None while it is still loading
+    (then `/ready` answers 503). `/metrics` renders `app.state.render_metrics()`.
+    """
+    from fastapi import APIRouter, Depends
+
+    from shared.errors import ErrorResponse
+
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health", summary="Liveness")
+    async def health() -> dict:
+        """The process is up (no auth, no model needed)."""
+        return {"status": "ok"}
+
+    @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}},
+                description=ready_doc)
+    async def ready(request: Request, response: Response) -> dict:
+        details = readiness(request.app)
+        if details is None:
+            response.status_code = 503
+            return {"status": "loading"}
+        return {"status": "ready", **details}
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)],
+                description=metrics_doc)
+    async def metrics(request: Request) -> Response:
+        return request.app.state.render_metrics()
+
+    return router

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.observability import ops_router as shared_ops_router
 from shared.schemas.openai import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -24,31 +25,18 @@ def _serving(request: Request) -> StudentServing:
 
 
 def ops_router(auth) -> APIRouter:
-    router = APIRouter(tags=["operations"])
-
-    @router.get("/health", summary="Liveness")
-    async def health() -> dict:
-        """The process is up (no auth, no model needed)."""
-        return {"status": "ok"}
-
-    @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}})
-    async def ready(request: Request, response: Response) -> dict:
-        """The model is loaded and requests can be served; also reports the sandbox layers in force."""
-        serving = getattr(request.app.state, "serving", None)
+    def readiness(app) -> dict | None:
+        serving = getattr(app.state, "serving", None)
         if serving is None:
-            response.status_code = 503
-            return {"status": "loading"}
-        return {
-            "status": "ready", "model": serving.engine.model_name, "engine": serving.engine.kind,
-            "policy_version": serving.engine.policy_version, "sandbox": request.app.state.sandbox_layers,
-        }
+            return None
+        return {"model": serving.engine.model_name, "engine": serving.engine.kind,
+                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox_layers}
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)])
-    async def metrics(request: Request) -> Response:
-        """Request counts and latency, tokens generated, batches, episodes, policy version."""
-        return request.app.state.render_metrics()
-
-    return router
+    return shared_ops_router(
+        auth, readiness=readiness,
+        ready_doc="The model is loaded and requests can be served; also reports the sandbox layers in force.",
+        metrics_doc="Request counts and latency, tokens generated, batches, episodes, policy version.",
+    )
 
 
 def api_router(auth) -> APIRouter:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 
-from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.errors import ERROR_RESPONSES
+from shared.observability import ops_router as shared_ops_router
 from shared.schemas.teacher import CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse
 from services.teacher.serving import TeacherServing
 
@@ -14,29 +15,17 @@ def _serving(request: Request) -> TeacherServing:
 
 
 def ops_router(auth) -> APIRouter:
-    router = APIRouter(tags=["operations"])
-
-    @router.get("/health", summary="Liveness")
-    async def health() -> dict:
-        """The process is up (no auth, no model needed)."""
-        return {"status": "ok"}
-
-    @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}})
-    async def ready(request: Request, response: Response) -> dict:
-        """The teacher backend is loaded and corrections can be served; also reports the sandbox layers."""
-        serving = getattr(request.app.state, "serving", None)
+    def readiness(app) -> dict | None:
+        serving = getattr(app.state, "serving", None)
         if serving is None:
-            response.status_code = 503
-            return {"status": "loading"}
-        return {"status": "ready", "engine": serving.backend.kind, "model": serving.backend.model_name,
-                "sandbox": request.app.state.sandbox_layers}
+            return None
+        return {"engine": serving.backend.kind, "model": serving.backend.model_name, "sandbox": app.state.sandbox_layers}
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)])
-    async def metrics(request: Request) -> Response:
-        """Request counts and latency, corrections, hard trajectories, teacher calls, tokens and rollouts."""
-        return request.app.state.render_metrics()
-
-    return router
+    return shared_ops_router(
+        auth, readiness=readiness,
+        ready_doc="The teacher backend is loaded and corrections can be served; also reports the sandbox layers.",
+        metrics_doc="Request counts and latency, corrections, hard trajectories, teacher calls, tokens and rollouts.",
+    )
 
 
 def api_router(auth) -> APIRouter:

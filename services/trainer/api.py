@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.observability import ops_router as shared_ops_router
 from shared.schemas.training import TERMINAL_STATES, JobInfo, JobList, JobRequest
 from services.trainer.jobs import JobManager
 
@@ -16,29 +17,17 @@ CONFLICT = {409: {"model": ErrorResponse, "description": "The job's state does n
 
 
 def ops_router(auth) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    def readiness(app) -> dict | None:
+        if getattr(app.state, "store", None) is None:
+            return None
+        jobs = getattr(app.state, "jobs", None)
+        return {"home": str(app.state.settings.home), "jobs": jobs.counts() if jobs is not None else {}}
 
-    @router.get("/health", summary="Liveness")
-    async def health() -> dict:
-        """The process is up (no auth)."""
-        return {"status": "ok"}
-
-    @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}})
-    async def ready(request: Request, response: Response) -> dict:
-        """Jobs can be accepted: the checkpoint store and job directory are open."""
-        if getattr(request.app.state, "store", None) is None:
-            response.status_code = 503
-            return {"status": "loading"}
-        jobs = getattr(request.app.state, "jobs", None)
-        return {"status": "ready", "home": str(request.app.state.settings.home),
-                "jobs": jobs.counts() if jobs is not None else {}}
-
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)])
-    async def metrics(request: Request) -> Response:
-        """Request counts and latency, jobs by state."""
-        return request.app.state.render_metrics()
-
-    return router
+    return shared_ops_router(
+        auth, readiness=readiness,
+        ready_doc="Jobs can be accepted: the checkpoint store and job directory are open.",
+        metrics_doc="Request counts and latency, jobs by state, RL sessions.",
+    )
 
 
 def _jobs(request: Request) -> JobManager:

@@ -47,34 +47,36 @@ class ChatCompletionRequest(BaseModel):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: int = Field(description="Tokens in the prompt.")
+    completion_tokens: int = Field(description="Tokens generated, over all choices.")
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens.")
 
 
 class TokenLogprob(BaseModel):
-    token: str
-    logprob: float
+    token: str = Field(description="The generated token, decoded.")
+    logprob: float = Field(description="Its log-probability under the served policy (unscaled logits).")
 
 
 class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprob]
+    content: list[TokenLogprob] = Field(description="One entry per generated token, in order.")
 
 
 class ChatChoice(BaseModel):
-    index: int
-    message: ChatMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: ChoiceLogprobs | None = None
+    index: int = Field(description="Position of this choice among the `n` sampled.")
+    message: ChatMessage = Field(description="The assistant's reply.")
+    finish_reason: Literal["stop", "length"] = Field(
+        description="`stop`: end of turn or a stop string; `length`: max_tokens or the context was reached."
+    )
+    logprobs: ChoiceLogprobs | None = Field(default=None, description="Per-token log-probabilities, when asked for.")
 
 
 class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}", description="Unique id of this completion.")
+    object: Literal["chat.completion"] = Field(default="chat.completion", description="Always `chat.completion`.")
+    created: int = Field(default_factory=lambda: int(time.time()), description="Unix time of creation.")
+    model: str = Field(description="The served model that answered.")
+    choices: list[ChatChoice] = Field(description="The `n` sampled replies.")
+    usage: Usage = Field(description="Token counts.")
 
 
 class CompletionRequest(BaseModel):
@@ -103,34 +105,36 @@ class CompletionRequest(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
+    tokens: list[str] = Field(description="Generated tokens, decoded (or `token_id:N` with return_tokens_as_token_ids).")
+    token_logprobs: list[float] = Field(description="Log-probability of each generated token.")
 
 
 class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: Literal["stop", "length"]
-    logprobs: CompletionLogprobs | None = None
+    index: int = Field(description="Position of this choice among the `n` sampled.")
+    text: str = Field(description="The generated text.")
+    finish_reason: Literal["stop", "length"] = Field(
+        description="`stop`: end of turn or a stop string; `length`: max_tokens or the context was reached."
+    )
+    logprobs: CompletionLogprobs | None = Field(default=None, description="Per-token log-probabilities, when asked for.")
 
 
 class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}", description="Unique id of this completion.")
+    object: Literal["text_completion"] = Field(default="text_completion", description="Always `text_completion`.")
+    created: int = Field(default_factory=lambda: int(time.time()), description="Unix time of creation.")
+    model: str = Field(description="The served model that answered.")
+    choices: list[CompletionChoice] = Field(description="The `n` sampled continuations.")
+    usage: Usage = Field(description="Token counts.")
 
 
 class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "score"
-    root: str | None = None
+    id: str = Field(description="The model name to pass as `model`.")
+    object: Literal["model"] = Field(default="model", description="Always `model`.")
+    created: int = Field(default_factory=lambda: int(time.time()), description="Unix time the model was loaded.")
+    owned_by: str = Field(default="score", description="Who serves it.")
+    root: str | None = Field(default=None, description="Checkpoint directory the weights came from.")
 
 
 class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+    object: Literal["list"] = Field(default="list", description="Always `list`.")
+    data: list[ModelCard] = Field(description="The served models (one per service).")

@@ -60,5 +60,5 @@ class RolloutRequest(BaseModel):
 class RolloutResponse(BaseModel):
     """Episodes in item order, `n` per item."""
 
-    episodes: list[Episode]
+    episodes: list[Episode] = Field(description="Episodes in item order, `n` consecutive ones per item.")
     policy_version: int = Field(description="The weights version that produced every episode of this response.")

@@ -7,6 +7,7 @@ from shared.settings import Settings
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import expert_steps
 from services.teacher.app import create_app
+from tests.openapi_checks import undescribed
 from tests.teacher.conftest import teacher_config
 
 
@@ -122,33 +123,10 @@ def test_every_endpoint_but_health_needs_the_token(score_home):
         assert ok.status_code == 200
 
 
-def _refs(node):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref":
-                yield value.rsplit("/", 1)[-1]
-            else:
-                yield from _refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _refs(value)
-
-
 def test_every_request_and_response_field_is_described(score_home):
-    spec = create_app(teacher_config(score_home)).openapi()
-    schemas = spec["components"]["schemas"]
-    todo = ["CorrectionRequest", "CorrectionResponse", "JudgementRequest", "JudgementResponse"]
-    seen, missing = set(), []
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for field, prop in schemas[name].get("properties", {}).items():
-            if not prop.get("description"):
-                missing.append(f"{name}.{field}")
-            todo.extend(_refs(prop))
-    assert {"Correction", "Cost", "Step", "StepJudgementItem", "Judgement"} <= seen
+    seen, missing = undescribed(create_app(teacher_config(score_home)).openapi())
+    assert {"CorrectionRequest", "CorrectionResponse", "Correction", "Cost", "Step", "StepJudgementItem",
+            "Judgement"} <= seen
     assert not missing, missing
 
 
