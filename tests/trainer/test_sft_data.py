@@ -142,3 +142,28 @@ def test_schedule_is_the_same_for_one_process_and_many():
     half = build_schedule(lengths, micro_batches_per_step=4, **{**common, "num_epochs": 1.5})
     epoch = build_schedule(lengths, micro_batches_per_step=4, **{**common, "num_epochs": 1})
     assert len(epoch) < len(half) < len(one)
+
+
+def test_training_tokens_equal_what_a_rollout_feeds_the_model(model_and_tokenizer):
+    """The trainer's tokenisation of an episode is, token for token and mask for mask, the sequence a
+    rollout builds turn by turn (`shared/agent/tokens.py`): prompt, each generated turn ending in the
+    end-of-turn token, then the observation turn up to the next generation prompt."""
+    from shared.agent.format import render_step, tool_turn
+    from shared.agent.tokens import chat_token_ids, tool_turn_ids
+    from shared.tasks.gold import gold_episodes
+
+    _, tokenizer = model_and_tokenizer
+    tasks = builtin_tasks(family="arith", split="eval", n=2, seed=3) + builtin_tasks(family="kb", split="eval", n=2, seed=3)
+    for task, episode in zip(tasks, gold_episodes(tasks)):
+        ids = chat_token_ids(tokenizer, episode_messages(task, []), add_generation_prompt=True)
+        mask = [0] * len(ids)
+        for index, step in enumerate(episode.steps):
+            generated = tokenizer(render_step(step), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids, mask = ids + generated, mask + [1] * len(generated)
+            if index < len(episode.steps) - 1:
+                follow = tool_turn_ids(tokenizer, tool_turn(step) or "", model_emitted_eos=True)
+                ids, mask = ids + follow, mask + [0] * len(follow)
+        trained = tokenize_conversation(tokenizer, Conversation(messages=episode_messages(task, episode.steps)), 4096)
+        assert trained.input_ids[: len(ids)] == ids, task.id
+        assert trained.loss_mask[: len(ids)] == mask, task.id
+        assert sum(trained.loss_mask) == sum(mask)  # nothing after the last assistant turn is trained on
