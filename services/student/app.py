@@ -11,13 +11,11 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from shared.agent.rollout import RolloutRunner
-from shared.auth import bearer_dependency
-from shared.errors import install_error_handlers
 from shared.models.engine import Engine
 from shared.models.loading import load_tokenizer, resolve_model_path
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
-from shared.observability import ServiceMetrics, install_request_metrics
+from shared.observability import ServiceMetrics, mount_service
 from shared.tools.sandbox import Sandbox, isolation_report
 from shared.tools.search import BM25Search, agent_tools
 from services.student.api import api_router, ops_router
@@ -102,10 +100,6 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
                 counters.labels("student", name).set(value)
         return metrics.render()
 
-    app.state.render_metrics = render_metrics
-    install_error_handlers(app)
-    install_request_metrics(app, metrics)
-    auth = bearer_dependency(config.settings.api_token)
-    app.include_router(ops_router(auth))
-    app.include_router(api_router(auth))
+    mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  routers=[ops_router, api_router])
     return app

@@ -10,13 +10,11 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from shared.agent.rollout import RolloutRunner
-from shared.auth import bearer_dependency
 from shared.checkpoints import resolve_model
-from shared.errors import install_error_handlers
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
-from shared.observability import ServiceMetrics, install_request_metrics
+from shared.observability import ServiceMetrics, mount_service
 from shared.schemas.sampling import SamplingParams
 from shared.tools.sandbox import Sandbox, isolation_report
 from services.student.app import build_tools
@@ -112,10 +110,6 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             cache_hits.labels("teacher").set(serving.judgements.cache.hits)
         return metrics.render()
 
-    app.state.render_metrics = render_metrics
-    install_error_handlers(app)
-    install_request_metrics(app, metrics)
-    auth = bearer_dependency(config.settings.api_token)
-    app.include_router(ops_router(auth))
-    app.include_router(api_router(auth))
+    mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  routers=[ops_router, api_router])
     return app

@@ -8,10 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import Gauge
 
-from shared.auth import bearer_dependency
 from shared.checkpoints import CheckpointStore
-from shared.errors import install_error_handlers
-from shared.observability import ServiceMetrics, install_request_metrics
+from shared.observability import ServiceMetrics, mount_service
 from services.trainer.api import jobs_router, ops_router
 from services.trainer.config import TrainerConfig
 from services.trainer.jobs import JobManager
@@ -79,12 +77,6 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
         return metrics.render()
 
     app.state.config = config
-    app.state.render_metrics = render_metrics
-    install_error_handlers(app)
-    install_request_metrics(app, metrics)
-    auth = bearer_dependency(config.settings.api_token)
-    app.state.auth = auth
-    app.include_router(ops_router(auth))
-    app.include_router(jobs_router(auth))
-    app.include_router(rl_router(auth))
+    mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  routers=[ops_router, jobs_router, rl_router])
     return app
