@@ -41,34 +41,16 @@ class Executor:
 
     async def replay(self, steps: list[Step]) -> Replay:
         """Re-execute a whole trajectory in a fresh sandbox (observations recomputed)."""
-        async with self._slots:
-            return await asyncio.to_thread(self._replay_sync, steps)
+        return await self.in_sandbox(steps, lambda sandbox, replayed, final_answer: Replay(replayed, final_answer))
 
     async def run_after(self, prefix: list[Step], step: Step) -> Step:
         """`step` executed in a sandbox rebuilt from `prefix`; returns the step with its observation."""
-        async with self._slots:
-            return await asyncio.to_thread(self._run_after_sync, prefix, step)
+        return await self.in_sandbox(prefix, lambda sandbox, replayed, final_answer: execute_step(step, sandbox).step)
 
     async def in_sandbox(self, prefix: list[Step], work: Callable[[object, list[Step], str | None], object]):
         """Rebuild `prefix` in a fresh sandbox and call `work(sandbox, replayed_steps, final_answer)` in a thread."""
         async with self._slots:
             return await asyncio.to_thread(self._in_sandbox_sync, prefix, work)
-
-    def _replay_sync(self, steps: list[Step]) -> Replay:
-        sandbox = self.sandbox_factory()
-        try:
-            replayed, final_answer = replay_steps(steps, sandbox)
-            return Replay(replayed, final_answer)
-        finally:
-            sandbox.close()
-
-    def _run_after_sync(self, prefix: list[Step], step: Step) -> Step:
-        sandbox = self.sandbox_factory()
-        try:
-            replay_steps(prefix, sandbox)
-            return execute_step(step, sandbox).step
-        finally:
-            sandbox.close()
 
     def _in_sandbox_sync(self, prefix: list[Step], work):
         sandbox = self.sandbox_factory()
