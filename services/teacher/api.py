@@ -6,7 +6,10 @@ from fastapi import APIRouter, Depends, Request
 
 from shared.errors import ERROR_RESPONSES
 from shared.observability import ops_router as shared_ops_router
-from shared.schemas.teacher import CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse
+from shared.schemas.teacher import (
+    CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse, TeacherRolloutRequest,
+    TeacherRolloutResponse,
+)
 from services.teacher.serving import TeacherServing
 
 
@@ -24,7 +27,8 @@ def ops_router(auth) -> APIRouter:
     return shared_ops_router(
         auth, readiness=readiness,
         ready_doc="The teacher backend is loaded and corrections can be served; also reports the sandbox layers.",
-        metrics_doc="Request counts and latency, corrections, hard trajectories, teacher calls, tokens and rollouts.",
+        metrics_doc="Request counts and latency, corrections, hard trajectories, episodes, teacher calls, tokens and "
+        "rollouts.",
     )
 
 
@@ -46,5 +50,14 @@ def api_router(auth) -> APIRouter:
         """Answer equivalence (scorers first, the teacher when asked) and step equivalence (observations after
         executing both steps from the same prefix, or the teacher's verdict); cached by content."""
         return await _serving(request).judge(body)
+
+    @router.post("/rollouts", response_model=TeacherRolloutResponse)
+    async def rollouts(body: TeacherRolloutRequest, request: Request) -> TeacherRolloutResponse:
+        """The teacher solves each task in the agent format, from scratch or after `prefix_steps` (in item order).
+
+        Every step is executed in the episode's sandbox. The expert backend plays its gold trajectory; a
+        model backend generates the turns. A task the backend cannot solve is 422 naming `items[i].task`.
+        """
+        return await _serving(request).rollouts(body)
 
     return router

@@ -71,7 +71,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     config = config or TeacherConfig()
     metrics = ServiceMetrics("teacher")
     totals = Gauge("score_teacher_total", "Teacher counters: corrections, hard, teacher_calls, teacher_tokens, "
-                   "full_rollouts.", ["service", "counter"], registry=metrics.registry)
+                   "full_rollouts, episodes (from /v1/rollouts).", ["service", "counter"], registry=metrics.registry)
     judgements = Gauge("score_teacher_judgements_total", "Judgements computed (not cached), by kind.",
                        ["service", "kind"], registry=metrics.registry)
     cache_hits = Gauge("score_teacher_judgement_cache_hits_total", "Judgements answered from the cache.",
@@ -96,7 +96,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         title="SCoRe teacher service",
         version="0.1.0",
         description="The teacher: locates a student trajectory's first critical error and writes the corrected "
-        "step (checked by execution, or judged by the teacher model), and judges answer and step equivalence.",
+        "step (checked by execution, or judged by the teacher model), judges answer and step equivalence, and "
+        "solves tasks in the agent format.",
         lifespan=lifespan,
     )
 

@@ -46,6 +46,7 @@ class Continuation:
     steps: list[Step]               # the whole episode: the given steps (re-executed) and the teacher's own
     final_answer: str | None
     cost: Cost = field(default_factory=Cost)
+    stop_reason: str | None = None  # as `Episode.stop_reason`; `no_step` when the expert has nothing to add
 
 
 @dataclass
@@ -105,16 +106,20 @@ class ExpertBackend(TeacherBackend):
     async def continue_from(self, task: Task, steps: list[Step], *, max_turns: int) -> Continuation:
         def act(sandbox, replayed: list[Step], final_answer: str | None) -> Continuation:
             episode = list(replayed)
+            stop_reason = None
             for _ in range(max_turns):
                 if final_answer is not None:
                     break
                 step = self._next(task, episode)
                 if step is None:
+                    stop_reason = "no_step"
                     break
                 outcome = execute_step(step, sandbox)
                 episode.append(outcome.step)
                 final_answer = outcome.final_answer
-            return Continuation(episode, final_answer, Cost(sandbox_runs=1))
+            if final_answer is not None:
+                stop_reason = "final_answer"
+            return Continuation(episode, final_answer, Cost(sandbox_runs=1), stop_reason or "max_turns")
 
         return await self.executor.in_sandbox(steps, act)
 
@@ -175,7 +180,7 @@ class EngineBackend(TeacherBackend):
     async def continue_from(self, task: Task, steps: list[Step], *, max_turns: int) -> Continuation:
         item = RolloutItem(task=Task.model_validate(task.model_dump()), prefix_steps=steps)
         [episode] = await self._run([item], max_turns=max_turns)
-        return Continuation(episode.steps, episode.final_answer, episode_cost(episode))
+        return Continuation(episode.steps, episode.final_answer, episode_cost(episode), episode.stop_reason)
 
     async def _run(self, items: list[RolloutItem], *, max_turns: int) -> list[Episode]:
         try:

@@ -1,16 +1,18 @@
-"""The teacher's wire formats: corrections (first critical error + corrected step) and judgements."""
+"""The teacher's wire formats: corrections (first critical error + corrected step), judgements and rollouts."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from shared.schemas.agent import Step, Task, TrueAnswer
+from shared.schemas.agent import Episode, Step, Task, TrueAnswer
+from shared.schemas.rollout import RolloutItem
 
 Strategy = Literal["verify", "judge"]
 MAX_CORRECTION_ITEMS = 256
 MAX_JUDGEMENT_ITEMS = 1024
+MAX_TEACHER_ROLLOUT_ITEMS = 512
 
 
 class GradedTask(Task):
@@ -78,7 +80,7 @@ class CorrectionRequest(BaseModel):
 
 
 class Cost(BaseModel):
-    """What a correction cost the teacher."""
+    """What the teacher's work (a correction, a judgement, an episode) cost."""
 
     teacher_calls: int = Field(default=0, description="Teacher model calls (generations); 0 for the scripted expert.")
     teacher_tokens: int = Field(default=0, description="Tokens the teacher model generated.")
@@ -199,3 +201,47 @@ class Judgement(BaseModel):
 class JudgementResponse(BaseModel):
     judgements: list[Judgement] = Field(description="One judgement per item, in item order.")
     cost: Cost = Field(description="What the judgements cost (cached ones cost nothing).")
+
+
+# ---- rollouts ---------------------------------------------------------------------------------------------
+
+class TeacherRolloutRequest(BaseModel):
+    """Let the teacher solve each task from scratch, or continue it from a trusted prefix, in the agent format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[RolloutItem] = Field(
+        min_length=1, max_length=MAX_TEACHER_ROLLOUT_ITEMS,
+        description="Tasks to solve, each with an optional `prefix_steps`; answered in this order.",
+    )
+    max_turns: int = Field(
+        default=8, ge=1, le=32,
+        description="Teacher turns after the prefix (the plan counts as a turn when there is no prefix).",
+    )
+
+
+# Token ids, loss masks and logprobs are the student's training data; a teacher episode (possibly from a
+# remote server) carries none, so it takes only these of `Episode`'s fields, descriptions included.
+_TEACHER_EPISODE_FIELDS = ("task_id", "steps", "final_answer", "finished", "stop_reason", "n_prefix_steps")
+_EpisodeFields = create_model(
+    "_EpisodeFields",
+    **{name: (Episode.model_fields[name].annotation, Episode.model_fields[name]) for name in _TEACHER_EPISODE_FIELDS},
+)
+
+
+class TeacherEpisode(_EpisodeFields):
+    """One teacher episode: `Episode`'s step-level fields and what the episode cost the teacher."""
+
+    cost: Cost = Field(description="What this episode cost: teacher calls, generated and prompt tokens, sandboxes.")
+
+    def to_episode(self) -> Episode:
+        """The same episode as the agent's `Episode` (without token-level data)."""
+        return Episode(**{name: getattr(self, name) for name in _TEACHER_EPISODE_FIELDS})
+
+
+class TeacherRolloutResponse(BaseModel):
+    """The teacher's episodes, one per item in item order."""
+
+    episodes: list[TeacherEpisode] = Field(description="One episode per item, in item order.")
+    cost: Cost = Field(description="The request's total cost.")
+    engine: str = Field(description="The teacher backend that answered: `expert`, `transformers` or `openai`.")

@@ -116,7 +116,7 @@ def test_every_endpoint_but_health_needs_the_token(score_home):
     with TestClient(create_app(config)) as client:
         assert client.get("/health").status_code == 200
         paths = [(m, p) for p, item in client.app.openapi()["paths"].items() for m in item if p != "/health"]
-        assert len(paths) == 4
+        assert len(paths) == 5
         for method, path in paths:
             assert client.request(method.upper(), path, json={}).status_code == 401, path
         ok = client.post("/v1/corrections", json={"items": [_item()]}, headers={"Authorization": f"Bearer {token}"})
@@ -126,7 +126,7 @@ def test_every_endpoint_but_health_needs_the_token(score_home):
 def test_every_request_and_response_field_is_described(score_home):
     seen, missing = undescribed(create_app(teacher_config(score_home)).openapi())
     assert {"CorrectionRequest", "CorrectionResponse", "Correction", "Cost", "Step", "StepJudgementItem",
-            "Judgement"} <= seen
+            "Judgement", "TeacherRolloutRequest", "TeacherRolloutResponse", "TeacherEpisode", "RolloutItem"} <= seen
     assert not missing, missing
 
 
