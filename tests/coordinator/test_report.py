@@ -1,0 +1,194 @@
+"""Run metrics, report.md, the PNG plots and the terminal results table, from hand-built records."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from services.coordinator.report import PLOTS, build_metrics, results_table, write_report
+from shared.schemas.agent import Step
+from shared.schemas.runs import DeadLetter, Repair, RunConfig, RunInfo, RunState, TrajectoryRecord
+from shared.tasks.builtin import builtin_tasks
+from shared.tasks.gold import builtin_tools, gold_episode
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN_ID = "run-test"
+
+
+def _repair(step: int | None, hard: bool = False, tokens: int = 10) -> Repair:
+    return Repair(first_error_step=step, hard=hard, reason="no fix" if hard else None, teacher_tokens=tokens,
+                  teacher_calls=1)
+
+
+def _wrong(step: Step) -> Step:
+    return step.model_copy(update={"code": "final_answer_print(0)", "observation": "0"})
+
+
+@pytest.fixture(scope="module")
+def gold():
+    tools = builtin_tools()
+    tasks = builtin_tasks(family="arith", n=5, seed=3) + builtin_tasks(family="kb", n=2, seed=3)
+    return [(task, gold_episode(task, tools)) for task in tasks]
+
+
+def make_records(gold) -> list[TrajectoryRecord]:
+    """Every kind of record a run produces: teacher trajectories, each MPS outcome, and RL-pool corrections."""
+    def record(i, stage, pool, outcome, correct, repairs=(), first=None, **extra):
+        task, episode = gold[i]
+        steps = episode.steps
+        chosen = rejected = None
+        if first is not None:
+            chosen, rejected = steps[first], _wrong(steps[first])
+        return TrajectoryRecord(
+            run_id=RUN_ID, stage=stage, pool=pool, task=task, outcome=outcome, steps=steps,
+            final_answer=episode.final_answer if correct else "0", correct=correct, repairs=list(repairs),
+            first_error_step=first, chosen_step=chosen, rejected_step=rejected,
+            teacher_tokens=extra.get("teacher_tokens", sum(r.teacher_tokens for r in repairs)),
+            student_tokens=extra.get("student_tokens", 0), policy_version=extra.get("policy_version"),
+        )
+
+    return [
+        record(0, "bc_init", "bc_init", "teacher_solved", True, teacher_tokens=100),
+        record(1, "bc_init", "bc_init", "teacher_solved", True, teacher_tokens=120),
+        record(2, "bc_init", "bc_init", "teacher_failed", False, teacher_tokens=90),
+        record(3, "baseline", "train", "teacher_solved", True, teacher_tokens=80),
+        record(5, "baseline", "train", "teacher_failed", False, teacher_tokens=70),
+        record(0, "mps", "train", "self_solved", True, student_tokens=40, policy_version=1),
+        record(1, "mps", "train", "repaired", True, [_repair(2)], first=2, student_tokens=50),
+        record(2, "mps", "train", "repaired", True, [_repair(1), _repair(2)], first=1, student_tokens=60),
+        record(3, "mps", "train", "hard", False, [_repair(None, hard=True)], student_tokens=30),
+        record(4, "mps", "train", "unsolved", False, [_repair(1), _repair(1), _repair(3)], first=1, student_tokens=70),
+        record(5, "mps", "rl", "unsolved", False, [_repair(2)], first=2, student_tokens=20),
+        record(6, "mps", "rl", "unsolved", False, [_repair(1)], first=1, student_tokens=20),
+        record(6, "mps", "rl", "hard", False, [_repair(None, hard=True)], student_tokens=20),
+    ]
+
+
+def _eval(success: float, n: int = 20, version: int | None = 1) -> dict:
+    return {"success": success, "n": n, "solved": round(success * n), "answered": 0.9, "mean_turns": 3.5,
+            "mean_tokens": 120.0, "policy_version": version}
+
+
+def make_info(eval_results: dict | None = None, counters: dict | None = None, state=RunState.running) -> RunInfo:
+    now = time.time()
+    return RunInfo(
+        id=RUN_ID, name="demo", state=state, created_at=now - 100, updated_at=now, artifacts="/tmp/x",
+        config=RunConfig(), counters=counters or {},
+        eval=eval_results if eval_results is not None else {
+            "bc_init": _eval(0.25), "sft": _eval(0.4, version=2), "rl": _eval(0.5, version=5),
+            "baseline": _eval(0.35, version=None), "teacher": _eval(0.95, version=None)},
+    )
+
+
+RL_STEPS = [
+    {"step": i, "reward_mean": 0.2 + 0.1 * i, "policy_version": 3 + i,
+     "rewards": {"correct": 2 + i, "equivalent": 3, "repeat": 4 - i, "other": 5, "no_answer": 2},
+     "metrics": {"loss": 0.1, "kl": 0.0, "grad_norm": 1.0}}
+    for i in range(3)
+]
+TIMING = {"stages": {"bc_init": 12.0, "mps": 30.5, "rl": 40.0}, "coordinator_overhead_s": 2.5,
+          "overhead_share": 0.025, "wall_s": 100.0}
+DEAD = [DeadLetter(stage="mps", item_key="train-arith-1", error="teacher timed out | twice", attempts=3, time=1.0)]
+
+
+@pytest.fixture(scope="module")
+def records(gold):
+    return make_records(gold)
+
+
+def test_metrics_counts(records):
+    m = build_metrics(make_info(counters={"rl_prefixes": 2}), records, RL_STEPS, DEAD, TIMING)
+    assert m["run_id"] == RUN_ID and m["name"] == "demo" and m["state"] == "running"
+    assert m["wall_s"] == 100.0 and m["finished_at"] == pytest.approx(m["created_at"] + 100.0)
+    assert set(m["eval"]) == {"bc_init", "sft", "rl", "baseline", "teacher"}
+    mps = m["mps"]
+    assert (mps["tasks"], mps["self_solved"], mps["repaired"], mps["hard"], mps["unsolved"]) == (5, 1, 2, 1, 1)
+    assert mps["repairs_per_attempt"] == {"0": 1, "1": 2, "2": 1, "3": 1}
+    # Non-hard repairs of every MPS record: train 2; 1, 2; 1, 1, 3 and RL pool 2; 1.
+    assert mps["correction_step_histogram"] == {"0": 0, "1": 4, "2": 3, "3": 1}
+    assert mps["teacher_tokens"] == 10 * 7 and mps["student_tokens"] == 40 + 50 + 60 + 30 + 70
+    assert m["rl"]["prefixes"] == 2 and m["rl"]["steps"] == RL_STEPS
+    assert m["key_step_rewards"] == {"correct": 9, "equivalent": 9, "repeat": 9, "other": 15, "no_answer": 6}
+    assert m["teacher_tokens"] == {"bc_init": 310, "mps": 100, "baseline": 150}
+    assert m["datasets"]["bc_init"] == 2 and m["datasets"]["baseline"] == 3
+    assert m["timing"] == TIMING
+    assert m["dead_letters"] == [DEAD[0].model_dump(mode="json")]
+    json.dumps(m)
+
+
+def test_metrics_prefers_counters_for_sft_rows_and_falls_back_without(records):
+    assert build_metrics(make_info(counters={"sft_rows": 7}), records, [], [], {})["datasets"]["sft"] == 7
+    fallback = build_metrics(make_info(), records, [], [], {})
+    # Both repaired records always count; the one self-solved record only if its hash keeps it.
+    assert fallback["datasets"]["sft"] in (2, 3)
+    assert fallback["rl"]["prefixes"] == 2  # RL-pool records with a chosen step, counted without the counter
+
+
+def test_metrics_of_a_finished_run_use_its_last_update(records):
+    info = make_info(state=RunState.succeeded)
+    m = build_metrics(info, records, [], [], {})
+    assert m["finished_at"] == info.updated_at and m["wall_s"] == pytest.approx(info.updated_at - info.created_at)
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC), path
+    assert len(data) > 5_000, path  # a rendered figure, not an empty image
+
+
+def test_write_report_writes_metrics_plots_and_markdown(tmp_path, records):
+    metrics = build_metrics(make_info(), records, RL_STEPS, DEAD, TIMING)
+    paths = write_report(tmp_path, metrics)
+    assert {p.name for p in paths} == {"metrics.json", "report.md", *PLOTS}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    for name in PLOTS:
+        _assert_png(tmp_path / "plots" / name)
+    report = (tmp_path / "report.md").read_text()
+    assert RUN_ID in report and "demo" in report
+    for label in ("bc_init", "sft", "rl", "baseline", "teacher"):
+        assert f"| {label} |" in report
+    for name in PLOTS:
+        assert f"](plots/{name})" in report
+    assert "| held-out success |" in report.replace("| policy ", "")
+    assert "25.0%" in report and "95.0%" in report and "5/20" in report
+    assert "train-arith-1" in report and "teacher timed out \\| twice" in report
+    assert "step 0: 0.200" in report and "step 2: 0.400" in report
+    assert "2.50%" in report  # the coordinator overhead share
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_missing_sections_do_not_crash(tmp_path):
+    info = make_info(eval_results={}, counters={})
+    metrics = build_metrics(info, [], [], [], {})
+    paths = write_report(tmp_path, metrics)
+    for name in PLOTS:
+        _assert_png(tmp_path / "plots" / name)
+    report = (tmp_path / "report.md").read_text()
+    assert "No held-out evaluations were recorded." in report
+    assert "No RL step rewards were recorded." in report
+    assert "Dead letters" not in report
+    assert len(paths) == 2 + len(PLOTS)
+    assert results_table(metrics) == "no held-out evaluations recorded"
+
+
+def test_partial_eval_and_recovered_rl_step(tmp_path, records):
+    # Only the cold start was evaluated, and an RL step the trainer replayed after a crash has no rewards.
+    info = make_info(eval_results={"bc_init": {"success": 0.1, "n": 10, "solved": 1}})
+    steps = [{"step": 0, "metrics": {}, "policy_version": 2, "rewards": {}, "recovered": True}]
+    metrics = build_metrics(info, records, steps, [], {"stages": {}})
+    write_report(tmp_path, metrics)
+    report = (tmp_path / "report.md").read_text()
+    assert "| bc_init |" in report and "| teacher |" not in report
+    assert metrics["key_step_rewards"] == dict.fromkeys(("correct", "equivalent", "repeat", "other", "no_answer"), 0)
+    table = results_table(metrics)
+    assert "bc_init" in table and "1/10" in table and table.count("\n") == 2
+
+
+def test_results_table_lists_every_policy_in_stage_order(records):
+    table = results_table(build_metrics(make_info(), records, [], [], {}))
+    lines = table.splitlines()
+    assert lines[0].split()[0] == "policy" and "held-out success" in lines[0]
+    assert [line.split()[0] for line in lines[2:]] == ["bc_init", "sft", "rl", "baseline", "teacher"]
+    assert "50.0%" in lines[4] and "10/20" in lines[4]
