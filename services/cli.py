@@ -10,7 +10,7 @@ import sys
 from shared.settings import DEFAULT_PORTS
 
 # Each service package's `app` module provides `app_from_args(args, settings) -> FastAPI`.
-SERVICES = ("student", "teacher", "trainer")
+SERVICES = ("coordinator", "student", "teacher", "trainer")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from shared.checkpoints import check_name, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.fsutil import write_json_atomic
+from shared.processes import die_with_parent
 from shared.schemas.training import (
     TERMINAL_STATES,
     VALID_TRANSITIONS,
@@ -44,13 +44,6 @@ from services.trainer.spec import DATASET, EVENTS, PROGRESS, RESULT, SPEC, TRAIN
 log = logging.getLogger("score.trainer.jobs")
 JOB_FILE = "job.json"
 EXIT_GRACE_S = 10.0
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the service dies (even by SIGKILL), the kernel kills the
-    # training process too, so a restarted service never races an orphan writing the same job directory.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def training_command(job_dir: Path, nproc: int) -> list[str]:
@@ -247,7 +240,7 @@ class JobManager:
             # Started from the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
             job.process = subprocess.Popen(
                 command, cwd=str(Path(__file__).resolve().parents[2]), env=env, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
             )
         job.step_times.clear()
         job.transition(JobState.running, f"training process started (pid {job.process.pid}, nproc {nproc}, "

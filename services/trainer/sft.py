@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch.distributed as dist
 
 from shared.checkpoints import CheckpointStore
 from shared.fsutil import file_lock, write_json_atomic
+from shared.processes import die_with_parent
 from shared.models.loading import load_tokenizer
 from services.trainer.data import (
     build_schedule, collate_packed, collate_padded, read_conversations, tokenize_conversation,
@@ -40,13 +39,6 @@ from services.trainer.spec import DATASET, PROGRESS, RESULT, RUN_LOCK, STATE_DIR
 from services.trainer.train_state import latest_state_dir, load_state, rng_state, save_state
 
 log = logging.getLogger("score.trainer.sft")
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux), so a killed service or torchrun
-    never leaves a training process behind to race the resumed one."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 class Dist:

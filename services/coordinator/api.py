@@ -1,0 +1,172 @@
+"""HTTP glue of the coordinator: the runs API (thin routes over `RunManager`) and the ops routes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+
+from services.coordinator.runs import RunManager
+from shared.errors import ERROR_RESPONSES, ErrorResponse, NotFoundError, UnprocessableError
+from shared.observability import ops_router as shared_ops_router
+from shared.schemas.runs import DeadLetterList, RunConfig, RunInfo, RunList, TrajectoryList
+
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "No run with this id (or the artifact is not written yet)."}}
+CONFLICT = {409: {"model": ErrorResponse, "description": "The run's state does not allow this (it already ended)."}}
+SSE_HEARTBEAT_S = 15.0
+
+
+def ops_router(auth) -> APIRouter:
+    def readiness(app) -> dict | None:
+        health = getattr(app.state, "health", None)
+        if health is None or not health.get("redis"):
+            return None
+        return health
+
+    return shared_ops_router(
+        auth, readiness=readiness,
+        ready_doc="Redis answers and the stage workers are running (503 otherwise, with what is missing).",
+        metrics_doc="Request counts and latency, queue depth and dead letters per stage, runs by state, workers alive.",
+    )
+
+
+def _runs(request: Request) -> RunManager:
+    return request.app.state.runs
+
+
+def runs_router(auth) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERROR_RESPONSES, tags=["runs"])
+
+    @router.post("/runs", response_model=RunInfo, status_code=201)
+    async def create_run(config: RunConfig, request: Request) -> RunInfo:
+        """Create and start a run. Every field has a default (`{}` runs the built-in suite); a bad config or task
+        file is refused with 422 naming the field or line, and nothing is created."""
+        return await _runs(request).create(config)
+
+    @router.get("/runs", response_model=RunList)
+    async def list_runs(request: Request) -> RunList:
+        """Every run, newest first."""
+        return RunList(runs=await _runs(request).list())
+
+    @router.get("/runs/{run_id}", response_model=RunInfo, responses=NOT_FOUND)
+    async def get_run(run_id: str, request: Request) -> RunInfo:
+        """State, current stage, per-stage progress (items, items/s, ETA), counters and held-out results."""
+        return await _runs(request).get(run_id)
+
+    @router.post("/runs/{run_id}/cancel", response_model=RunInfo, responses={**NOT_FOUND, **CONFLICT})
+    async def cancel_run(run_id: str, request: Request) -> RunInfo:
+        """Cancel a queued or running run: its remaining items are dropped as workers meet them."""
+        return await _runs(request).cancel(run_id)
+
+    @router.get("/runs/{run_id}/events", responses={**NOT_FOUND, 200: {
+        "description": "Server-Sent Events: `id` (resume with `Last-Event-ID` or `after`), `event` (the type) and "
+        "`data` (a RunEvent as JSON). The stream ends after the run reaches a final state.",
+        "content": {"text/event-stream": {}}}})
+    async def run_events(
+        run_id: str, request: Request,
+        after: str = Query(default="0", description="Only events after this event id (`0`: from the start)."),
+        follow: bool = Query(default=True, description="Keep the stream open until the run ends."),
+        last_event_id: str | None = Header(default=None, description="Standard SSE resume header; wins over `after`."),
+    ) -> StreamingResponse:
+        """Progress of a run as Server-Sent Events."""
+        runs = _runs(request)
+        await runs.get(run_id)
+        start = last_event_id or after
+
+        async def stream():
+            cursor, quiet = start, 0.0
+            while True:
+                events = await runs.events(run_id, cursor, block_ms=1000 if follow else None)
+                for event in events:
+                    cursor = event.id
+                    yield f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
+                if not follow:
+                    return
+                if events:
+                    quiet = 0.0
+                    continue
+                if (await runs.get(run_id)).state.terminal:
+                    if not await runs.events(run_id, cursor):
+                        return
+                    continue
+                quiet += 1.0
+                if quiet >= SSE_HEARTBEAT_S:  # keeps proxies from closing an idle stream
+                    quiet = 0.0
+                    yield ": keep-alive\n\n"
+                if await request.is_disconnected():
+                    return
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @router.get("/runs/{run_id}/trajectories", response_model=TrajectoryList, responses=NOT_FOUND)
+    async def trajectories(
+        run_id: str, request: Request,
+        stage: Literal["bc_init", "mps", "baseline"] | None = Query(default=None, description="Only this stage."),
+        outcome: Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"] | None =
+        Query(default=None, description="Only trajectories with this outcome."),
+        offset: int = Query(default=0, ge=0, description="Skip this many."),
+        limit: int = Query(default=100, ge=1, le=1000, description="Return at most this many."),
+    ) -> TrajectoryList:
+        """Finished trajectories: teacher solutions (cold start, baseline) and mentored student episodes with
+        their repairs, first critical error, chosen and rejected steps."""
+        records = await _runs(request).records(run_id, stage=stage, outcome=outcome)
+        return TrajectoryList(trajectories=records[offset:offset + limit], total=len(records))
+
+    @router.get("/runs/{run_id}/dead_letters", response_model=DeadLetterList, responses=NOT_FOUND)
+    async def dead_letters(run_id: str, request: Request) -> DeadLetterList:
+        """Items that exhausted their attempts, with the error that stopped them."""
+        await _runs(request).get(run_id)
+        return DeadLetterList(dead_letters=await _runs(request).store.dead_letters(run_id))
+
+    @router.get("/runs/{run_id}/report", response_class=PlainTextResponse, responses={**NOT_FOUND, 200: {
+        "description": "The run's report.md (markdown).", "content": {"text/markdown": {}}}})
+    async def report(run_id: str, request: Request) -> PlainTextResponse:
+        """The run's report (markdown), written when the run finishes."""
+        path = await _artifact(request, run_id, "report.md")
+        return PlainTextResponse(path.read_text(), media_type="text/markdown")
+
+    @router.get("/runs/{run_id}/metrics", responses={**NOT_FOUND, 200: {"description": "metrics.json of the run."}})
+    async def run_metrics(run_id: str, request: Request) -> dict:
+        """The run's metrics.json: held-out results per policy (`eval`), MPS, RL and timing."""
+        return json.loads((await _artifact(request, run_id, "metrics.json")).read_text())
+
+    @router.get("/runs/{run_id}/plots/{name}", response_class=FileResponse, responses={**NOT_FOUND, 200: {
+        "description": "A PNG plot of the run.", "content": {"image/png": {}}}})
+    async def plot(run_id: str, name: str, request: Request) -> FileResponse:
+        """A plot from the run's report (e.g. `success_by_stage.png`)."""
+        if "/" in name or not name.endswith(".png"):
+            raise UnprocessableError("plot names look like `success_by_stage.png`", param="name")
+        return FileResponse(await _artifact(request, run_id, f"plots/{name}"), media_type="image/png")
+
+    @router.get("/runs/{run_id}/datasets/{name}", response_class=FileResponse, responses={**NOT_FOUND, 200: {
+        "description": "The dataset file: JSON lines (messages, sharegpt) or parquet (verl).",
+        "content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}})
+    async def dataset(
+        run_id: str, name: Literal["bc_init", "sft", "baseline", "rl"], request: Request,
+        format: Literal["messages", "sharegpt", "verl"] = Query(
+            default="messages", description="`messages` (OpenAI JSONL, canonical), `sharegpt` (LLaMA-Factory) or "
+            "`verl` (parquet with prompt, reward_model.ground_truth and prefix/chosen/rejected steps)."),
+    ) -> FileResponse:
+        """Export one of the run's datasets: `bc_init` (teacher cold start), `sft` (SCoRe-SFT), `baseline`
+        (plain distillation) or `rl` (verified prefixes with chosen and rejected steps)."""
+        path = await _runs(request).export(run_id, name, format)
+        media = "application/vnd.apache.parquet" if format == "verl" else "application/x-ndjson"
+        return FileResponse(path, media_type=media, filename=path.name)
+
+    @router.get("/queues", tags=["operations"])
+    async def queues(request: Request) -> dict:
+        """Per stage queue: items waiting, pending (being processed) and dead-lettered."""
+        return await request.app.state.queue.depth()
+
+    return router
+
+
+async def _artifact(request: Request, run_id: str, relative: str):
+    info = await _runs(request).get(run_id)
+    path = Path(info.artifacts) / relative
+    if not path.is_file():
+        raise NotFoundError(f"run {run_id} has no {relative} yet (state {info.state.value})", param="run_id")
+    return path

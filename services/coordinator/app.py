@@ -1,0 +1,105 @@
+"""The coordinator service's app factory and lifespan: Redis, the runs API and the stage workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from prometheus_client import Gauge
+
+from services.coordinator.api import ops_router, runs_router
+from services.coordinator.config import CoordinatorConfig
+from services.coordinator.queue import StageQueue
+from services.coordinator.runs import RunManager
+from services.coordinator.store import RunStore
+from services.coordinator.supervisor import WorkerSupervisor
+from shared.observability import ServiceMetrics, mount_service
+from shared.schemas.runs import RunState
+from shared.settings import Settings
+
+log = logging.getLogger("score.coordinator")
+HEALTH_EVERY_S = 2.0
+
+
+def app_from_args(args, settings: Settings) -> FastAPI:
+    """The app `score serve coordinator` runs, from its command-line flags."""
+    for flag in ("model", "engine", "base_url", "served_model_name", "device"):
+        if getattr(args, flag, None):
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to the coordinator: it holds no model")
+    if not settings.redis_url:
+        raise ValueError("the coordinator needs Redis: set SCORE_REDIS_URL (or use `score up`, which starts one)")
+    return create_app(settings, CoordinatorConfig())
+
+
+def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> FastAPI:
+    config = config or CoordinatorConfig()
+    metrics = ServiceMetrics("coordinator")
+    queue_gauge = Gauge("score_queue_items", "Stage queue items: waiting, pending (in a worker) and dead-lettered.",
+                        ["service", "queue", "kind"], registry=metrics.registry)
+    runs_gauge = Gauge("score_runs", "Runs by state.", ["service", "state"], registry=metrics.registry)
+    workers_gauge = Gauge("score_workers_alive", "Stage worker processes alive.", ["service"], registry=metrics.registry)
+
+    async def watch_health(app: FastAPI) -> None:
+        """Keep /ready and the queue gauges current; log Redis outages once, and recoveries."""
+        was_up = True
+        while True:
+            try:
+                await app.state.redis.ping()
+                depth = await app.state.queue.depth()
+                states = [await app.state.store.state(run_id) for run_id in await app.state.store.list_ids()]
+                for name, counts in depth.items():
+                    for kind, value in counts.items():
+                        queue_gauge.labels("coordinator", name, kind).set(value)
+                for state in RunState:
+                    runs_gauge.labels("coordinator", state.value).set(sum(s == state for s in states))
+                if not was_up:
+                    log.info("Redis at %s reachable again", settings.redis_url)
+                was_up = True
+                app.state.health = {"redis": True, "workers": app.state.supervisor.alive(), "queues": depth}
+            except Exception as exc:  # any Redis failure: report, keep serving what does not need it
+                if was_up:
+                    log.error("Redis at %s unreachable: %s", settings.redis_url, exc)
+                was_up = False
+                app.state.health = {"redis": False, "error": str(exc)}
+            workers_gauge.labels("coordinator").set(app.state.supervisor.alive())
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
+        app.state.redis = client
+        app.state.store = RunStore(client, settings.runs_dir)
+        app.state.queue = StageQueue(client, consumer="api")
+        app.state.runs = RunManager(app.state.store, app.state.queue, settings.runs_dir)
+        app.state.health = None
+        with contextlib.suppress(Exception):  # Redis may come up after us; the workers and /ready wait for it
+            await app.state.queue.ensure_groups()
+        supervisor = WorkerSupervisor(count=config.workers, redis_url=settings.redis_url,
+                                      concurrency=config.worker_concurrency, visibility_ms=config.visibility_ms,
+                                      backoff_s=config.restart_backoff_s)
+        app.state.supervisor = supervisor
+        await supervisor.start()
+        watcher = asyncio.create_task(watch_health(app))
+        log.info("coordinator ready redis=%s workers=%d home=%s", settings.redis_url, config.workers, settings.home)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await supervisor.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="SCoRe coordinator",
+        version="0.1.0",
+        description="Runs of the SCoRe pipeline (cold start, mentored problem solving, SCoRe-SFT, SCoRe-RL, "
+        "evaluation, baseline) on Redis Streams: create and follow runs, read trajectories, reports and datasets.",
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    mount_service(app, metrics=metrics, render_metrics=metrics.render, api_token=settings.api_token,
+                  routers=[ops_router, runs_router])
+    return app

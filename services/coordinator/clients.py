@@ -1,0 +1,142 @@
+"""HTTP clients of the model services, with the wire models of shared/schemas on both sides.
+
+Connection errors and 5xx/429 are retried with backoff (the services may be restarting); a 4xx is the
+caller's mistake and raises at once with the service's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+from pydantic import BaseModel
+
+from shared.schemas.agent import Episode, Step, Task
+from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLStepRequest, RLStepResponse
+from shared.schemas.rollout import RolloutItem, RolloutRequest, RolloutResponse
+from shared.schemas.sampling import SamplingParams
+from shared.schemas.teacher import (
+    CorrectionItem, CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse,
+    TeacherRolloutRequest, TeacherRolloutResponse,
+)
+from shared.schemas.training import JobInfo, JobRequest
+from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
+
+logger = logging.getLogger("score.coordinator.clients")
+
+RETRIES = 5
+TRANSIENT = (429, 500, 502, 503, 504)
+
+
+class ServiceError(RuntimeError):
+    """A model service refused or failed a call; the message says which service, endpoint and why."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServiceClient:
+    def __init__(self, name: str, base_url: str, *, token: str | None, timeout_s: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.name, self.base_url = name, base_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def call(self, method: str, path: str, body: BaseModel | None = None, *, ok=(200, 201),
+                   params: dict | None = None) -> httpx.Response:
+        payload = None if body is None else body.model_dump(mode="json", exclude_none=True)
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self.http.request(method, path, json=payload, params=params)
+            except httpx.TransportError as exc:
+                if attempt == RETRIES:
+                    raise ServiceError(f"{self.name} at {self.base_url} unreachable ({method} {path}): {exc!r}") from exc
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
+                continue
+            if response.status_code in ok:
+                return response
+            if response.status_code in TRANSIENT and attempt < RETRIES:
+                logger.warning("%s %s %s -> %d, retrying", self.name, method, path, response.status_code)
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
+                continue
+            raise ServiceError(f"{self.name} {method} {path} -> {response.status_code}: {_message(response)}",
+                               status=response.status_code)
+        raise AssertionError("unreachable")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message"))[:1000]
+    return str(body)[:1000]
+
+
+class StudentClient(ServiceClient):
+    async def rollouts(self, items: list[RolloutItem], *, n: int, max_turns: int, sampling: SamplingParams) -> RolloutResponse:
+        request = RolloutRequest(items=items, n=n, max_turns=max_turns, sampling=sampling)
+        return RolloutResponse.model_validate((await self.call("POST", "/v1/rollouts", request)).json())
+
+    async def weights(self) -> WeightsInfo:
+        return WeightsInfo.model_validate((await self.call("GET", "/v1/weights")).json())
+
+    async def load(self, *, path: str | None = None, name: str | None = None, version: int | None = None) -> WeightsInfo:
+        request = LoadWeightsRequest(path=path, name=name, version=version)
+        return WeightsInfo.model_validate((await self.call("POST", "/v1/weights", request)).json())
+
+
+class TeacherClient(ServiceClient):
+    async def corrections(self, items: list[CorrectionItem], strategy: str) -> CorrectionResponse:
+        request = CorrectionRequest(items=items, strategy=strategy)
+        return CorrectionResponse.model_validate((await self.call("POST", "/v1/corrections", request)).json())
+
+    async def judgements(self, request: JudgementRequest) -> JudgementResponse:
+        return JudgementResponse.model_validate((await self.call("POST", "/v1/judgements", request)).json())
+
+    async def solve(self, tasks: list[Task], *, max_turns: int,
+                    prefixes: list[list[Step]] | None = None) -> TeacherRolloutResponse:
+        items = [RolloutItem(task=task, prefix_steps=(prefixes[i] if prefixes else [])) for i, task in enumerate(tasks)]
+        request = TeacherRolloutRequest(items=items, max_turns=max_turns)
+        return TeacherRolloutResponse.model_validate((await self.call("POST", "/v1/rollouts", request)).json())
+
+
+class TrainerClient(ServiceClient):
+    async def create_job(self, request: JobRequest) -> JobInfo:
+        return JobInfo.model_validate((await self.call("POST", "/v1/jobs", request)).json())
+
+    async def job(self, job_id: str) -> JobInfo:
+        return JobInfo.model_validate((await self.call("GET", f"/v1/jobs/{job_id}")).json())
+
+    async def create_session(self, request: RLSessionCreate) -> RLSessionInfo:
+        return RLSessionInfo.model_validate((await self.call("POST", "/v1/rl/sessions", request)).json())
+
+    async def session(self, session_id: str) -> RLSessionInfo:
+        return RLSessionInfo.model_validate((await self.call("GET", f"/v1/rl/sessions/{session_id}")).json())
+
+    async def step(self, session_id: str, request: RLStepRequest) -> RLStepResponse:
+        response = await self.call("POST", f"/v1/rl/sessions/{session_id}/steps", request)
+        return RLStepResponse.model_validate(response.json())
+
+
+class Services:
+    """The three model services one run talks to."""
+
+    def __init__(self, *, student_url: str, teacher_url: str, trainer_url: str, token: str | None) -> None:
+        self.student = StudentClient("student", student_url, token=token)
+        self.teacher = TeacherClient("teacher", teacher_url, token=token)
+        self.trainer = TrainerClient("trainer", trainer_url, token=token)
+
+    async def close(self) -> None:
+        for client in (self.student, self.teacher, self.trainer):
+            await client.close()
+
+
+def episode_tokens(episode: Episode) -> int:
+    return sum(episode.loss_mask)

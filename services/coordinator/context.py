@@ -1,0 +1,79 @@
+"""What a stage handler sees of its run: config, pools, run store, service clients, artifacts folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from services.coordinator.clients import Services
+from services.coordinator.pools import Pools, load_pools
+from services.coordinator.queue import StageQueue
+from services.coordinator.store import RunStore
+from shared.schemas.runs import RunConfig
+from shared.settings import Settings
+
+logger = logging.getLogger("score.coordinator")
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    config: RunConfig
+    store: RunStore
+    queue: StageQueue
+    services: Services
+    run_dir: Path
+    extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def pools(self) -> Pools:
+        return load_pools(self.run_dir)
+
+    def log(self, message: str, *args) -> None:
+        logger.info("[run %s] " + message, self.run_id, *args)
+
+    async def student_checkpoint(self) -> dict | None:
+        """The checkpoint the student should be serving for this run (set by each training stage)."""
+        raw = await self.store.field(self.run_id, "student_checkpoint")
+        return json.loads(raw) if raw else None
+
+    async def use_student(self, *, path: str, label: str, version: int | None = None) -> int:
+        """Load a checkpoint into the student and remember it, so a restarted student is brought back to it.
+
+        Without `version`, the run's next policy version: versions only grow within a run, whatever series
+        the checkpoint was published in, so every sample's `policy_version` orders it in time."""
+        if version is None:
+            version = int(await self.store.field(self.run_id, "policy_version") or 0) + 1
+        info = await self.services.student.load(path=path, version=version)
+        checkpoint = json.dumps({"path": path, "version": version, "label": label})
+        fields = {"student_checkpoint": checkpoint, "policy_version": info.policy_version}
+        if label != "baseline":  # the SCoRe policy the run ends on (the baseline is only evaluated)
+            fields["score_checkpoint"] = checkpoint
+        await self.store.set_fields(self.run_id, **fields)
+        await self.store.event(self.run_id, "log", f"student now serves {label} (policy version {version})",
+                               data={"path": path, "version": version, "label": label})
+        return version
+
+    async def ensure_student(self) -> int | None:
+        """Make sure the student serves this run's current checkpoint (it may have restarted); its version."""
+        expected = await self.student_checkpoint()
+        if expected is None:
+            return (await self.services.student.weights()).policy_version
+        current = await self.services.student.weights()
+        if current.path != expected["path"] or current.policy_version != expected["version"]:
+            self.log("student serves %s v%s, expected %s v%s: reloading", current.path, current.policy_version,
+                     expected["path"], expected["version"])
+            await self.services.student.load(path=expected["path"], version=expected["version"])
+        return expected["version"]
+
+
+def services_for(config: RunConfig, settings: Settings) -> Services:
+    return Services(
+        student_url=config.services.student_url or settings.student_url,
+        teacher_url=config.services.teacher_url or settings.teacher_url,
+        trainer_url=config.services.trainer_url or settings.trainer_url,
+        token=settings.api_token,
+    )

@@ -1,0 +1,119 @@
+"""The stage graph and its control actions: enter a stage (fan out its items), finish it (fan in), go on.
+
+    bc_init -> eval_bc_init -> mps -> sft -> eval_sft -> rl -> eval_rl -> baseline -> eval_baseline
+            -> eval_teacher -> report
+
+Control actions travel on their own stream, so a transition survives a crash like any item. Both actions are
+idempotent: `enter` of a running stage re-enqueues its items (duplicates are dropped by the result record),
+`finish` of a done stage only makes sure the next stage is entered.
+"""
+
+from __future__ import annotations
+
+import time
+
+from services.coordinator import keys
+from services.coordinator.context import RunContext
+from services.coordinator.queue import StageQueue, WorkItem
+from services.coordinator.stages.base import Stage
+from services.coordinator.stages.cold_start import BaselineStage, BCInitStage
+from services.coordinator.stages.evaluation import EvalStage
+from services.coordinator.stages.mentor import MPSStage
+from services.coordinator.stages.report import ReportStage
+from services.coordinator.stages.rl import RLStage
+from services.coordinator.stages.score_sft import SFTStage
+from shared.schemas.runs import STAGES, RunState
+
+PIPELINE: list[Stage] = [
+    BCInitStage(), EvalStage("bc_init"), MPSStage(), SFTStage(), EvalStage("sft"), RLStage(), EvalStage("rl"),
+    BaselineStage(), EvalStage("baseline"), EvalStage("teacher"), ReportStage(),
+]
+BY_NAME = {stage.name: stage for stage in PIPELINE}
+assert tuple(BY_NAME) == STAGES, "the pipeline and the schema's stage list must agree"
+
+
+def control(run_id: str, action: str, stage: str) -> WorkItem:
+    return WorkItem(run_id=run_id, stage=stage, key=f"{action}:{stage}", payload={"action": action},
+                    queue=keys.CONTROL)
+
+
+async def start(queue: StageQueue, run_id: str) -> None:
+    """Begin a queued run at its first stage."""
+    await queue.put(keys.CONTROL, [control(run_id, "enter", PIPELINE[0].name)])
+
+
+async def handle_control(ctx: RunContext, item: WorkItem) -> None:
+    stage = BY_NAME[item.stage]
+    if item.payload["action"] == "enter":
+        await enter(ctx, stage)
+    else:
+        await finish(ctx, stage)
+
+
+async def enter(ctx: RunContext, stage: Stage) -> None:
+    progress = await ctx.store.stage(ctx.run_id, stage.name)
+    if progress.state in ("done", "skipped"):
+        await _next(ctx, stage)
+        return
+    if await ctx.store.state(ctx.run_id) == RunState.queued:
+        await ctx.store.transition(ctx.run_id, RunState.running)
+    await ctx.store.set_fields(ctx.run_id, stage=stage.name)
+    if not stage.enabled(ctx):
+        await ctx.store.update_stage(ctx.run_id, stage.name, state="skipped")
+        await ctx.store.event(ctx.run_id, "stage", f"{stage.name} skipped", stage=stage.name, data={"state": "skipped"})
+        await _next(ctx, stage)
+        return
+    items = await stage.plan(ctx)
+    total = stage.total(ctx, items)
+    await ctx.store.update_stage(ctx.run_id, stage.name, state="running", total=total,
+                                 started_at=progress.started_at or time.time())
+    if progress.state == "pending":
+        await ctx.store.event(ctx.run_id, "stage", f"{stage.name} started ({total} items)", stage=stage.name,
+                              data={"state": "running", "total": total})
+    done, failed = await ctx.store.settled(ctx.run_id, stage.name)
+    if items and done + failed < total:
+        await ctx.queue.put(stage.queue, items)
+    else:
+        await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "finish", stage.name)])
+
+
+async def finish(ctx: RunContext, stage: Stage) -> None:
+    progress = await ctx.store.stage(ctx.run_id, stage.name)
+    if progress.state not in ("done", "skipped"):
+        await stage.finish(ctx)
+        done, failed = await ctx.store.settled(ctx.run_id, stage.name)
+        finished = time.time()
+        await ctx.store.update_stage(ctx.run_id, stage.name, state="done", done=done, failed=failed,
+                                     finished_at=finished, eta_s=0.0)
+        took = finished - (progress.started_at or finished)
+        await ctx.store.event(ctx.run_id, "stage", f"{stage.name} done in {took:.1f}s", stage=stage.name,
+                              data={"state": "done", "seconds": took, "done": done, "failed": failed})
+    await _next(ctx, stage)
+
+
+async def _next(ctx: RunContext, stage: Stage) -> None:
+    index = PIPELINE.index(stage)
+    if index + 1 < len(PIPELINE):
+        await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "enter", PIPELINE[index + 1].name)])
+        return
+    await ctx.store.set_fields(ctx.run_id, stage="", finished_at=time.time())
+    if await ctx.store.state(ctx.run_id) == RunState.running:
+        await ctx.store.transition(ctx.run_id, RunState.succeeded)
+
+
+async def item_settled(ctx: RunContext, stage: Stage, settled: int) -> None:
+    """After an item's result is recorded: update progress, and finish the stage when its last item settles."""
+    progress = await ctx.store.stage(ctx.run_id, stage.name)
+    done, failed = await ctx.store.settled(ctx.run_id, stage.name)
+    elapsed = max(1e-6, time.time() - (progress.started_at or time.time()))
+    rate = (done + failed) / elapsed
+    remaining = max(0, progress.total - done - failed)
+    await ctx.store.update_stage(ctx.run_id, stage.name, done=done, failed=failed, items_per_s=round(rate, 3),
+                                 eta_s=round(remaining / rate, 1) if rate > 0 else None)
+    await ctx.store.event(ctx.run_id, "progress", f"{stage.name}: {done + failed}/{progress.total}", stage=stage.name,
+                          data={"done": done, "failed": failed, "total": progress.total,
+                                "items_per_s": round(rate, 3), "eta_s": round(remaining / rate, 1) if rate else None})
+    # Exactly one item's record returns the count that completes the stage; a redelivered item (settled -1)
+    # re-sends `finish` in case the worker that completed the stage died before sending it.
+    if progress.state == "running" and (settled == progress.total or (settled < 0 and done + failed >= progress.total)):
+        await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "finish", stage.name)])

@@ -1,0 +1,85 @@
+"""A run's task pools: cold start, SCoRe-SFT (train), SCoRe-RL, held-out eval — disjoint by construction.
+
+Pools are drawn once when the run is created and written to the run folder, so a restarted coordinator
+and every worker see the same tasks, and a bad task file is refused before anything is created.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from shared.schemas.agent import Task
+from shared.schemas.runs import TaskSource
+from shared.tasks.builtin import builtin_tasks, split_of
+from shared.tasks.loader import load_task_file
+
+POOLS_FILE = "tasks.json"
+
+
+class Pools(BaseModel):
+    bc_init: list[Task] = Field(description="Tasks the teacher solves for cold start.")
+    train: list[Task] = Field(description="Tasks for mentored problem solving (SCoRe-SFT).")
+    rl: list[Task] = Field(description="Tasks whose verified prefixes seed SCoRe-RL.")
+    eval: list[Task] = Field(description="Held-out tasks.")
+
+    def by_id(self) -> dict[str, Task]:
+        return {task.id: task for pool in (self.bc_init, self.train, self.rl, self.eval) for task in pool}
+
+
+class PoolError(ValueError):
+    """The task source cannot fill the pools; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _builtin(source: TaskSource) -> tuple[list[Task], list[Task]]:
+    n_train = source.n_bc_init + source.n_train + source.n_rl
+    train, evals = [], []
+    for i, family in enumerate(source.families):
+        share = len(source.families)
+        train += builtin_tasks(family=family, split="train", n=-(-n_train // share), seed=source.seed)
+        evals += builtin_tasks(family=family, split="eval", n=-(-source.n_eval // share), seed=source.seed)
+    return train, evals
+
+
+def _from_files(source: TaskSource) -> tuple[list[Task], list[Task]]:
+    tasks = load_task_file(source.path)
+    if source.eval_path is not None:
+        return tasks, load_task_file(source.eval_path)
+    return ([t for t in tasks if split_of(t.question) == "train"], [t for t in tasks if split_of(t.question) == "eval"])
+
+
+def draw_pools(source: TaskSource) -> Pools:
+    """The run's pools (deterministic for the source and its seed); raises PoolError or TaskFileError."""
+    train, evals = _builtin(source) if source.path is None else _from_files(source)
+    missing = [t for t in train + evals if t.true_answer is None]
+    if missing:
+        raise PoolError("tasks.path", f"task {missing[0].id!r} has no true_answer; every task needs a gold answer")
+    rng = random.Random(source.seed)
+    rng.shuffle(train)
+    rng.shuffle(evals)
+    need = source.n_bc_init + source.n_train + source.n_rl
+    if len(train) < source.n_bc_init + source.n_train:
+        raise PoolError("tasks.n_train", f"{len(train)} training tasks cannot fill n_bc_init + n_train = "
+                        f"{source.n_bc_init + source.n_train}")
+    if not evals:
+        raise PoolError("tasks.n_eval", "no held-out tasks (give `eval_path`, or more tasks in `path`)")
+    a, b = source.n_bc_init, source.n_bc_init + source.n_train
+    return Pools(bc_init=train[:a], train=train[a:b], rl=train[b:min(need, len(train))], eval=evals[:source.n_eval])
+
+
+def save_pools(pools: Pools, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (POOLS_FILE + ".tmp")
+    tmp.write_text(pools.model_dump_json())
+    tmp.replace(run_dir / POOLS_FILE)
+
+
+def load_pools(run_dir: Path) -> Pools:
+    return Pools.model_validate(json.loads((run_dir / POOLS_FILE).read_text()))

@@ -1,0 +1,41 @@
+"""The stage interface: plan a stage's work items, handle one item, finish the stage (fan-in)."""
+
+from __future__ import annotations
+
+from services.coordinator.context import RunContext
+from services.coordinator.queue import WorkItem
+
+
+class Stage:
+    """A stage of the pipeline. Stages without a queue have no items: `finish` does all their work."""
+
+    name: str = ""
+    queue: str | None = None
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return True
+
+    async def plan(self, ctx: RunContext) -> list[WorkItem]:
+        """The stage's work items (their count is the stage's total); [] goes straight to `finish`."""
+        return []
+
+    def total(self, ctx: RunContext, items: list[WorkItem]) -> int:
+        """How many items the stage settles before it finishes (more than planned when items beget items)."""
+        return len(items)
+
+    async def handle(self, ctx: RunContext, item: WorkItem) -> dict:
+        """Process one item; the returned JSON is recorded once per item key."""
+        raise RuntimeError(f"stage {self.name} has no work items")
+
+    async def after_record(self, ctx: RunContext, item: WorkItem, result: dict) -> None:
+        """Runs after an item's result is recorded (again on redelivery, so it must be idempotent)."""
+
+    async def finish(self, ctx: RunContext) -> None:
+        """Fan-in once every item has settled: datasets, training jobs, weight loads, aggregates."""
+
+    def item(self, ctx: RunContext, key: str, **payload) -> WorkItem:
+        return WorkItem(run_id=ctx.run_id, stage=self.name, key=key, payload=payload, queue=self.queue or "")
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,71 @@
+"""Held-out evaluation of a policy: the student after a stage, or the teacher once per run."""
+
+from __future__ import annotations
+
+from services.coordinator.context import RunContext
+from services.coordinator.queue import WorkItem
+from services.coordinator.stages.base import Stage, chunks
+from shared.schemas.rollout import RolloutItem
+from shared.schemas.sampling import SamplingParams
+from shared.scoring import score_answer
+
+CHUNK = 16
+
+
+class EvalStage(Stage):
+    queue = "eval"
+
+    def __init__(self, label: str, *, after: str | None = None) -> None:
+        self.label = label
+        self.name = f"eval_{label}"
+        self.after = after  # the stage whose policy is measured (skipped with it)
+
+    def enabled(self, ctx: RunContext) -> bool:
+        if self.label == "teacher":
+            return ctx.config.eval.teacher
+        if self.label == "baseline":
+            return ctx.config.baseline.enabled
+        return True
+
+    async def plan(self, ctx: RunContext) -> list[WorkItem]:
+        return [self.item(ctx, f"{self.label}-{i:05d}", task_ids=[t.id for t in chunk])
+                for i, chunk in enumerate(chunks(ctx.pools.eval, CHUNK))]
+
+    async def handle(self, ctx: RunContext, item: WorkItem) -> dict:
+        tasks_by_id = ctx.pools.by_id()
+        tasks = [tasks_by_id[i] for i in item.payload["task_ids"]]
+        params = ctx.config.eval
+        if self.label == "teacher":
+            episodes = (await ctx.services.teacher.solve(tasks, max_turns=params.max_turns)).episodes
+            tokens = [e.cost.teacher_tokens for e in episodes]
+            version = None
+        else:
+            version = await ctx.ensure_student()
+            sampling = SamplingParams(temperature=params.temperature, max_tokens=params.max_tokens, seed=0)
+            response = await ctx.services.student.rollouts([RolloutItem(task=t) for t in tasks], n=1,
+                                                           max_turns=params.max_turns, sampling=sampling)
+            episodes = response.episodes
+            tokens = [sum(e.loss_mask) for e in episodes]
+            version = response.policy_version
+        correct = [score_answer(e.final_answer, t.true_answer).correct for t, e in zip(tasks, episodes)]
+        return {
+            "n": len(tasks), "solved": sum(correct), "answered": sum(e.final_answer is not None for e in episodes),
+            "turns": sum(sum(s.kind == "act" for s in e.steps) for e in episodes), "tokens": sum(tokens),
+            "policy_version": version, "correct": dict(zip([t.id for t in tasks], correct)),
+        }
+
+    async def finish(self, ctx: RunContext) -> None:
+        results = list((await ctx.store.results(ctx.run_id, self.name)).values())
+        results = [r for r in results if "n" in r]  # dead-lettered chunks carry only their error
+        n = sum(r["n"] for r in results)
+        summary = {
+            "success": sum(r["solved"] for r in results) / n if n else 0.0, "n": n,
+            "solved": sum(r["solved"] for r in results),
+            "answered": sum(r["answered"] for r in results) / n if n else 0.0,
+            "mean_turns": sum(r["turns"] for r in results) / n if n else 0.0,
+            "mean_tokens": sum(r["tokens"] for r in results) / n if n else 0.0,
+            "policy_version": next((r["policy_version"] for r in results), None),
+        }
+        await ctx.store.set_eval(ctx.run_id, self.label, summary)
+        await ctx.store.event(ctx.run_id, "eval", f"held-out success of {self.label}: {summary['success']:.1%} "
+                              f"({summary['solved']}/{n})", stage=self.name, data={"label": self.label, **summary})

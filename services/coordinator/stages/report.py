@@ -1,0 +1,54 @@
+"""The last stage: the student is given back the run's final policy; metrics, report and plots are written."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from services.coordinator.context import RunContext
+from services.coordinator.records import records_of
+from services.coordinator.stages.base import Stage
+from shared.schemas.runs import STAGES
+
+
+async def run_timing(ctx: RunContext) -> dict:
+    stages = {}
+    for name in STAGES:
+        progress = await ctx.store.stage(ctx.run_id, name)
+        if progress.started_at:
+            stages[name] = round((progress.finished_at or time.time()) - progress.started_at, 3)
+    counters = (await ctx.store.info(ctx.run_id)).counters
+    overhead = float(counters.get("coordinator_overhead_s", 0.0))
+    wall = time.time() - float(await ctx.store.field(ctx.run_id, "created_at") or time.time())
+    return {"stages": stages, "coordinator_overhead_s": round(overhead, 3),
+            "overhead_share": round(overhead / wall, 4) if wall > 0 else 0.0, "wall_s": round(wall, 3)}
+
+
+async def all_records(ctx: RunContext):
+    records = []
+    for stage in ("bc_init", "mps", "baseline"):
+        records += records_of(await ctx.store.results(ctx.run_id, stage))
+    return records
+
+
+class ReportStage(Stage):
+    name = "report"
+
+    async def finish(self, ctx: RunContext) -> None:
+        from services.coordinator.report import build_metrics, write_report
+
+        final = await self._final_checkpoint(ctx)
+        if final is not None:
+            await ctx.use_student(path=final["path"], label=final["label"])
+        rl_steps = sorted((r for r in (await ctx.store.results(ctx.run_id, "rl")).values() if "step" in r),
+                          key=lambda r: r["step"])
+        metrics = build_metrics(await ctx.store.info(ctx.run_id), await all_records(ctx), rl_steps,
+                                await ctx.store.dead_letters(ctx.run_id), await run_timing(ctx))
+        write_report(ctx.run_dir, metrics)
+        await ctx.store.event(ctx.run_id, "log", f"report written to {ctx.run_dir / 'report.md'}", stage=self.name,
+                              data={"report": str(ctx.run_dir / "report.md"), "metrics": str(ctx.run_dir / "metrics.json")})
+
+    async def _final_checkpoint(self, ctx: RunContext) -> dict | None:
+        """The SCoRe policy (RL, else SFT, else cold start): the baseline evaluation may have replaced it."""
+        history = json.loads(await ctx.store.field(ctx.run_id, "score_checkpoint") or "null")
+        return history

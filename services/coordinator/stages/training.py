@@ -1,0 +1,56 @@
+"""Fine-tuning through the trainer: submit an SFT job (idempotent on its id), follow it, load the result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from services.coordinator.context import RunContext
+from shared.schemas.training import DatasetSpec, JobCheckpoint, JobRequest, JobState, SFTHyperparameters
+
+POLL_S = 1.0
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def write_rows(ctx: RunContext, name: str, rows: list[dict]) -> str:
+    """Write a messages JSONL dataset into the run folder (atomically); its path."""
+    path = ctx.run_dir / "datasets" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
+    return str(path)
+
+
+async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list[dict],
+                    hyperparameters: SFTHyperparameters) -> JobCheckpoint:
+    """Train `base` on `rows` (messages) and return the published checkpoint. Safe to call again after a crash:
+    the job id is derived from the run and stage, so the trainer returns the job it already has."""
+    job_id = f"{ctx.run_id}-{stage}"
+    path = write_rows(ctx, stage, rows)
+    request = JobRequest(base=base, dataset=DatasetSpec(path=path), hyperparameters=hyperparameters,
+                         output_name=job_id, job_id=job_id)
+    job = await ctx.services.trainer.create_job(request)
+    ctx.log("%s: SFT job %s on %d conversations (%s)", stage, job.id, len(rows), job.state.value)
+    last_step = -1
+    while job.state not in (JobState.succeeded, JobState.failed, JobState.cancelled):
+        await asyncio.sleep(POLL_S)
+        job = await ctx.services.trainer.job(job_id)
+        if job.step != last_step:
+            last_step = job.step
+            loss = job.metrics.loss
+            detail = (f"SFT step {job.step}/{job.total_steps or '?'}"
+                      + (f", loss {loss:.3f}" if loss is not None else "")
+                      + (f", ETA {job.eta_s:.0f}s" if job.eta_s is not None else ""))
+            await ctx.store.update_stage(ctx.run_id, stage, detail=detail)
+            await ctx.store.event(ctx.run_id, "progress", detail, stage=stage, data={
+                "job_id": job.id, "step": job.step, "total_steps": job.total_steps, "loss": loss,
+                "tokens_per_s": job.metrics.tokens_per_s, "eta_s": job.eta_s})
+    if job.state != JobState.succeeded or job.checkpoint is None:
+        raise TrainingFailed(f"SFT job {job_id} {job.state.value}: {job.error or 'no checkpoint'}")
+    await ctx.store.event(ctx.run_id, "log", f"{stage}: published {job.checkpoint.name}/v{job.checkpoint.version}",
+                          stage=stage, data={"checkpoint": job.checkpoint.model_dump(), "loss": job.metrics.loss})
+    return job.checkpoint

@@ -1,0 +1,293 @@
+"""A stage worker: reads work items and control actions from the Redis Streams and processes them.
+
+Run as a process of its own (`python -m services.coordinator.worker`); the coordinator service starts and
+supervises several. Processing is idempotent per (run, stage, item key), delivery at least once:
+
+- an item's result is recorded once (Lua: HSETNX + count), a redelivered item is acked without work;
+- items being processed are kept alive; a dead worker's items are reclaimed after the visibility timeout;
+- a failing item is retried with exponential backoff, every start counted (crashes included), and after
+  `max_attempts` it goes to the stage's dead-letter stream with its error and the stage goes on without it;
+- a control action that keeps failing fails the run, with the error in the run record and the event stream;
+- Redis outages are logged with the URL and retried; nothing is lost, since unacked items stay pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import time
+import traceback
+import uuid
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.coordinator import keys, pipeline
+from services.coordinator.context import RunContext, services_for
+from services.coordinator.queue import QUEUES, StageQueue, WorkItem
+from services.coordinator.store import RunNotFound, RunStore
+from shared.schemas.runs import RunState
+from shared.settings import Settings
+
+logger = logging.getLogger("score.coordinator.worker")
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, redis_url: str, consumer: str | None = None, concurrency: int = 32,
+                 visibility_ms: int = 60_000, block_ms: int = 500) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.consumer = consumer or f"worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.concurrency = concurrency
+        self.visibility_ms = visibility_ms
+        self.block_ms = block_ms
+        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=max(5.0, block_ms / 1000 + 5),
+                                             socket_connect_timeout=3.0, health_check_interval=10)
+        self.queue = StageQueue(self.redis, self.consumer)
+        self.store = RunStore(self.redis, settings.runs_dir)
+        self.inflight: dict[str, tuple[WorkItem, asyncio.Task]] = {}
+        self.contexts: dict[str, RunContext] = {}
+        self.stopping = asyncio.Event()
+        self._cpu_mark = time.process_time()
+        self._active_runs: set[str] = set()
+
+    # --- main loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        logger.info("worker %s consuming %s from %s", self.consumer, ", ".join(QUEUES), self.redis_url)
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await self.queue.ensure_groups()
+                delay = 0.5
+                await self._loop()
+            except REDIS_ERRORS as exc:
+                logger.error("Redis unreachable at %s (%s); retrying in %.1fs — unacked items stay pending",
+                             self.redis_url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+        await self._drain()
+
+    async def _loop(self) -> None:
+        last_keepalive = last_reclaim = time.monotonic()
+        while not self.stopping.is_set():
+            free = self.concurrency - len(self.inflight)
+            if free > 0:
+                for item in await self.queue.read(list(QUEUES), count=free, block_ms=self.block_ms):
+                    self._spawn(item)
+            else:
+                await asyncio.sleep(0.05)
+            now = time.monotonic()
+            if now - last_keepalive > self.visibility_ms / 3000:
+                await self.queue.keep_alive([item for item, _ in self.inflight.values()])
+                await self._account_cpu()
+                last_keepalive = now
+            if now - last_reclaim > self.visibility_ms / 2000:
+                for queue in QUEUES:
+                    for item in await self.queue.reclaim(queue, min_idle_ms=self.visibility_ms):
+                        if item.entry_id not in self.inflight:
+                            logger.warning("reclaimed %s/%s of run %s (its worker stopped responding)",
+                                           item.stage, item.key, item.run_id)
+                            self._spawn(item)
+                last_reclaim = now
+
+    def _spawn(self, item: WorkItem) -> None:
+        if item.entry_id in self.inflight:
+            return
+        task = asyncio.create_task(self._process_safely(item))
+        self.inflight[item.entry_id] = (item, task)
+        task.add_done_callback(lambda _t, entry=item.entry_id: self.inflight.pop(entry, None))
+
+    async def _drain(self) -> None:
+        tasks = [task for _, task in self.inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for context in self.contexts.values():
+            await context.services.close()
+        await self.redis.aclose()
+
+    async def _account_cpu(self) -> None:
+        """Charge this process's CPU time to the runs it worked on: the coordinator's own overhead."""
+        now = time.process_time()
+        spent, self._cpu_mark = now - self._cpu_mark, now
+        runs, self._active_runs = self._active_runs, {run for run, _ in ((i.run_id, 0) for i, _ in self.inflight.values())}
+        for run_id in runs:
+            await self.store.add(run_id, coordinator_overhead_s=spent / len(runs))
+
+    # --- one item ------------------------------------------------------------------------------
+
+    async def _process_safely(self, item: WorkItem) -> None:
+        self._active_runs.add(item.run_id)
+        try:
+            await self._process(item)
+        except asyncio.CancelledError:
+            raise
+        except REDIS_ERRORS as exc:
+            logger.error("lost Redis while processing %s/%s of run %s: %s (it stays pending and will be retried)",
+                         item.stage, item.key, item.run_id, exc)
+        except Exception:
+            logger.exception("unexpected failure around %s/%s of run %s", item.stage, item.key, item.run_id)
+
+    async def _context(self, run_id: str) -> RunContext:
+        context = self.contexts.get(run_id)
+        if context is None:
+            config = await self.store.config(run_id)
+            context = RunContext(run_id=run_id, config=config, store=self.store, queue=self.queue,
+                                 services=services_for(config, self.settings), run_dir=self.settings.runs_dir / run_id)
+            self.contexts[run_id] = context
+        return context
+
+    async def _process(self, item: WorkItem) -> None:
+        try:
+            state = await self.store.state(item.run_id)
+        except RunNotFound:
+            logger.warning("dropping %s/%s: run %s does not exist", item.stage, item.key, item.run_id)
+            await self.queue.ack(item)
+            return
+        if state.terminal:
+            await self.queue.ack(item)
+            await self._forget(item.run_id)
+            return
+        ctx = await self._context(item.run_id)
+        stage = pipeline.BY_NAME.get(item.stage)
+        if stage is None:
+            await self._dead_letter(ctx, item, f"unknown stage {item.stage!r}", 1, count=False)
+            return
+        if item.queue == keys.CONTROL:
+            await self._control(ctx, item)
+            return
+        if await self.store.has_result(item.run_id, item.stage, item.key):
+            await stage.after_record(ctx, item, (await self.store.results(item.run_id, item.stage))[item.key])
+            await pipeline.item_settled(ctx, stage, -1)
+            await self.queue.ack(item)
+            return
+        await self._attempt(ctx, item, stage)
+
+    async def _attempt(self, ctx: RunContext, item: WorkItem, stage) -> None:
+        attempts = await self.store.count_attempt(item.run_id, item.stage, item.key)
+        if attempts > ctx.config.max_attempts:
+            await self._dead_letter(ctx, item, "gave up: the item was started "
+                                    f"{attempts - 1} times without finishing (its worker died each time)", attempts - 1)
+            return
+        started = time.monotonic()
+        try:
+            result = await stage.handle(ctx, item)
+        except asyncio.CancelledError:
+            raise
+        except REDIS_ERRORS:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.warning("[run %s] %s/%s failed (attempt %d/%d): %s", item.run_id, item.stage, item.key, attempts,
+                           ctx.config.max_attempts, error)
+            if attempts >= ctx.config.max_attempts:
+                await self._dead_letter(ctx, item, error + "\n" + traceback.format_exc(limit=6), attempts)
+            else:
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempts))
+                # A fresh entry for the retry, then ack the old one: whichever worker is free takes it.
+                await self.queue.put(item.queue, [WorkItem(item.run_id, item.stage, item.key, item.payload)])
+                await self.queue.ack(item)
+            return
+        settled = await self.store.record(item.run_id, item.stage, item.key, result)
+        await stage.after_record(ctx, item, result)
+        await pipeline.item_settled(ctx, stage, settled)
+        await self.queue.ack(item)
+        logger.debug("[run %s] %s/%s done in %.2fs", item.run_id, item.stage, item.key, time.monotonic() - started)
+
+    async def _dead_letter(self, ctx: RunContext, item: WorkItem, error: str, attempts: int, *, count: bool = True) -> None:
+        logger.error("[run %s] %s/%s dead-lettered after %d attempts: %s", item.run_id, item.stage, item.key,
+                     attempts, error.splitlines()[0] if error else "")
+        await self.queue.dead_letter(item, error, attempts)
+        await self.store.add(item.run_id, dead_letters=1)
+        await self.store.event(item.run_id, "dead_letter", f"{item.stage}/{item.key} dead-lettered: "
+                               f"{error.splitlines()[0] if error else ''}", stage=item.stage,
+                               data={"key": item.key, "attempts": attempts, "error": error[:2000]})
+        if not count:
+            return
+        settled = await self.store.record(item.run_id, item.stage, item.key,
+                                          {"dead_letter": True, "error": error[:2000]}, failed=True)
+        stage = pipeline.BY_NAME[item.stage]
+        if item.queue != keys.CONTROL:
+            await pipeline.item_settled(ctx, stage, settled)
+
+    async def _control(self, ctx: RunContext, item: WorkItem) -> None:
+        # Two copies of one action (a redelivery racing the original) must not run side by side.
+        claim = f"{keys.run(item.run_id)}:claim:{item.key}"
+        if not await self.redis.set(claim, self.consumer, nx=True, px=self.visibility_ms):
+            holder = await self.redis.get(claim)
+            if holder is not None and holder.decode() != self.consumer:
+                await self.queue.ack(item)
+                return
+        attempts = await self.store.count_attempt(item.run_id, "control", item.key)
+        try:
+            refresher = asyncio.create_task(self._hold(claim))
+            try:
+                await pipeline.handle_control(ctx, item)
+            finally:
+                refresher.cancel()
+        except asyncio.CancelledError:
+            raise
+        except REDIS_ERRORS:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.warning("[run %s] %s failed (attempt %d/%d): %s", item.run_id, item.key, attempts,
+                           ctx.config.max_attempts, error)
+            await self.redis.delete(claim)
+            if attempts >= ctx.config.max_attempts:
+                await self.queue.dead_letter(item, error + "\n" + traceback.format_exc(limit=6), attempts)
+                await self.store.transition(item.run_id, RunState.failed, error=f"stage {item.stage}: {error}")
+            else:
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempts))
+                await self.queue.put(item.queue, [WorkItem(item.run_id, item.stage, item.key, item.payload)])
+                await self.queue.ack(item)
+            return
+        await self.redis.delete(claim)
+        await self.queue.ack(item)
+
+    async def _hold(self, claim: str) -> None:
+        while True:
+            await asyncio.sleep(self.visibility_ms / 3000)
+            await self.redis.set(claim, self.consumer, px=self.visibility_ms)
+
+    async def _forget(self, run_id: str) -> None:
+        context = self.contexts.pop(run_id, None)
+        if context is not None:
+            await context.services.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A SCoRe coordinator stage worker.")
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--visibility-ms", type=int, default=int(os.environ.get("SCORE_VISIBILITY_MS", 60_000)))
+    parser.add_argument("--consumer", default=None)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    redis_url = args.redis_url or settings.redis_url
+    if not redis_url:
+        parser.error("no Redis: pass --redis-url or set SCORE_REDIS_URL")
+    worker = Worker(settings, redis_url=redis_url, consumer=args.consumer, concurrency=args.concurrency,
+                    visibility_ms=args.visibility_ms)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stopping.set)
+        await worker.run()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,345 @@
+"""Coordinator runs (`/v1/runs`): the run config, a run's state, its events, trajectories and dead letters.
+
+A run moves tasks through the SCoRe stages (`bc_init -> mps -> sft -> rl`, with `eval` after each, and the
+plain-distillation `baseline`). Stage parameters default to the paper's settings; the built-in demo
+overrides the learning rates and sizes for its tiny models.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.schemas.agent import Step, Task
+from shared.schemas.rl import GRPOHyperparameters
+from shared.schemas.training import SFTHyperparameters
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+FAMILIES = ("arith", "kb")
+
+
+class RunState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunState.succeeded, RunState.failed, RunState.cancelled)
+
+
+# Legal run-state transitions; anything else is a 409.
+RUN_TRANSITIONS: dict[RunState, set[RunState]] = {
+    RunState.queued: {RunState.running, RunState.cancelled, RunState.failed},
+    RunState.running: {RunState.succeeded, RunState.failed, RunState.cancelled},
+    RunState.succeeded: set(),
+    RunState.failed: set(),
+    RunState.cancelled: set(),
+}
+
+# The stage graph, in order. `eval_*` stages measure the policy the previous stage produced.
+STAGES = ("bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline", "eval_baseline",
+          "eval_teacher", "report")
+StageName = Literal["bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline",
+                    "eval_baseline", "eval_teacher", "report"]
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+class TaskSource(BaseModel):
+    """Where a run's tasks come from: the built-in suite, or a task file (JSONL: id, question, true_answer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: Literal["builtin"] | None = Field(
+        default="builtin", description="`builtin`: procedurally generated tasks with held-out splits. Null with `path`."
+    )
+    families: list[Literal["arith", "kb"]] = Field(
+        default_factory=lambda: ["arith"], min_length=1,
+        description="Built-in families to draw from (`arith`: Python arithmetic chains, `kb`: multi-hop search).",
+    )
+    path: str | None = Field(
+        default=None, description="A task file (JSONL, one task per line) on the coordinator's filesystem.",
+        examples=["/data/tasks.jsonl"],
+    )
+    eval_path: str | None = Field(
+        default=None,
+        description="Held-out task file. Without it, held-out tasks are taken from `path` by a stable hash of "
+        "the question (about 20%), so train and eval never overlap.",
+    )
+    seed: int = Field(default=0, description="Seeds task generation (built-in) and the order tasks are used in.")
+    n_bc_init: int = Field(default=32, ge=1, le=100_000, description="Training tasks the teacher solves for cold start.")
+    n_train: int = Field(
+        default=64, ge=1, le=100_000, description="Training tasks for mentored problem solving (SCoRe-SFT data)."
+    )
+    n_rl: int = Field(
+        default=32, ge=0, le=100_000,
+        description="Training tasks, disjoint from the SFT ones, whose verified prefixes seed SCoRe-RL.",
+    )
+    n_eval: int = Field(default=64, ge=1, le=100_000, description="Held-out tasks every policy is evaluated on.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskSource":
+        if self.path is None and self.suite is None:
+            raise ValueError("give either `suite: builtin` or a task file `path`")
+        if self.path is not None:
+            self.suite = None
+        if self.eval_path is not None and self.path is None:
+            raise ValueError("`eval_path` needs `path` (the training task file)")
+        return self
+
+
+class ServiceURLs(BaseModel):
+    """Model services this run uses; unset fields take the coordinator's SCORE_*_URL settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student_url: str | None = Field(default=None, description="Student service base URL.", examples=["http://student:8001"])
+    teacher_url: str | None = Field(default=None, description="Teacher service base URL.", examples=["http://teacher:8002"])
+    trainer_url: str | None = Field(default=None, description="Trainer service base URL.", examples=["http://trainer:8003"])
+
+    @field_validator("student_url", "teacher_url", "trainer_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8001")
+        return value.rstrip("/") if value else value
+
+
+class BCInitParams(BaseModel):
+    """Cold start: the teacher solves tasks; its verified-correct trajectories fine-tune the base student."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | None = Field(
+        default=None, description="Student checkpoint to start from (trainer reference); default: the built-in student."
+    )
+    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of the teacher's episodes (8 in the paper).")
+    hyperparameters: SFTHyperparameters = Field(
+        default_factory=SFTHyperparameters, description="SFT settings of the cold-start fine-tune."
+    )
+
+
+class MPSParams(BaseModel):
+    """Mentored problem solving: the student acts, the teacher corrects its first critical error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_repairs: int = Field(default=3, ge=0, le=16, description="Teacher repairs per task (3 in the paper).")
+    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of an episode (8 in the paper).")
+    strategy: Literal["verify", "judge"] = Field(
+        default="verify", description="How the teacher locates the first critical error (see the teacher's docs)."
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Student sampling temperature.")
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.")
+    self_solved_share: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Share of the tasks the student solved alone that are kept for SCoRe-SFT (the paper keeps about half).",
+    )
+
+
+class SFTStageParams(BaseModel):
+    """SCoRe-SFT: fine-tune the cold-start student on repaired (and some self-solved) trajectories."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
+
+
+class KeyStepRewards(BaseModel):
+    """SCoRe-RL's reward for a short-horizon episode that starts at a verified prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    correct: float = Field(default=1.0, description="The final answer is correct.")
+    equivalent: float = Field(
+        default=0.5, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step."
+    )
+    repeat: float = Field(default=0.0, description="Wrong answer, and the first new step repeats the student's original mistake.")
+    other: float = Field(default=0.1, description="Wrong answer, and the first new step is something else.")
+    no_answer: float = Field(default=0.0, description="No final answer was given.")
+
+
+class RLParams(BaseModel):
+    """SCoRe-RL: GRPO from verified prefixes of tasks not used for SFT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(default=20, ge=0, le=100_000, description="GRPO steps (0 skips RL).")
+    prompts_per_step: int = Field(default=8, ge=1, le=1024, description="Prefixes (groups) per GRPO step.")
+    group_size: int = Field(default=16, ge=2, le=64, description="Samples per prefix (16 in the paper).")
+    max_turns: int = Field(
+        default=4, ge=1, le=32, description="Turns the student may take after the prefix (short horizon)."
+    )
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="Student sampling temperature for groups.")
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.")
+    rewards: KeyStepRewards = Field(default_factory=KeyStepRewards, description="Reward values (the paper's by default).")
+    hyperparameters: GRPOHyperparameters = Field(
+        default_factory=lambda: GRPOHyperparameters(learning_rate=7e-7, max_staleness=0),
+        description="GRPO settings; the default learning rate is the paper's 7e-7 (no KL, clip 0.2).",
+    )
+
+
+class EvalParams(BaseModel):
+    """Held-out evaluation after each stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of an evaluation episode.")
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one turn.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
+    teacher: bool = Field(default=True, description="Also measure the teacher's held-out success (once per run).")
+
+
+class BaselineParams(BaseModel):
+    """Plain trajectory distillation: the base student fine-tuned on full teacher trajectories."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Train and evaluate the baseline.")
+    hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs; every field has a default, so `{}` is a valid run on the built-in suite."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="A label for listings (letters, digits, `._-`).", examples=["demo"])
+    tasks: TaskSource = Field(default_factory=TaskSource, description="Task source and how many tasks each stage uses.")
+    services: ServiceURLs = Field(default_factory=ServiceURLs, description="Model service URLs.")
+    bc_init: BCInitParams = Field(default_factory=BCInitParams, description="Cold start.")
+    mps: MPSParams = Field(default_factory=MPSParams, description="Mentored problem solving.")
+    sft: SFTStageParams = Field(default_factory=SFTStageParams, description="SCoRe-SFT.")
+    rl: RLParams = Field(default_factory=RLParams, description="SCoRe-RL.")
+    eval: EvalParams = Field(default_factory=EvalParams, description="Held-out evaluation.")
+    baseline: BaselineParams = Field(default_factory=BaselineParams, description="Plain-distillation baseline.")
+    max_attempts: int = Field(
+        default=3, ge=1, le=20,
+        description="Deliveries of a work item before it goes to the stage's dead-letter stream.",
+    )
+    concurrency: int = Field(
+        default=16, ge=1, le=512, description="Work items a worker processes at once (the services batch them)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not RUN_NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+class StageProgress(BaseModel):
+    state: Literal["pending", "running", "done", "skipped"] = Field(description="Where the stage is.")
+    total: int = Field(default=0, description="Work items planned.")
+    done: int = Field(default=0, description="Work items finished (each counted once, whatever redeliveries).")
+    failed: int = Field(default=0, description="Work items that ended in the dead-letter stream.")
+    started_at: float | None = Field(default=None, description="Unix time the stage started.")
+    finished_at: float | None = Field(default=None, description="Unix time the stage finished.")
+    items_per_s: float | None = Field(default=None, description="Items finished per second so far.")
+    eta_s: float | None = Field(default=None, description="Seconds to finish the stage's items at the current rate.")
+    detail: str | None = Field(default=None, description="What the stage is doing now (e.g. the trainer job's progress).")
+
+
+class RunInfo(BaseModel):
+    """A run as `GET /v1/runs/{id}` reports it."""
+
+    id: str = Field(description="Run id.")
+    name: str | None = Field(default=None, description="The config's label.")
+    state: RunState = Field(description="queued | running | succeeded | failed | cancelled.")
+    stage: str | None = Field(default=None, description="The stage running now (null before start and after the end).")
+    stages: dict[str, StageProgress] = Field(default_factory=dict, description="Progress of every stage, in order.")
+    counters: dict[str, int | float] = Field(
+        default_factory=dict,
+        description="Running totals: tasks self-solved, repaired, hard; repairs; teacher tokens; dead letters; RL steps.",
+    )
+    eval: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Held-out results of each evaluated policy (`success`, `n`, turns, tokens)."
+    )
+    policy_version: int | None = Field(default=None, description="The student's policy version the run last loaded.")
+    error: str | None = Field(default=None, description="Why the run failed.")
+    created_at: float = Field(description="Unix time of creation.")
+    updated_at: float = Field(description="Unix time of the last change.")
+    artifacts: str = Field(description="Directory of the run's datasets, report and plots.")
+    config: RunConfig = Field(description="The run's config, defaults filled in.")
+
+
+class RunList(BaseModel):
+    runs: list[RunInfo] = Field(description="Runs, newest first.")
+
+
+class RunEvent(BaseModel):
+    """One progress event (`GET /v1/runs/{id}/events`, Server-Sent Events)."""
+
+    id: str = Field(description="Event id (the Redis stream entry id); resume with `Last-Event-ID`.")
+    run_id: str = Field(description="The run.")
+    type: Literal["state", "stage", "progress", "eval", "rl_step", "dead_letter", "log"] = Field(
+        description="`state`: run state changed; `stage`: a stage started or finished; `progress`: items done; "
+        "`eval`: held-out results; `rl_step`: a GRPO step's metrics; `dead_letter`: an item gave up; `log`: other."
+    )
+    stage: str | None = Field(default=None, description="The stage concerned.")
+    message: str = Field(description="Human-readable summary.")
+    data: dict[str, Any] = Field(default_factory=dict, description="Structured details.")
+    time: float = Field(description="Unix time.")
+
+
+class DeadLetter(BaseModel):
+    stage: str = Field(description="Stage whose item gave up.")
+    item_key: str = Field(description="The item's idempotency key.")
+    error: str = Field(description="The last error.")
+    attempts: int = Field(description="Deliveries tried.")
+    time: float = Field(description="Unix time it was dead-lettered.")
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetter] = Field(description="Items that ended in a dead-letter stream, oldest first.")
+
+
+class Repair(BaseModel):
+    """One teacher intervention in a mentored episode."""
+
+    first_error_step: int | None = Field(description="0-based index of the student's first critical error (null if hard).")
+    hard: bool = Field(description="The teacher found no usable repair.")
+    reason: str | None = Field(default=None, description="Why, when hard.")
+    teacher_tokens: int = Field(default=0, description="Tokens the teacher generated for it.")
+    teacher_calls: int = Field(default=0, description="Teacher model calls.")
+
+
+Outcome = Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"]
+
+
+class TrajectoryRecord(BaseModel):
+    """A finished trajectory of a run (one per task and stage, whatever redeliveries happened)."""
+
+    run_id: str = Field(description="The run.")
+    stage: str = Field(description="`bc_init` (teacher), `mps` (student + teacher repairs) or `baseline` (teacher).")
+    pool: Literal["bc_init", "train", "rl"] = Field(description="The task pool it came from.")
+    task: Task = Field(description="The task.")
+    outcome: Outcome = Field(description="How the task ended.")
+    steps: list[Step] = Field(description="The final trajectory (the last attempt's steps, prefixes included).")
+    final_answer: str | None = Field(default=None, description="Its final answer.")
+    correct: bool = Field(description="Whether the final answer matches the gold answer.")
+    repairs: list[Repair] = Field(default_factory=list, description="Teacher interventions, in order.")
+    first_error_step: int | None = Field(
+        default=None, description="Where the first repair cut the student's own trajectory (RL prefix length)."
+    )
+    rejected_step: Step | None = Field(default=None, description="The student's step at the first critical error.")
+    chosen_step: Step | None = Field(default=None, description="The teacher's corrected step there.")
+    teacher_tokens: int = Field(default=0, description="Teacher tokens spent on this task.")
+    policy_version: int | None = Field(default=None, description="Student policy version that acted.")
+    student_tokens: int = Field(default=0, description="Tokens the student generated.")
+
+
+class TrajectoryList(BaseModel):
+    trajectories: list[TrajectoryRecord] = Field(description="Trajectories, ordered by stage then task.")
+    total: int = Field(description="How many match the filters (before offset/limit).")
