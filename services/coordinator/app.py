@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 from prometheus_client import Gauge
 
 from services.coordinator.api import ops_router, runs_router
@@ -17,6 +18,7 @@ from services.coordinator.queue import StageQueue
 from services.coordinator.runs import RunManager
 from services.coordinator.store import RunStore
 from services.coordinator.supervisor import WorkerSupervisor
+from shared.errors import create_error_response
 from shared.observability import ServiceMetrics, mount_service
 from shared.schemas.runs import RunState
 from shared.settings import Settings
@@ -100,6 +102,13 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         lifespan=lifespan,
     )
     app.state.config = config
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_request, exc: RedisError):
+        # Nothing accepted is lost (it is in Redis or not accepted at all); the client may retry.
+        return create_error_response(503, f"Redis at {settings.redis_url} is unavailable ({type(exc).__name__}: {exc}); "
+                                     "retry shortly", error_type="unavailable")
+
     mount_service(app, metrics=metrics, render_metrics=metrics.render, api_token=settings.api_token,
                   routers=[ops_router, runs_router])
     return app

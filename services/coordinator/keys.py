@@ -6,6 +6,7 @@
     score:run:<id>:counters             hash   running totals (self_solved, repaired, teacher_tokens, ...)
     score:run:<id>:eval                 hash   policy label -> held-out results JSON
     score:run:<id>:results:<stage>      hash   item key -> result JSON (written once: the idempotency record)
+    score:run:<id>:planned:<stage>      set    item keys the stage expects (anything else is dead-lettered)
     score:run:<id>:attempts             hash   <stage>/<item key> -> deliveries started
     score:run:<id>:events               stream progress events (SSE)
     score:q:<stage>                     stream work items of a stage, consumer group `workers`
@@ -44,6 +45,10 @@ def evals(run_id: str) -> str:
 
 def results(run_id: str, stage: str) -> str:
     return f"{run(run_id)}:results:{stage}"
+
+
+def planned(run_id: str, stage: str) -> str:
+    return f"{run(run_id)}:planned:{stage}"
 
 
 def attempts(run_id: str) -> str:

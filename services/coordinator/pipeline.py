@@ -65,6 +65,7 @@ async def enter(ctx: RunContext, stage: Stage) -> None:
         return
     items = await stage.plan(ctx)
     total = stage.total(ctx, items)
+    await ctx.store.plan(ctx.run_id, stage.name, [item.key for item in items])
     await ctx.store.update_stage(ctx.run_id, stage.name, state="running", total=total,
                                  started_at=progress.started_at or time.time())
     if progress.state == "pending":

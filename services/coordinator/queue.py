@@ -67,8 +67,26 @@ class StageQueue:
         reply = await self.redis.xreadgroup(
             keys.GROUP, self.consumer, {keys.queue(q): ">" for q in queues}, count=count, block=block_ms
         )
-        return [WorkItem.from_entry(_queue_name(stream), entry_id, fields)
-                for stream, entries in reply or [] for entry_id, fields in entries if fields]
+        items = []
+        for stream, entries in reply or []:
+            queue = _queue_name(stream)
+            for entry_id, fields in entries:
+                try:
+                    items.append(WorkItem.from_entry(queue, entry_id, fields))
+                except (KeyError, ValueError) as exc:  # not a work item at all: keep it for inspection, move on
+                    await self._reject(queue, entry_id, fields, f"malformed work item: {type(exc).__name__}: {exc}")
+        return items
+
+    async def _reject(self, queue: str, entry_id, fields: dict, error: str) -> None:
+        raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+               for k, v in (fields or {}).items()}
+        await self.redis.xadd(keys.dead_letters(queue), {
+            "run_id": raw.get("run_id", ""), "stage": raw.get("stage", queue), "key": raw.get("key", ""),
+            "error": error, "attempts": 0, "payload": json.dumps(raw)[:20000], "time": repr(time.time())})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(keys.queue(queue), keys.GROUP, entry_id)
+            pipe.xdel(keys.queue(queue), entry_id)
+            await pipe.execute()
 
     async def ack(self, item: WorkItem) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -86,8 +104,13 @@ class StageQueue:
         """Items pending longer than `min_idle_ms` on any consumer (a dead worker), now ours."""
         reply = await self.redis.xautoclaim(keys.queue(queue), keys.GROUP, self.consumer,
                                             min_idle_time=min_idle_ms, start_id="0-0", count=count)
-        entries = reply[1] if reply else []
-        return [WorkItem.from_entry(queue, entry_id, fields) for entry_id, fields in entries if fields]
+        items = []
+        for entry_id, fields in (reply[1] if reply else []):
+            try:
+                items.append(WorkItem.from_entry(queue, entry_id, fields))
+            except (KeyError, ValueError) as exc:
+                await self._reject(queue, entry_id, fields, f"malformed work item: {type(exc).__name__}: {exc}")
+        return items
 
     async def dead_letter(self, item: WorkItem, error: str, attempts: int) -> None:
         await self.redis.xadd(keys.dead_letters(item.queue), {

@@ -19,8 +19,10 @@ from shared.schemas.runs import (
 
 EVENTS_MAXLEN = 20_000  # per run; SSE clients that fall further behind resume from the oldest kept
 
-# Returns the settled count after recording, or -1 when this key already had a result.
+# Returns the settled count after recording, -1 when this key already had a result, -2 when the key is not
+# one the stage planned (a stray or forged item must not complete a stage early).
 _RECORD = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return -2 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
 redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':' .. ARGV[4], 1)
 return redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':settled', 1)
@@ -152,9 +154,17 @@ class RunStore:
     async def record(self, run_id: str, stage: str, item_key: str, result: dict, *, failed: bool = False) -> int:
         """Store an item's result once; returns the stage's settled count, or -1 if it was already recorded."""
         return int(await self._record(
-            keys=[keys.results(run_id, stage), keys.stages(run_id)],
+            keys=[keys.results(run_id, stage), keys.stages(run_id), keys.planned(run_id, stage)],
             args=[item_key, json.dumps(result), stage, "failed" if failed else "done"],
         ))
+
+    async def plan(self, run_id: str, stage: str, item_keys: list[str]) -> None:
+        """Register the item keys a stage expects; only these can be recorded and counted."""
+        if item_keys:
+            await self.redis.sadd(keys.planned(run_id, stage), *item_keys)
+
+    async def is_planned(self, run_id: str, stage: str, item_key: str) -> bool:
+        return bool(await self.redis.sismember(keys.planned(run_id, stage), item_key))
 
     async def has_result(self, run_id: str, stage: str, item_key: str) -> bool:
         return bool(await self.redis.hexists(keys.results(run_id, stage), item_key))

@@ -26,7 +26,7 @@ class WorkerSupervisor:
     def _spawn(self, index: int) -> subprocess.Popen:
         command = [sys.executable, "-m", "services.coordinator.worker", "--redis-url", self.redis_url,
                    "--concurrency", str(self.concurrency), "--visibility-ms", str(self.visibility_ms),
-                   "--consumer", f"worker-{index}-{os.getpid()}"]
+                   "--consumer", f"worker{index}"]
         process = subprocess.Popen(command, env=self.env, preexec_fn=die_with_parent)
         logger.info("stage worker %d started (pid %d)", index, process.pid)
         return process

@@ -43,7 +43,8 @@ class Worker:
                  visibility_ms: int = 60_000, block_ms: int = 500) -> None:
         self.settings = settings
         self.redis_url = redis_url
-        self.consumer = consumer or f"worker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # The pid in the name lets an operator (or a test) find the process holding a pending item.
+        self.consumer = f"{consumer or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.concurrency = concurrency
         self.visibility_ms = visibility_ms
         self.block_ms = block_ms
@@ -171,6 +172,10 @@ class Worker:
         await self._attempt(ctx, item, stage)
 
     async def _attempt(self, ctx: RunContext, item: WorkItem, stage) -> None:
+        if not await self.store.is_planned(item.run_id, item.stage, item.key):
+            await self._dead_letter(ctx, item, f"item {item.key!r} is not part of stage {item.stage}'s plan "
+                                    "(stray or malformed item)", 0, count=False)
+            return
         attempts = await self.store.count_attempt(item.run_id, item.stage, item.key)
         if attempts > ctx.config.max_attempts:
             await self._dead_letter(ctx, item, "gave up: the item was started "
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--visibility-ms", type=int, default=int(os.environ.get("SCORE_VISIBILITY_MS", 60_000)))
-    parser.add_argument("--consumer", default=None)
+    parser.add_argument("--consumer", default=None, help="consumer name prefix (the pid is appended)")
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(),

@@ -8,7 +8,7 @@ import time
 from services.coordinator.context import RunContext
 from services.coordinator.records import records_of
 from services.coordinator.stages.base import Stage
-from shared.schemas.runs import STAGES
+from shared.schemas.runs import STAGES, RunState
 
 
 async def run_timing(ctx: RunContext) -> dict:
@@ -42,13 +42,14 @@ class ReportStage(Stage):
             await ctx.use_student(path=final["path"], label=final["label"])
         rl_steps = sorted((r for r in (await ctx.store.results(ctx.run_id, "rl")).values() if "step" in r),
                           key=lambda r: r["step"])
-        metrics = build_metrics(await ctx.store.info(ctx.run_id), await all_records(ctx), rl_steps,
-                                await ctx.store.dead_letters(ctx.run_id), await run_timing(ctx))
+        # The report is the last stage: once it is written the run succeeds, so that is the state it records.
+        info = (await ctx.store.info(ctx.run_id)).model_copy(update={"state": RunState.succeeded})
+        metrics = build_metrics(info, await all_records(ctx), rl_steps, await ctx.store.dead_letters(ctx.run_id),
+                                await run_timing(ctx))
         write_report(ctx.run_dir, metrics)
         await ctx.store.event(ctx.run_id, "log", f"report written to {ctx.run_dir / 'report.md'}", stage=self.name,
                               data={"report": str(ctx.run_dir / "report.md"), "metrics": str(ctx.run_dir / "metrics.json")})
 
     async def _final_checkpoint(self, ctx: RunContext) -> dict | None:
         """The SCoRe policy (RL, else SFT, else cold start): the baseline evaluation may have replaced it."""
-        history = json.loads(await ctx.store.field(ctx.run_id, "score_checkpoint") or "null")
-        return history
+        return json.loads(await ctx.store.field(ctx.run_id, "score_checkpoint") or "null")

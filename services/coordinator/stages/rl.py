@@ -139,4 +139,6 @@ class RLStage(Stage):
     async def after_record(self, ctx: RunContext, item: WorkItem, result: dict) -> None:
         step = int(item.payload["step"])
         if step + 1 < ctx.config.rl.steps:
-            await ctx.queue.put(self.queue, [self.item(ctx, f"step-{step + 1:05d}", step=step + 1)])
+            following = self.item(ctx, f"step-{step + 1:05d}", step=step + 1)
+            await ctx.store.plan(ctx.run_id, self.name, [following.key])
+            await ctx.queue.put(self.queue, [following])
