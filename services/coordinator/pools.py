@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from shared.schemas.agent import Task
 from shared.schemas.runs import TaskSource
 from shared.tasks.builtin import builtin_tasks, split_of
-from shared.tasks.loader import load_task_file
+from shared.tasks.loader import TaskFileError, load_task_file
 
 POOLS_FILE = "tasks.json"
 
@@ -41,17 +41,26 @@ class PoolError(ValueError):
 def _builtin(source: TaskSource) -> tuple[list[Task], list[Task]]:
     n_train = source.n_bc_init + source.n_train + source.n_rl
     train, evals = [], []
-    for i, family in enumerate(source.families):
-        share = len(source.families)
+    share = len(source.families)
+    for family in source.families:
         train += builtin_tasks(family=family, split="train", n=-(-n_train // share), seed=source.seed)
         evals += builtin_tasks(family=family, split="eval", n=-(-source.n_eval // share), seed=source.seed)
     return train, evals
 
 
+def _load(path: str, field: str) -> list[Task]:
+    try:
+        return load_task_file(path)
+    except TaskFileError as exc:
+        raise PoolError(field, f"task file {path}: {exc}") from exc
+    except OSError as exc:
+        raise PoolError(field, f"cannot read task file {path}: {exc.strerror or exc}") from exc
+
+
 def _from_files(source: TaskSource) -> tuple[list[Task], list[Task]]:
-    tasks = load_task_file(source.path)
+    tasks = _load(source.path, "tasks.path")
     if source.eval_path is not None:
-        return tasks, load_task_file(source.eval_path)
+        return tasks, _load(source.eval_path, "tasks.eval_path")
     return ([t for t in tasks if split_of(t.question) == "train"], [t for t in tasks if split_of(t.question) == "eval"])
 
 

@@ -17,7 +17,6 @@ from services.coordinator.stages.score_sft import sft_records
 from services.coordinator.store import IllegalTransition, RunNotFound, RunStore
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.schemas.runs import RunConfig, RunEvent, RunInfo, RunState, TrajectoryRecord
-from shared.tasks.loader import TaskFileError
 
 RECORD_STAGES = ("bc_init", "mps", "baseline")
 
@@ -34,10 +33,6 @@ class RunManager:
         """Validate the tasks, write the pools, then register and start the run; a bad config leaves nothing."""
         try:
             pools = await asyncio.to_thread(draw_pools, config.tasks)
-        except TaskFileError as exc:
-            raise UnprocessableError(f"task file: {exc}", param="tasks.path") from exc
-        except FileNotFoundError as exc:
-            raise UnprocessableError(f"task file not found: {exc.filename}", param="tasks.path") from exc
         except PoolError as exc:
             raise UnprocessableError(str(exc), param=exc.field) from exc
         run_id = new_run_id()
@@ -63,7 +58,10 @@ class RunManager:
         return [await self.store.info(run_id) for run_id in await self.store.list_ids()]
 
     async def cancel(self, run_id: str) -> RunInfo:
-        await self.get(run_id)
+        run = await self.get(run_id)
+        if run.state.terminal:
+            raise ConflictError(f"run {run_id} already ended ({run.state.value}); only queued or running runs can be "
+                                "cancelled")
         try:
             await self.store.transition(run_id, RunState.cancelled)
         except IllegalTransition as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -46,7 +47,8 @@ class ReportStage(Stage):
         info = (await ctx.store.info(ctx.run_id)).model_copy(update={"state": RunState.succeeded})
         metrics = build_metrics(info, await all_records(ctx), rl_steps, await ctx.store.dead_letters(ctx.run_id),
                                 await run_timing(ctx))
-        write_report(ctx.run_dir, metrics)
+        # Plotting takes a second or two of CPU: off the event loop, so the worker keeps its items alive meanwhile.
+        await asyncio.to_thread(write_report, ctx.run_dir, metrics)
         await ctx.store.event(ctx.run_id, "log", f"report written to {ctx.run_dir / 'report.md'}", stage=self.name,
                               data={"report": str(ctx.run_dir / "report.md"), "metrics": str(ctx.run_dir / "metrics.json")})
 
