@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -26,7 +27,11 @@ class RunContext:
     queue: StageQueue
     services: Services
     run_dir: Path
-    extra: dict = field(default_factory=dict)
+    limit: asyncio.Semaphore | None = None  # the run's `concurrency`: items of this run in progress at once
+
+    def __post_init__(self) -> None:
+        if self.limit is None:
+            self.limit = asyncio.Semaphore(self.config.concurrency)
 
     @cached_property
     def pools(self) -> Pools:

@@ -184,7 +184,8 @@ class Worker:
             return
         started = time.monotonic()
         try:
-            result = await stage.handle(ctx, item)
+            async with ctx.limit:
+                result = await stage.handle(ctx, item)
         except asyncio.CancelledError:
             raise
         except REDIS_ERRORS:

@@ -26,16 +26,18 @@ def test_a_result_is_recorded_once_and_counted_once(redis_url, tmp_path):
         client = await _client(redis_url)
         store = RunStore(client, tmp_path)
         await store.create("r1", RunConfig())
+        stray = await store.record("r1", "mps", "task-a", {"x": 0})  # not planned yet
+        await store.plan("r1", "mps", ["task-a", "task-b"])
         first = await store.record("r1", "mps", "task-a", {"x": 1})
         again = await store.record("r1", "mps", "task-a", {"x": 2})
         second = await store.record("r1", "mps", "task-b", {"x": 3}, failed=True)
         results = await store.results("r1", "mps")
         settled = await store.settled("r1", "mps")
         await client.aclose()
-        return first, again, second, results, settled
+        return stray, first, again, second, results, settled
 
-    first, again, second, results, settled = run(scenario())
-    assert (first, again, second) == (1, -1, 2)
+    stray, first, again, second, results, settled = run(scenario())
+    assert (stray, first, again, second) == (-2, 1, -1, 2)
     assert results == {"task-a": {"x": 1}, "task-b": {"x": 3}}  # the redelivered item did not overwrite
     assert settled == (1, 1)
 
