@@ -1,5 +1,5 @@
 # The two entry points a new user needs: `make test` and (with the coordinator) `make demo`.
-.PHONY: setup test test-fast bench
+.PHONY: setup test test-fast bench demo demo-quick
 
 setup:
 	bash scripts/setup.sh
@@ -14,3 +14,11 @@ test-fast: setup
 
 bench: setup
 	.venv/bin/python bench/student_batching.py
+
+# The whole SCoRe pipeline on the built-in suite with tiny models: embedded Redis and the four services on loopback.
+demo: setup
+	.venv/bin/score demo
+
+# The same on a handful of tasks (minutes).
+demo-quick: setup
+	.venv/bin/score demo --quick
