@@ -7,7 +7,9 @@ on the assistant's digit tokens of held-out gold episodes stays at chance (8-14%
 ~1M tokens tried (learning rate 3e-3 to 1e-2, 137 to 2048 steps, hidden 64 or 128), so solved tasks stay
 at 0 and are printed, not asserted. The trained and the rollout token sequences of an episode are identical
 (system prompt and turn separators included), so this is what the randomly initialised student learns in
-this budget, not a train/serve mismatch.
+this budget, not a train/serve mismatch. A base-model pre-training stage on a generic copying corpus
+(`shared/models/pretrain.py`, off in the built-in recipe) does not change that: 200 steps (~85 s) before this
+recipe gave 16/16 answered and 100% well-formed turns against 8/16 and 82% without, and 0 solved either way.
 """
 
 import json
