@@ -106,6 +106,10 @@ async def item_settled(ctx: RunContext, stage: Stage, settled: int) -> None:
     """After an item's result is recorded: update progress, and finish the stage when its last item settles."""
     progress = await ctx.store.stage(ctx.run_id, stage.name)
     done, failed = await ctx.store.settled(ctx.run_id, stage.name)
+    if settled < 0:  # a redelivered item: nothing new to report, only make sure the stage can finish
+        if progress.state == "running" and done + failed >= progress.total:
+            await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "finish", stage.name)])
+        return
     elapsed = max(1e-6, time.time() - (progress.started_at or time.time()))
     rate = (done + failed) / elapsed
     remaining = max(0, progress.total - done - failed)
@@ -114,7 +118,7 @@ async def item_settled(ctx: RunContext, stage: Stage, settled: int) -> None:
     await ctx.store.event(ctx.run_id, "progress", f"{stage.name}: {done + failed}/{progress.total}", stage=stage.name,
                           data={"done": done, "failed": failed, "total": progress.total,
                                 "items_per_s": round(rate, 3), "eta_s": round(remaining / rate, 1) if rate else None})
-    # Exactly one item's record returns the count that completes the stage; a redelivered item (settled -1)
-    # re-sends `finish` in case the worker that completed the stage died before sending it.
-    if progress.state == "running" and (settled == progress.total or (settled < 0 and done + failed >= progress.total)):
+    # Exactly one item's record returns the count that completes the stage; a redelivered item (above) re-sends
+    # `finish` in case the worker that completed the stage died before sending it.
+    if progress.state == "running" and settled == progress.total:
         await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "finish", stage.name)])

@@ -106,9 +106,7 @@ class RLStage(Stage):
             await ctx.use_student(path=session.checkpoint.path, version=session.policy_version, label=f"rl step {step + 1}")
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "rewards": {}, "recovered": True}
-        if session.steps > 0:
-            await ctx.use_student(path=session.checkpoint.path, version=session.policy_version, label=f"rl step {step}")
-        await ctx.ensure_student()
+        await ctx.ensure_student()  # the previous step loaded its checkpoint; a restarted student gets it back
 
         prefixes = await self.prefixes(ctx)
         start = step * params.prompts_per_step

@@ -1,0 +1,44 @@
+"""`score demo --quick` end to end, as a user runs it: real Redis, four real services, the whole pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.test_e2e_service import fresh_home
+
+pytestmark = pytest.mark.slow
+
+SCORE = str(Path(sys.executable).with_name("score"))
+POLICIES = {"bc_init", "sft", "rl", "baseline", "teacher"}
+
+
+def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path):
+    home = fresh_home(score_home, tmp_path)
+    done = subprocess.run([SCORE, "demo", "--quick", "--home", str(home)], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "run succeeded" in out and "held-out success" in out
+    for policy in POLICIES:
+        assert f"\n{policy} " in out  # a row of the results table
+
+    [run_dir] = list((home / "runs").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["eval"]) == POLICIES
+    assert all(result["n"] == 16 for result in metrics["eval"].values())
+    assert metrics["eval"]["teacher"]["success"] == 1.0  # the scripted expert solves the held-out tasks
+    assert metrics["mps"]["tasks"] == 16 and len(metrics["rl"]["steps"]) == 3
+    assert metrics["timing"]["coordinator_overhead_s"] > 0
+    report = (run_dir / "report.md").read_text()
+    for plot in ("success_by_stage", "rl_reward", "correction_steps", "repairs_per_attempt", "key_step_rewards"):
+        data = (run_dir / "plots" / f"{plot}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"plots/{plot}.png" in report
+
+    leftovers = subprocess.run(["pgrep", "-f", f"score serve .*{home}|SCORE_HOME={home}"], capture_output=True)
+    assert leftovers.stdout == b""
