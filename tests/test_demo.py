@@ -39,6 +39,3 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path)
         data = (run_dir / "plots" / f"{plot}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"plots/{plot}.png" in report
-
-    leftovers = subprocess.run(["pgrep", "-f", f"score serve .*{home}|SCORE_HOME={home}"], capture_output=True)
-    assert leftovers.stdout == b""
