@@ -1,4 +1,4 @@
-# The two entry points a new user needs: `make test` and (with the coordinator) `make demo`.
+# The two entry points a new user needs: `make demo` (the main job) and `make test`.
 .PHONY: setup test test-fast bench demo demo-quick
 
 setup:
