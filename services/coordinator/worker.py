@@ -191,22 +191,27 @@ class Worker:
         except REDIS_ERRORS:
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            logger.warning("[run %s] %s/%s failed (attempt %d/%d): %s", item.run_id, item.stage, item.key, attempts,
-                           ctx.config.max_attempts, error)
-            if attempts >= ctx.config.max_attempts:
-                await self._dead_letter(ctx, item, error + "\n" + traceback.format_exc(limit=6), attempts)
-            else:
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempts))
-                # A fresh entry for the retry, then ack the old one: whichever worker is free takes it.
-                await self.queue.put(item.queue, [WorkItem(item.run_id, item.stage, item.key, item.payload)])
-                await self.queue.ack(item)
+            if await self._retry_later(ctx, item, exc, attempts):
+                return
+            await self._dead_letter(ctx, item, _describe(exc), attempts)
             return
         settled = await self.store.record(item.run_id, item.stage, item.key, result)
         await stage.after_record(ctx, item, result)
         await pipeline.item_settled(ctx, stage, settled)
         await self.queue.ack(item)
         logger.debug("[run %s] %s/%s done in %.2fs", item.run_id, item.stage, item.key, time.monotonic() - started)
+
+    async def _retry_later(self, ctx: RunContext, item: WorkItem, exc: Exception, attempts: int) -> bool:
+        """Re-enqueue a failed item after an exponential backoff; False once its attempts are used up."""
+        logger.warning("[run %s] %s/%s failed (attempt %d/%d): %s: %s", item.run_id, item.stage, item.key, attempts,
+                       ctx.config.max_attempts, type(exc).__name__, exc)
+        if attempts >= ctx.config.max_attempts:
+            return False
+        await asyncio.sleep(min(30.0, 0.5 * 2 ** attempts))
+        # A fresh entry for the retry, then ack the old one: whichever worker is free takes it.
+        await self.queue.put(item.queue, [WorkItem(item.run_id, item.stage, item.key, item.payload)])
+        await self.queue.ack(item)
+        return True
 
     async def _dead_letter(self, ctx: RunContext, item: WorkItem, error: str, attempts: int, *, count: bool = True) -> None:
         logger.error("[run %s] %s/%s dead-lettered after %d attempts: %s", item.run_id, item.stage, item.key,
@@ -244,17 +249,11 @@ class Worker:
         except REDIS_ERRORS:
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            logger.warning("[run %s] %s failed (attempt %d/%d): %s", item.run_id, item.key, attempts,
-                           ctx.config.max_attempts, error)
             await self.redis.delete(claim)
-            if attempts >= ctx.config.max_attempts:
-                await self.queue.dead_letter(item, error + "\n" + traceback.format_exc(limit=6), attempts)
-                await self.store.transition(item.run_id, RunState.failed, error=f"stage {item.stage}: {error}")
-            else:
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempts))
-                await self.queue.put(item.queue, [WorkItem(item.run_id, item.stage, item.key, item.payload)])
-                await self.queue.ack(item)
+            if not await self._retry_later(ctx, item, exc, attempts):
+                await self.queue.dead_letter(item, _describe(exc), attempts)
+                await self.store.transition(item.run_id, RunState.failed,
+                                            error=f"stage {item.stage}: {type(exc).__name__}: {exc}")
             return
         await self.redis.delete(claim)
         await self.queue.ack(item)
@@ -268,6 +267,10 @@ class Worker:
         context = self.contexts.pop(run_id, None)
         if context is not None:
             await context.services.close()
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc, limit=6))
 
 
 def main(argv: list[str] | None = None) -> int:
