@@ -13,7 +13,9 @@ MAX_POSITION_EMBEDDINGS = 4096
 
 # head_dim = hidden_size / num_attention_heads; grouped-query attention (fewer KV heads) as in Qwen2.
 TINY_SIZES: dict[str, dict] = {
-    "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2),
+    # Two layers of two 32-dim heads: the shallowest shape in which induction (copying) forms quickly; deeper
+    # or narrower-headed nano shapes did not form it in minutes of pre-training (docs/architecture.md).
+    "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2),
     "micro": dict(hidden_size=192, intermediate_size=544, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2),
     "mini": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=9, num_attention_heads=6, num_key_value_heads=2),
 }

@@ -68,13 +68,14 @@ def test_student_and_teacher_share_one_vocabulary(score_home):
     assert manifest(teacher)["size"] == "micro" and manifest(teacher)["params"] > manifest(student)["params"]
 
 
+# Build mechanics are tested on the teacher: it has no pre-training stage, so a build takes seconds.
 def test_tampered_recipe_hash_rebuilds_only_the_model(tmp_path):
-    model_dir = ensure_builtin_model("student", tmp_path)
+    model_dir = ensure_builtin_model("teacher", tmp_path)
     tokenizer_dir = model_dir.parent / "tokenizer"
     first, tokenizer_build = manifest(model_dir), manifest(tokenizer_dir)["build_id"]
     (model_dir / MANIFEST).write_text(json.dumps({**first, "recipe_hash": "tampered"}))
 
-    assert ensure_builtin_model("student", tmp_path) == model_dir
+    assert ensure_builtin_model("teacher", tmp_path) == model_dir
     rebuilt = manifest(model_dir)
     assert rebuilt["build_id"] != first["build_id"]
     assert rebuilt["recipe_hash"] == first["recipe_hash"]
@@ -99,7 +100,7 @@ import json, logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from shared.models.builtin import ensure_builtin_model
-path = ensure_builtin_model("student", Path(sys.argv[1]))
+path = ensure_builtin_model("teacher", Path(sys.argv[1]))
 print(json.loads((path / "builtin.json").read_text())["build_id"])
 """
 
@@ -116,7 +117,7 @@ def test_concurrent_processes_share_one_build(tmp_path):
         assert code == 0, err[-2000:]
     assert len({out.strip() for out, _, _ in results}) == 1  # both see the same build
     logs = "".join(err for _, err, _ in results)
-    assert logs.count("built student model") == 1
+    assert logs.count("built teacher model") == 1
     assert logs.count("built tokenizer") == 1
     assert not list((tmp_path / "models" / "builtin").glob(".*"))
 

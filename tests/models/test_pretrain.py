@@ -83,6 +83,7 @@ def test_enabled_pretraining_runs_in_the_build_and_is_recorded(tmp_path, monkeyp
     tokenizer_dir = score_home / "models" / "builtin" / "tokenizer"
     monkeypatch.setitem(builtin.PRETRAIN, "student", {**builtin.PRETRAIN["student"], "steps": 3, "batch_size": 2,
                                                       "seq_len": 32})
+    monkeypatch.setitem(builtin.INDUCTION, "student", {**builtin.INDUCTION["student"], "steps": 2, "batch_size": 2})
     recipe = builtin._model_recipe("student", "tok")
     target = tmp_path / "student"
     builtin._build_model("student", target, tokenizer_dir, recipe, builtin._digest(recipe))
