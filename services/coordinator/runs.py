@@ -80,7 +80,8 @@ class RunManager:
         """The records behind a dataset, as the stages trained on them."""
         if name == "sft":
             config = await self.store.config(run_id)
-            return sft_records(await self.records(run_id, stage="mps"), config.mps.self_solved_share, run_id)
+            return sft_records(await self.records(run_id, stage="mps"), config.mps.self_solved_share, run_id,
+                               cold_start=await self.records(run_id, stage="bc_init"), replay=config.sft.replay_bc_init)
         if name == "rl":
             return rl_prefixes(await self.records(run_id, stage="mps"))
         if name == "baseline":

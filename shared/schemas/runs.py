@@ -150,6 +150,11 @@ class SFTStageParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
+    replay_bc_init: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Share of the cold-start trajectories mixed back into SCoRe-SFT, so a small repaired set does "
+        "not make the student forget what cold start taught it (0: repaired and self-solved trajectories only).",
+    )
 
 
 class KeyStepRewards(BaseModel):

@@ -115,3 +115,25 @@ def test_every_non_health_endpoint_requires_the_token(redis_url, home):
             assert response.status_code == 401, (method, path, response.status_code)
         authed = client.get("/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"})
         assert authed.status_code == 200
+
+
+def test_scoresft_data_is_repaired_plus_kept_self_solved_plus_replayed_cold_start():
+    from services.coordinator.stages.score_sft import sft_records
+    from shared.schemas.agent import Task
+    from shared.schemas.runs import TrajectoryRecord
+
+    def record(task_id, stage, pool, outcome, correct=True):
+        return TrajectoryRecord(run_id="r", stage=stage, pool=pool, task=Task(id=task_id, question="q?", true_answer=1),
+                                outcome=outcome, steps=[], correct=correct)
+
+    mps = [record("a", "mps", "train", "repaired"), record("b", "mps", "train", "hard", False),
+           record("c", "mps", "rl", "repaired"), *[record(f"s{i}", "mps", "train", "self_solved") for i in range(200)]]
+    cold = [record(f"t{i}", "bc_init", "bc_init", "teacher_solved") for i in range(200)]
+    cold.append(record("wrong", "bc_init", "bc_init", "teacher_failed", False))
+
+    plain = sft_records(mps, 0.5, "r")
+    assert {r.task.id for r in plain} >= {"a"} and not {r.task.id for r in plain} & {"b", "c"}
+    assert 60 < sum(r.outcome == "self_solved" for r in plain) < 140  # about half, by a stable hash
+    assert sft_records(mps, 0.5, "r") == plain  # the same choice on every call (redeliveries, exports)
+    replayed = sft_records(mps, 0.5, "r", cold_start=cold, replay=1.0)
+    assert len(replayed) == len(plain) + 200 and "wrong" not in {r.task.id for r in replayed}

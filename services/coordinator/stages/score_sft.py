@@ -8,10 +8,13 @@ from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import fine_tune
 
 
-def sft_records(records, share: float, run_id: str):
-    """Repaired trajectories, plus a deterministic `share` of the self-solved ones (train pool only)."""
-    return [r for r in records if r.pool == "train" and (
+def sft_records(records, share: float, run_id: str, *, cold_start=(), replay: float = 0.0):
+    """Repaired trajectories, a deterministic `share` of the self-solved ones (train pool only), and a `replay`
+    share of the correct cold-start trajectories."""
+    mentored = [r for r in records if r.pool == "train" and (
         r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, run_id)))]
+    replayed = [r for r in cold_start if r.correct and keep_share(r.task.id, replay, run_id + "/replay")]
+    return mentored + replayed
 
 
 class SFTStage(Stage):
@@ -19,7 +22,9 @@ class SFTStage(Stage):
 
     async def finish(self, ctx: RunContext) -> None:
         records = sft_records(records_of(await ctx.store.results(ctx.run_id, "mps")),
-                              ctx.config.mps.self_solved_share, ctx.run_id)
+                              ctx.config.mps.self_solved_share, ctx.run_id,
+                              cold_start=records_of(await ctx.store.results(ctx.run_id, "bc_init")),
+                              replay=ctx.config.sft.replay_bc_init)
         rows = rows_for_sft(records)
         await ctx.store.add(ctx.run_id, sft_rows=len(rows))
         if not rows:
