@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.trainer.test_e2e_service import fresh_home
 
 pytestmark = pytest.mark.slow
 
 SCORE = str(Path(sys.executable).with_name("score"))
+ROOT = Path(__file__).resolve().parents[1]
 POLICIES = {"bc_init", "sft", "rl", "baseline", "teacher"}
 
 
@@ -27,12 +29,14 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path)
     for policy in POLICIES:
         assert f"\n{policy} " in out  # a row of the results table
 
+    config = yaml.safe_load((ROOT / "configs" / "demo-quick.yaml").read_text())
     [run_dir] = list((home / "runs").iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["eval"]) == POLICIES
-    assert all(result["n"] == 16 for result in metrics["eval"].values())
+    assert all(result["n"] == config["tasks"]["n_eval"] for result in metrics["eval"].values())
     assert metrics["eval"]["teacher"]["success"] == 1.0  # the scripted expert solves the held-out tasks
-    assert metrics["mps"]["tasks"] == 16 and len(metrics["rl"]["steps"]) == 3
+    assert metrics["mps"]["tasks"] == config["tasks"]["n_train"]
+    assert len(metrics["rl"]["steps"]) == config["rl"]["steps"]
     assert metrics["timing"]["coordinator_overhead_s"] > 0
     report = (run_dir / "report.md").read_text()
     for plot in ("success_by_stage", "rl_reward", "correction_steps", "repairs_per_attempt", "key_step_rewards"):
