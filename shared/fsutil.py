@@ -56,17 +56,29 @@ def remove_leftovers(root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to a temp file beside `path`, fsync it, then rename over `path`."""
+def atomic_write(path: Path, write) -> Path:
+    """Call `write(binary_handle)` on a temp file beside `path`, fsync it, then rename over `path`.
+
+    Readers see the old file or the new one, never half of one; a failed write leaves no temp file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON (indented, sorted keys) atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

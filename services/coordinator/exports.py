@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.agent.format import episode_messages
+from shared.fsutil import atomic_write, write_text_atomic
 from shared.schemas.runs import TrajectoryRecord
 
 ExportFormat = Literal["messages", "sharegpt", "verl"]
@@ -115,19 +114,8 @@ def write_export(records: list[TrajectoryRecord], fmt: ExportFormat, path: Path)
     """Write one export atomically: JSONL for `messages` and `sharegpt`, parquet for `verl`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if fmt == "verl":
-                pq.write_table(export_verl(records), handle)
-            else:
-                rows = export_messages(records) if fmt == "messages" else export_sharegpt(records)
-                for row in rows:
-                    handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    if fmt == "verl":
+        return atomic_write(Path(path), lambda handle: pq.write_table(export_verl(records), handle))
+    rows = export_messages(records) if fmt == "messages" else export_sharegpt(records)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return write_text_atomic(Path(path), text)

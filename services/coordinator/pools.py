@@ -10,8 +10,9 @@ import json
 import random
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
+from shared.fsutil import write_text_atomic
 from shared.schemas.agent import Task
 from shared.schemas.runs import TaskSource
 from shared.tasks.builtin import builtin_tasks, split_of
@@ -25,9 +26,13 @@ class Pools(BaseModel):
     train: list[Task] = Field(description="Tasks for mentored problem solving (SCoRe-SFT).")
     rl: list[Task] = Field(description="Tasks whose verified prefixes seed SCoRe-RL.")
     eval: list[Task] = Field(description="Held-out tasks.")
+    _by_id: dict[str, Task] | None = PrivateAttr(default=None)
 
     def by_id(self) -> dict[str, Task]:
-        return {task.id: task for pool in (self.bc_init, self.train, self.rl, self.eval) for task in pool}
+        """Every task by id (built once: work items look tasks up on every delivery)."""
+        if self._by_id is None:
+            self._by_id = {task.id: task for pool in (self.bc_init, self.train, self.rl, self.eval) for task in pool}
+        return self._by_id
 
 
 class PoolError(ValueError):
@@ -84,10 +89,7 @@ def draw_pools(source: TaskSource) -> Pools:
 
 
 def save_pools(pools: Pools, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (POOLS_FILE + ".tmp")
-    tmp.write_text(pools.model_dump_json())
-    tmp.replace(run_dir / POOLS_FILE)
+    write_text_atomic(run_dir / POOLS_FILE, pools.model_dump_json())
 
 
 def load_pools(run_dir: Path) -> Pools:

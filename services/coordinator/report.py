@@ -7,12 +7,11 @@ under `plots/`; `results_table` is the held-out results table as plain text for 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from services.coordinator.records import keep_share
+from shared.fsutil import atomic_write
 from shared.schemas.runs import DeadLetter, RunInfo, TrajectoryRecord
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.
@@ -314,24 +313,11 @@ def _plot_key_steps(ax, metrics: dict) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_plot(path: Path, draw, metrics: dict) -> Path:
     fig, ax = _figure()
     draw(ax, metrics)
     fig.tight_layout()
-    return _atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
 
 
 def write_plots(plot_dir: Path, metrics: dict) -> list[Path]:
@@ -352,9 +338,9 @@ def write_plots(plot_dir: Path, metrics: dict) -> list[Path]:
 def write_report(run_dir: Path, metrics: dict) -> list[Path]:
     """Write `metrics.json`, `plots/*.png` and `report.md` under `run_dir`, each atomically; returns their paths."""
     run_dir = Path(run_dir)
-    metrics_path = _atomic_write(run_dir / "metrics.json", lambda handle: handle.write(
+    metrics_path = atomic_write(run_dir / "metrics.json", lambda handle: handle.write(
         json.dumps(metrics, indent=2, default=str).encode()))
     plots = write_plots(run_dir / "plots", metrics)
     markdown = render_markdown(metrics, [p.relative_to(run_dir).as_posix() for p in plots])
-    report_path = _atomic_write(run_dir / "report.md", lambda handle: handle.write(markdown.encode()))
+    report_path = atomic_write(run_dir / "report.md", lambda handle: handle.write(markdown.encode()))
     return [metrics_path, report_path, *plots]

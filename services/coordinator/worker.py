@@ -119,7 +119,7 @@ class Worker:
         """Charge this process's CPU time to the runs it worked on: the coordinator's own overhead."""
         now = time.process_time()
         spent, self._cpu_mark = now - self._cpu_mark, now
-        runs, self._active_runs = self._active_runs, {run for run, _ in ((i.run_id, 0) for i, _ in self.inflight.values())}
+        runs, self._active_runs = self._active_runs, {item.run_id for item, _ in self.inflight.values()}
         for run_id in runs:
             await self.store.add(run_id, coordinator_overhead_s=spent / len(runs))
 

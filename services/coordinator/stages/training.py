@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from services.coordinator.context import RunContext
+from shared.fsutil import write_text_atomic
 from shared.schemas.training import DatasetSpec, JobCheckpoint, JobRequest, JobState, SFTHyperparameters
 
 POLL_S = 1.0
@@ -18,11 +19,7 @@ class TrainingFailed(RuntimeError):
 def write_rows(ctx: RunContext, name: str, rows: list[dict]) -> str:
     """Write a messages JSONL dataset into the run folder (atomically); its path."""
     path = ctx.run_dir / "datasets" / f"{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
-    return str(path)
+    return str(write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows)))
 
 
 async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list[dict],
