@@ -12,7 +12,7 @@ import logging
 import httpx
 from pydantic import BaseModel
 
-from shared.schemas.agent import Episode, Step, Task
+from shared.schemas.agent import Step, Task
 from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLStepRequest, RLStepResponse
 from shared.schemas.rollout import RolloutItem, RolloutRequest, RolloutResponse
 from shared.schemas.sampling import SamplingParams
@@ -136,7 +136,3 @@ class Services:
     async def close(self) -> None:
         for client in (self.student, self.teacher, self.trainer):
             await client.close()
-
-
-def episode_tokens(episode: Episode) -> int:
-    return sum(episode.loss_mask)

@@ -66,7 +66,3 @@ def queue(stream: str) -> str:
 def dead_letters(stage: str) -> str:
     return f"{PREFIX}:dlq:{stage}"
 
-
-def run_keys(run_id: str) -> list[str]:
-    """Keys that belong to one run alone (for deletion); result hashes are found by pattern."""
-    return [run(run_id), stages(run_id), counters(run_id), evals(run_id), attempts(run_id), events(run_id)]
