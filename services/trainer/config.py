@@ -1,18 +1,26 @@
-"""Trainer service configuration (CLI flags map onto these fields)."""
+"""Trainer service configuration: `SCORE_TRAINER_<NAME>` environment variables, overridden by CLI flags."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.settings import Settings
 
 
-@dataclass
-class TrainerConfig:
-    device: str | None = None          # "cpu" / "cuda" for training jobs; default: cuda when available
-    max_running_jobs: int = 1          # jobs training at once; more wait in `queued` (one device, one job)
-    poll_interval_s: float = 0.5       # how often the service reads its children's progress files
-    settings: Settings = field(default_factory=Settings)
+class TrainerConfig(BaseSettings):
+    """How `score serve trainer` runs jobs. Each job names its own base checkpoint in the request."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORE_TRAINER_", extra="ignore")
+
+    device: str | None = Field(
+        default=None, description="`cpu` or `cuda` for training jobs and GRPO steps; unset: cuda when available.")
+    max_running_jobs: int = Field(
+        default=1, ge=0, description="SFT jobs training at once; more wait in `queued` (one device, one job).")
+    poll_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the service reads its job processes' progress files.")
+    settings: Settings = Field(default_factory=Settings, description="Shared settings (SCORE_HOME, token, ...).",
+                               exclude=True)
 
     @property
     def jobs_dir(self):
