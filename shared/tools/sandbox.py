@@ -41,6 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
 logger = logging.getLogger(__name__)
 
 LAYERS = (
@@ -68,14 +71,19 @@ class SandboxError(RuntimeError):
     """The sandbox interpreter could not be started (a deployment problem, not the agent's)."""
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True)
 class SandboxLimits:
-    step_timeout_s: float = 5.0        # wall clock per run() call
-    cpu_time_s: int = 20               # RLIMIT_CPU for the whole interpreter process
-    memory_bytes: int = 512 * 2**20    # RLIMIT_AS
-    max_output_chars: int = 4000       # observation cap; truncated with a marker
-    max_file_bytes: int = 16 * 2**20   # RLIMIT_FSIZE
-    max_open_files: int = 64           # RLIMIT_NOFILE
+    """Limits of one sandboxed interpreter (set per service as a JSON object, e.g. SCORE_STUDENT_SANDBOX)."""
+
+    step_timeout_s: float = Field(default=5.0, gt=0, description="Wall-clock limit of one code cell.")
+    cpu_time_s: int = Field(default=20, ge=1, description="CPU seconds for the whole interpreter (RLIMIT_CPU).")
+    memory_bytes: int = Field(default=512 * 2**20, ge=2**24, description="Address space of the interpreter "
+                              "(RLIMIT_AS).")
+    max_output_chars: int = Field(default=4000, ge=64, description="Observation cap; longer output is truncated "
+                                  "with a marker.")
+    max_file_bytes: int = Field(default=16 * 2**20, ge=0, description="Largest file the code may write "
+                                "(RLIMIT_FSIZE).")
+    max_open_files: int = Field(default=64, ge=16, description="Open file descriptors (RLIMIT_NOFILE).")
 
 
 @dataclass
