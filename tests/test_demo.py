@@ -1,12 +1,19 @@
-"""`score demo --quick` end to end, as a user runs it: real Redis, four real services, the whole pipeline."""
+"""`score demo --quick` end to end, as a user runs it: real Redis, four real services, the whole pipeline.
+
+It runs with SCORE_API_TOKEN set, so every call between the services carries the bearer token; while it runs,
+the test checks that each service refuses a request without it.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -17,14 +24,36 @@ pytestmark = pytest.mark.slow
 SCORE = str(Path(sys.executable).with_name("score"))
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = {"bc_init", "sft", "rl", "baseline", "teacher"}
+TOKEN = "demo-test-token-5c1e"
+
+
+def check_auth(urls: dict[str, str]) -> None:
+    for name, url in urls.items():
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/ready", timeout=10).status_code == 401, name
+        authed = httpx.get(f"{url}/ready", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert authed.status_code == 200, (name, authed.text)
 
 
 def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path):
     home = fresh_home(score_home, tmp_path)
-    done = subprocess.run([SCORE, "demo", "--quick", "--home", str(home)], capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    out = done.stdout
+    env = {**os.environ, "SCORE_API_TOKEN": TOKEN}
+    stderr = tmp_path / "demo.stderr"
+    with stderr.open("w") as err, subprocess.Popen([SCORE, "demo", "--quick", "--home", str(home)], env=env,
+                                                    stdout=subprocess.PIPE, stderr=err, text=True) as demo:
+        lines, checked = [], False
+        try:
+            for line in demo.stdout:
+                lines.append(line)
+                if line.startswith("services ready"):
+                    check_auth(dict(re.findall(r"(\w+) (http://[\d.:]+)", line)))
+                    checked = True
+            demo.wait(timeout=900)
+        finally:
+            demo.kill()
+    out = "".join(lines)
+    assert demo.returncode == 0, out[-4000:] + stderr.read_text()[-4000:]
+    assert checked, out[-2000:]
     assert "run succeeded" in out and "held-out success" in out
     for policy in POLICIES:
         assert f"\n{policy} " in out  # a row of the results table
