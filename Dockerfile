@@ -1,0 +1,63 @@
+# The SCoRe services image: one image, four services (`score serve coordinator|student|teacher|trainer`).
+#
+#   docker build -t score-distill .                                   # CPU torch
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t score-distill:cu128 .
+#
+# Both stages use the same Python image, so the venv's interpreter links (/usr/local/bin/python3.11)
+# resolve in the runtime stage, and the sandbox finds the base interpreter it starts model code with.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+# torch comes from its own index: the CPU wheel by default; a CUDA index (cu126, cu128, ...) builds a GPU image.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+# Everything else exactly as locked; torch==2.13.0 in the lock is already met by the wheel above
+# (a local version such as 2.13.0+cpu satisfies ==2.13.0), so pip keeps it.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install -r /tmp/requirements.lock
+# The project in editable mode at /app (the same path in the runtime stage): `score` finds configs/ beside the code.
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+COPY configs ./configs
+RUN pip install --no-deps -e . && python -m compileall -q shared services
+
+
+FROM ${PYTHON_IMAGE} AS runtime
+# A fixed uid/gid, so files on the shared SCORE_HOME volume keep one owner across rebuilds and services.
+ARG SCORE_UID=10001
+ARG SCORE_GID=10001
+# 1: build the built-in tiny models into SCORE_HOME now (about a minute), so the first start is fast.
+ARG PREBUILD_MODELS=1
+RUN groupadd --system --gid "${SCORE_GID}" score \
+    && useradd --system --uid "${SCORE_UID}" --gid score --create-home --home-dir /home/score --shell /usr/sbin/nologin score \
+    && mkdir -p /data \
+    && chown score:score /data
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /app /app
+ENV PATH=/opt/venv/bin:$PATH \
+    SCORE_HOME=/data \
+    HOME=/home/score \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /app
+USER score
+# A named volume mounted at /data starts as a copy of what the image holds there, so the models built here are
+# what every service finds on first start. When the volume already holds an older build, the services rebuild
+# under shared/models/builtin.py's file lock, so concurrent first starts cannot corrupt the cache.
+RUN if [ "${PREBUILD_MODELS}" = "1" ]; then \
+        OMP_NUM_THREADS=1 python -c 'from shared.models.builtin import ROLES, ensure_builtin_model; [print("built-in", r, ensure_builtin_model(r)) for r in ROLES]'; \
+    fi
+VOLUME ["/data"]
+EXPOSE 8000-8003
+# The service and its port come from the command line of PID 1 (docker-init keeps the child's arguments in its
+# own), so one check serves all four services; compose files may override it with a fixed URL.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD python -c 'import urllib.request; from shared.settings import DEFAULT_PORTS; a = open("/proc/1/cmdline").read().split("\0"); s = next((x for x in a if x in DEFAULT_PORTS), "coordinator"); p = a[a.index("--port") + 1] if "--port" in a else DEFAULT_PORTS[s]; urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=4)'
+ENTRYPOINT ["score"]
+CMD ["--help"]
