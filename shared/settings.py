@@ -58,3 +58,9 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings read once per process (tests build `Settings(...)` directly instead)."""
     return Settings()
+
+
+def given_flags(args, *names: str) -> dict:
+    """The command-line flags among `names` that were given: they win over a service's `SCORE_<SERVICE>_*`
+    environment variables, and flags left out must not mask those variables with None."""
+    return {name: value for name in names if (value := getattr(args, name, None)) is not None}

@@ -16,6 +16,7 @@ from shared.models.loading import load_tokenizer, resolve_model_path
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ServiceMetrics, mount_service
+from shared.settings import given_flags
 from shared.tools.sandbox import Sandbox, isolation_report
 from shared.tools.search import BM25Search, agent_tools
 from services.student.api import api_router, ops_router
@@ -50,13 +51,11 @@ def build_tools(config: StudentConfig) -> dict:
 
 
 def app_from_args(args, settings) -> FastAPI:
-    """The app `score serve student` runs, from its command-line flags."""
+    """The app `score serve student` runs: its flags over `SCORE_STUDENT_*` variables over the defaults."""
     if args.engine == "expert":
         raise ValueError("--engine expert is the teacher's scripted solver; the student takes transformers or openai")
-    return create_app(StudentConfig(
-        model=args.model, engine=args.engine or "transformers", base_url=args.base_url,
-        served_model_name=args.served_model_name, device=args.device, settings=settings,
-    ))
+    return create_app(StudentConfig(settings=settings, **given_flags(
+        args, "model", "engine", "base_url", "served_model_name", "device")))
 
 
 def create_app(config: StudentConfig | None = None) -> FastAPI:

@@ -15,6 +15,7 @@ from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ServiceMetrics, mount_service
+from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
 from shared.tools.sandbox import Sandbox, isolation_report
 from services.student.app import build_tools
@@ -28,21 +29,20 @@ log = logging.getLogger("score.teacher")
 
 
 def app_from_args(args, settings) -> FastAPI:
-    """The app `score serve teacher` runs, from its command-line flags."""
-    engine = args.engine or "transformers"
-    if engine == "expert":
-        for flag in ("model", "base_url", "served_model_name", "device"):
-            if getattr(args, flag, None):
-                raise ValueError(f"--{flag.replace('_', '-')} does not apply to --engine expert (the scripted solver "
-                                 "of the built-in suite runs no model)")
-    if engine == "openai" and not args.base_url:
-        raise ValueError("--engine openai needs --base-url (an OpenAI-compatible server, e.g. http://vllm:8000/v1)")
-    if engine != "openai" and args.base_url:
-        raise ValueError("--base-url applies only to --engine openai")
-    return create_app(TeacherConfig(
-        engine=engine, model=args.model, base_url=args.base_url, served_model_name=args.served_model_name,
-        device=args.device, settings=settings,
-    ))
+    """The app `score serve teacher` runs: its flags over `SCORE_TEACHER_*` variables over the defaults."""
+    config = TeacherConfig(settings=settings, **given_flags(
+        args, "engine", "model", "base_url", "served_model_name", "device"))
+    if config.engine == "expert":
+        for name in ("model", "base_url", "served_model_name", "device"):
+            if getattr(config, name):
+                raise ValueError(f"--{name.replace('_', '-')} (SCORE_TEACHER_{name.upper()}) does not apply to engine "
+                                 "expert (the scripted solver of the built-in suite runs no model)")
+    if config.engine == "openai" and not config.base_url:
+        raise ValueError("engine openai needs --base-url or SCORE_TEACHER_BASE_URL (an OpenAI-compatible server, "
+                         "e.g. http://vllm:8000/v1)")
+    if config.engine != "openai" and config.base_url:
+        raise ValueError("--base-url (SCORE_TEACHER_BASE_URL) applies only to engine openai")
+    return create_app(config)
 
 
 def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) -> TeacherBackend:

@@ -10,6 +10,7 @@ from prometheus_client import Gauge
 
 from shared.checkpoints import CheckpointStore
 from shared.observability import ServiceMetrics, mount_service
+from shared.settings import given_flags
 from services.trainer.api import jobs_router, ops_router
 from services.trainer.config import TrainerConfig
 from services.trainer.jobs import JobManager
@@ -27,7 +28,7 @@ def app_from_args(args, settings) -> FastAPI:
                 f"--{flag.replace('_', '-')} does not apply to the trainer: each job names its base checkpoint "
                 "in the request (`base`)"
             )
-    return create_app(TrainerConfig(device=args.device, settings=settings))
+    return create_app(TrainerConfig(settings=settings, **given_flags(args, "device")))
 
 
 def create_app(config: TrainerConfig | None = None) -> FastAPI:

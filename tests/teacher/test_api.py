@@ -131,9 +131,9 @@ def test_every_request_and_response_field_is_described(score_home):
 
 
 @pytest.mark.parametrize("flags, message", [
-    ({"engine": "expert", "model": "x"}, "--model does not apply"),
+    ({"engine": "expert", "model": "x"}, r"--model \(SCORE_TEACHER_MODEL\) does not apply"),
     ({"engine": "openai"}, "needs --base-url"),
-    ({"engine": "transformers", "base_url": "http://x"}, "only to --engine openai"),
+    ({"engine": "transformers", "base_url": "http://x"}, "applies only to engine openai"),
 ])
 def test_flags_that_do_not_apply_are_refused(score_home, flags, message):
     import argparse
