@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CoordinatorConfig(BaseSettings):
     """Read from `SCORE_COORDINATOR_<NAME>` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORE_COORDINATOR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SCORE_COORDINATOR_", extra="ignore", env_ignore_empty=True)
 
     workers: int = Field(default=2, ge=0, le=64,
                          description="Stage worker processes to run and supervise (0: run them elsewhere).")

@@ -14,7 +14,8 @@ from shared.tools.sandbox import SandboxLimits
 class StudentConfig(BaseSettings):
     """How `score serve student` serves its policy. Flags (`--model`, `--engine`, ...) win over the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORE_STUDENT_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix="SCORE_STUDENT_", extra="ignore", env_ignore_empty=True,
+                                      protected_namespaces=())
 
     model: str | None = Field(
         default=None, description="Checkpoint directory or name (`name`, `name/vN`); unset: the built-in tiny "

@@ -17,7 +17,8 @@ class TeacherConfig(BaseSettings):
     """How `score serve teacher` corrects, judges and solves. Flags (`--engine`, `--model`, ...) win over the
     environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORE_TEACHER_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix="SCORE_TEACHER_", extra="ignore", env_ignore_empty=True,
+                                      protected_namespaces=())
 
     engine: EngineKind = Field(
         default="transformers", description="`transformers`: a model in-process (the built-in tiny teacher by "

@@ -11,7 +11,7 @@ from shared.settings import Settings
 class TrainerConfig(BaseSettings):
     """How `score serve trainer` runs jobs. Each job names its own base checkpoint in the request."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORE_TRAINER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SCORE_TRAINER_", extra="ignore", env_ignore_empty=True)
 
     device: str | None = Field(
         default=None, description="`cpu` or `cuda` for training jobs and GRPO steps; unset: cuda when available.")
