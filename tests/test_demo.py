@@ -19,7 +19,7 @@ import yaml
 
 from tests.trainer.test_e2e_service import fresh_home
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SCORE = str(Path(sys.executable).with_name("score"))
 ROOT = Path(__file__).resolve().parents[1]
