@@ -15,13 +15,16 @@ class Task(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(min_length=1, description="Unique task id within its suite or file.", examples=["arith-3f9a1c2e"])
-    question: str = Field(min_length=1, description="The task as the user asks it.", examples=["Compute 12 * 34 + 56."])
+    id: str = Field(min_length=1, description="Unique task id within its suite or file.", examples=["arith-dc23fdeb16"])
+    question: str = Field(
+        min_length=1, description="The task as the user asks it.",
+        examples=["Take the number 747, then add 822, then subtract 580. What number do you get?"],
+    )
     true_answer: TrueAnswer | None = Field(
         default=None,
         description="Gold answer: a string, a number, or a list of accepted aliases. "
         "Optional for generation; required wherever correctness is judged.",
-        examples=[464],
+        examples=[989],
     )
 
     @field_validator("true_answer")
@@ -45,15 +48,25 @@ class Step(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    kind: StepKind = Field(description="`plan` is the first-thought turn (no code); `act` is a thought + code turn.")
-    thought: str = Field(default="", description="The step's reasoning text.")
-    code: str | None = Field(default=None, description="Python code the step runs in the episode's sandbox (`act` only).")
-    observation: str | None = Field(
-        default=None, description="What running the code printed (or the error it raised); null for `plan` steps."
+    kind: StepKind = Field(
+        description="`plan` is the first-thought turn (no code); `act` is a thought + code turn.", examples=["act"],
     )
-    raw: str | None = Field(default=None, description="The model's raw text for this turn, when it came from a model.")
+    thought: str = Field(default="", description="The step's reasoning text.", examples=["Start from 747: add 822."])
+    code: str | None = Field(
+        default=None, description="Python code the step runs in the episode's sandbox (`act` only).",
+        examples=["a = 747 + 822\nprint(a)"],
+    )
+    observation: str | None = Field(
+        default=None, description="What running the code printed (or the error it raised); null for `plan` steps.",
+        examples=["1569"],
+    )
+    raw: str | None = Field(
+        default=None, description="The model's raw text for this turn, when it came from a model.",
+        examples=["<thought>Start from 747: add 822.</thought>\n<code>a = 747 + 822\nprint(a)</code>"],
+    )
     parse_error: str | None = Field(
-        default=None, description="Why the raw turn did not follow the agent format, if it did not."
+        default=None, description="Why the raw turn did not follow the agent format, if it did not.",
+        examples=["no <code> block in an act turn"],
     )
 
     @model_validator(mode="after")
@@ -68,22 +81,38 @@ class Episode(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    task_id: str = Field(description="Id of the task this episode attempts.")
+    task_id: str = Field(description="Id of the task this episode attempts.", examples=["arith-dc23fdeb16"])
     steps: list[Step] = Field(default_factory=list, description="Prefix steps (if any) followed by the model's steps.")
-    final_answer: str | None = Field(default=None, description="What `final_answer_print` received, as a string.")
-    finished: bool = Field(default=False, description="True when the episode ended with a final answer.")
+    final_answer: str | None = Field(
+        default=None, description="What `final_answer_print` received, as a string.", examples=["989"],
+    )
+    finished: bool = Field(
+        default=False, description="True when the episode ended with a final answer.", examples=[True],
+    )
     stop_reason: str | None = Field(
         default=None,
         description="Why the episode ended: `final_answer`, `max_turns`, `max_tokens` (context full) or `prefix_only`.",
+        examples=["final_answer"],
     )
-    n_prefix_steps: int = Field(default=0, description="How many of `steps` were given as `prefix_steps`.")
-    token_ids: list[int] = Field(default_factory=list, description="Every token of the episode after the prompt's start, in order.")
-    prompt_length: int = Field(default=0, description="How many leading entries of `token_ids` form the initial prompt.")
+    n_prefix_steps: int = Field(
+        default=0, description="How many of `steps` were given as `prefix_steps`.", examples=[1],
+    )
+    token_ids: list[int] = Field(
+        default_factory=list, description="Every token of the episode after the prompt's start, in order.",
+        examples=[[12, 87, 301, 45, 9, 220]],
+    )
+    prompt_length: int = Field(
+        default=0, description="How many leading entries of `token_ids` form the initial prompt.", examples=[2],
+    )
     loss_mask: list[int] = Field(
-        default_factory=list, description="Per token: 1 = generated by the model, 0 = prompt, prefix or observation."
+        default_factory=list, description="Per token: 1 = generated by the model, 0 = prompt, prefix or observation.",
+        examples=[[0, 0, 1, 1, 0, 1]],
     )
     logprobs: list[float] = Field(
         default_factory=list,
         description="Per token: the behaviour policy's log-probability (unscaled logits) for generated tokens, 0.0 elsewhere.",
+        examples=[[0.0, 0.0, -0.21, -1.37, 0.0, -0.05]],
     )
-    policy_version: int | None = Field(default=None, description="Weights version that generated every model token.")
+    policy_version: int | None = Field(
+        default=None, description="Weights version that generated every model token.", examples=[3],
+    )

@@ -28,57 +28,68 @@ class GRPOHyperparameters(BaseModel):
         default=1e-6, gt=0.0, le=1.0,
         description="AdamW learning rate. The paper uses 7e-7 for a 7B student; tiny models need far larger "
         "values (1e-3 moves the built-in 0.5M-parameter student within a few steps).",
+        examples=[0.001],
     )
     beta: float = Field(
         default=0.0, ge=0.0,
         description="KL coefficient to the reference model (the session's base weights, k3 estimator). 0 (the "
         "paper's setting, TRL's default) never loads the reference, saving its memory and forward pass.",
+        examples=[0.0],
     )
     epsilon: float = Field(
         default=0.2, gt=0.0, lt=1.0,
         description="Clip range of the importance ratio: tokens whose ratio leaves [1-epsilon, 1+epsilon_high] "
         "in the direction the advantage pushes get no gradient.",
+        examples=[0.2],
     )
     epsilon_high: float | None = Field(
         default=None, gt=0.0,
         description="Upper clip bound; None = `epsilon` (symmetric). DAPO's clip-higher uses 0.28 to keep "
         "exploration on low-probability tokens.",
+        examples=[0.28],
     )
     scale_rewards: Literal["group", "batch", "none"] = Field(
         default="group",
         description="Advantage normalisation: `group` divides (r - group mean) by the group's std (GRPO), `batch` "
         "by the batch's std, `none` only centres (Dr. GRPO: no question-difficulty bias).",
+        examples=["group"],
     )
     loss_type: Literal["token_mean", "sequence_mean"] = Field(
         default="token_mean",
         description="Loss aggregation: `token_mean` averages over every generated token of the batch (TRL `dapo`, "
         "verl `token-mean`; no length bias); `sequence_mean` averages each sample's tokens then the samples "
         "(TRL `grpo`, verl `seq-mean-token-mean`).",
+        examples=["token_mean"],
     )
     num_iterations: int = Field(
         default=1, ge=1, le=16,
         description="Update epochs over each batch (mu in the GRPO paper). 1 is strictly one optimizer step "
         "per batch; more reuses the batch and makes the clip matter.",
+        examples=[1],
     )
     mini_batch_size: int = Field(
         default=8, ge=1, le=1024,
         description="Samples per forward/backward pass. Gradients are accumulated over the whole batch and "
         "normalised once, so this trades memory for speed without changing the update.",
+        examples=[8],
     )
     max_grad_norm: float | None = Field(
-        default=1.0, gt=0.0, description="Clip the global gradient norm to this value; None disables clipping."
+        default=1.0, gt=0.0, description="Clip the global gradient norm to this value; None disables clipping.",
+        examples=[1.0],
     )
     weight_decay: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="AdamW decoupled weight decay. 0 (TRL's default) keeps a zero-advantage step a no-op.",
+        examples=[0.0],
     )
-    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW first-moment decay.")
-    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0, description="AdamW second-moment decay.")
+    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW first-moment decay.", examples=[0.9])
+    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0, description="AdamW second-moment decay.", examples=[0.999])
     max_staleness: int = Field(
         default=1, ge=0, le=1000,
         description="Oldest accepted sample: `policy_version >= current - max_staleness`. 0 = strictly on-policy "
         "(every sample from the version just published); 1 lets the student sample the next batch while the "
         "trainer updates on this one. Older samples are refused with 409.",
+        examples=[1],
     )
 
     @model_validator(mode="after")
@@ -102,25 +113,32 @@ class GRPOHyperparameters(BaseModel):
 class RLSessionCreate(BaseModel):
     """Open an RL session: a policy loaded from `base`, trained by GRPO steps, published as `output_name`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "session_id": "grpo-arith-01", "base": "builtin:student", "output_name": "student-rl",
+        "initial_policy_version": 0, "hyperparameters": {"learning_rate": 1e-3, "epsilon_high": 0.28, "max_staleness": 1},
+    }]})
 
     session_id: str | None = Field(
         default=None, pattern=SESSION_ID.pattern,
         description="Caller-chosen id (1-64 letters, digits, '.', '_', '-'). Creating an existing id with the same "
         "body returns it unchanged (idempotent); a different body is 409. Default: a random id.",
+        examples=["grpo-arith-01"],
     )
     base: str | None = Field(
         default=None,
         description="Starting weights: a published checkpoint (`name`, `name/vN`), `builtin:<role>`, or a "
         "checkpoint directory. Default: the built-in tiny student.",
+        examples=["student-sft/v2"],
     )
     output_name: str | None = Field(
         default=None, pattern=SESSION_ID.pattern,
         description="Checkpoint series each step publishes into (next version each time). Default: `rl-<session_id>`.",
+        examples=["student-rl"],
     )
     initial_policy_version: int = Field(
         default=0, ge=0,
         description="The policy_version the student serves for `base`; the first step publishes this + 1.",
+        examples=[2],
     )
     hyperparameters: GRPOHyperparameters = Field(
         default_factory=GRPOHyperparameters, description="GRPO settings, fixed for the session's life."
@@ -129,39 +147,53 @@ class RLSessionCreate(BaseModel):
         default=True,
         description="Write the AdamW state next to the session after each step so a restarted trainer continues "
         "with its moments. Costs two parameter-sized tensors of disk; off, a restart resets the moments.",
+        examples=[True],
     )
 
 
 class CheckpointInfo(BaseModel):
     """Where a published checkpoint version lives."""
 
-    name: str = Field(description="Checkpoint series.")
-    version: int = Field(description="Version within the series.")
+    name: str = Field(description="Checkpoint series.", examples=["student-rl"])
+    version: int = Field(description="Version within the series.", examples=[4])
     path: str = Field(
-        description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights)."
+        description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights).",
+        examples=["/data/score/checkpoints/student-rl/v4"],
     )
 
 
 class RLSessionInfo(BaseModel):
     """An RL session's state."""
 
-    id: str = Field(description="Session id.")
-    state: Literal["active", "closed"] = Field(description="`active` accepts steps; `closed` was deleted.")
-    base: str = Field(description="Lineage label of the starting weights, e.g. `builtin:student` or `sft/v2`.")
-    base_path: str = Field(description="Directory the starting weights were read from.")
-    output_name: str = Field(description="Checkpoint series the session publishes into.")
-    initial_policy_version: int = Field(description="Policy version of `base`.")
-    policy_version: int = Field(description="Version of the current policy (initial + steps taken).")
-    steps: int = Field(description="GRPO steps applied so far.")
+    id: str = Field(description="Session id.", examples=["grpo-arith-01"])
+    state: Literal["active", "closed"] = Field(
+        description="`active` accepts steps; `closed` was deleted.", examples=["active"],
+    )
+    base: str = Field(
+        description="Lineage label of the starting weights, e.g. `builtin:student` or `sft/v2`.",
+        examples=["student-sft/v2"],
+    )
+    base_path: str = Field(
+        description="Directory the starting weights were read from.",
+        examples=["/data/score/checkpoints/student-sft/v2"],
+    )
+    output_name: str = Field(description="Checkpoint series the session publishes into.", examples=["student-rl"])
+    initial_policy_version: int = Field(description="Policy version of `base`.", examples=[2])
+    policy_version: int = Field(description="Version of the current policy (initial + steps taken).", examples=[4])
+    steps: int = Field(description="GRPO steps applied so far.", examples=[2])
     hyperparameters: GRPOHyperparameters = Field(description="The session's GRPO settings.")
-    save_optimizer_state: bool = Field(description="Whether the AdamW state is saved after each step.")
+    save_optimizer_state: bool = Field(description="Whether the AdamW state is saved after each step.", examples=[True])
     checkpoint: CheckpointInfo | None = Field(description="Latest published checkpoint; null before the first step.")
     loaded: bool = Field(
-        description="Whether the policy is in this process's memory (false after a restart until the next step)."
+        description="Whether the policy is in this process's memory (false after a restart until the next step).",
+        examples=[True],
     )
-    created_at: float = Field(description="Unix time of creation.")
-    updated_at: float = Field(description="Unix time of the last change.")
-    last_metrics: dict[str, float] = Field(default_factory=dict, description="Metrics of the latest step.")
+    created_at: float = Field(description="Unix time of creation.", examples=[1717171000.5])
+    updated_at: float = Field(description="Unix time of the last change.", examples=[1717171342.25])
+    last_metrics: dict[str, float] = Field(
+        default_factory=dict, description="Metrics of the latest step.",
+        examples=[{"reward/mean": 0.55, "loss": 0.013, "grad_norm": 0.84, "clip_ratio": 0.02}],
+    )
 
 
 class RLSessionList(BaseModel):
@@ -175,20 +207,28 @@ class RLSample(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token_ids: list[int] = Field(min_length=2, description="Whole episode: prompt, model turns and observations.")
+    token_ids: list[int] = Field(
+        min_length=2, description="Whole episode: prompt, model turns and observations.",
+        examples=[[12, 87, 301, 45, 9, 220]],
+    )
     loss_mask: list[int] = Field(
         description="Per token: 1 = generated by the policy (trained), 0 = prompt/observation (ignored). Same length "
-        "as token_ids; the first token cannot be 1 (nothing precedes it to predict it)."
+        "as token_ids; the first token cannot be 1 (nothing precedes it to predict it).",
+        examples=[[0, 0, 1, 1, 0, 1]],
     )
     logprobs: list[float] = Field(
         description="Per token: the behaviour policy's log-probability of the token (0.0 where loss_mask is 0). "
-        "Same length as token_ids."
+        "Same length as token_ids.",
+        examples=[[0.0, 0.0, -0.21, -1.37, 0.0, -0.05]],
     )
-    policy_version: int = Field(ge=0, description="Policy version that sampled this rollout (staleness check).")
-    reward: float = Field(description="Scalar reward of the rollout.")
+    policy_version: int = Field(
+        ge=0, description="Policy version that sampled this rollout (staleness check).", examples=[3],
+    )
+    reward: float = Field(description="Scalar reward of the rollout.", examples=[1.0])
     prompt_length: int | None = Field(
         default=None, ge=0,
         description="Tokens before the first model turn; when given, loss_mask must be 0 on all of them.",
+        examples=[2],
     )
 
     @classmethod
@@ -270,19 +310,31 @@ class RolloutGroup(BaseModel):
         description="Rollouts of one prompt (e.g. 16 in the paper). A group of one, or one whose rewards are all "
         "equal, carries zero advantage (it still counts in the token mean and the metrics).",
     )
-    prompt_id: str | None = Field(default=None, description="Task or prefix id, for logs only.")
+    prompt_id: str | None = Field(
+        default=None, description="Task or prefix id, for logs only.", examples=["arith-dc23fdeb16"],
+    )
 
 
 class RLStepRequest(BaseModel):
     """One GRPO update on a batch of rollout groups."""
 
-    model_config = ConfigDict(extra="forbid")
+    # One group of two short rollouts of a built-in task: one solved it (reward 1), one did not.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "step_id": "grpo-arith-01-step-0001",
+        "groups": [{"prompt_id": "arith-dc23fdeb16", "samples": [
+            {"token_ids": [12, 87, 301, 45, 9, 220], "loss_mask": [0, 0, 1, 1, 0, 1],
+             "logprobs": [0.0, 0.0, -0.21, -1.37, 0.0, -0.05], "policy_version": 0, "reward": 1.0, "prompt_length": 2},
+            {"token_ids": [12, 87, 302, 47, 9, 221], "loss_mask": [0, 0, 1, 1, 0, 1],
+             "logprobs": [0.0, 0.0, -1.93, -0.88, 0.0, -2.4], "policy_version": 0, "reward": 0.1, "prompt_length": 2},
+        ]}],
+    }]})
 
     groups: list[RolloutGroup] = Field(min_length=1, description="Rollout groups, one per prompt.")
     step_id: str | None = Field(
         default=None, max_length=128,
         description="Idempotency key: resending the step that was applied last with the same step_id returns its "
         "result again instead of applying it twice (safe retries after a lost response).",
+        examples=["grpo-arith-01-step-0003"],
     )
 
     @model_validator(mode="after")
@@ -296,12 +348,16 @@ class RLStepRequest(BaseModel):
 class RLStepResponse(BaseModel):
     """The result of one step: the new policy version and where its weights are."""
 
-    session_id: str = Field(description="Session id.")
-    step: int = Field(description="Steps applied in the session, this one included.")
-    policy_version: int = Field(description="Version of the updated policy; load `checkpoint.path` as this version.")
+    session_id: str = Field(description="Session id.", examples=["grpo-arith-01"])
+    step: int = Field(description="Steps applied in the session, this one included.", examples=[2])
+    policy_version: int = Field(
+        description="Version of the updated policy; load `checkpoint.path` as this version.", examples=[4],
+    )
     checkpoint: CheckpointInfo = Field(description="The checkpoint published by this step.")
     metrics: dict[str, float] = Field(
         description="TRL/verl-style metrics: `reward/mean`, `reward_std`, `frac_reward_zero_std`, `loss`, "
         "`grad_norm`, `clip_ratio` (+ `/low_mean`, `/high_mean`), `entropy`, `kl` (when beta > 0), `ppo_kl`, "
-        "`response_length/mean`, `tokens_per_s`, `policy_version`, ..."
+        "`response_length/mean`, `tokens_per_s`, `policy_version`, ...",
+        examples=[{"reward/mean": 0.55, "reward_std": 0.42, "loss": 0.013, "grad_norm": 0.84, "clip_ratio": 0.02,
+                   "tokens_per_s": 5120.0, "policy_version": 4.0}],
     )

@@ -8,6 +8,7 @@ from shared.schemas.agent import Episode, Step, Task
 from shared.schemas.sampling import SamplingParams
 
 MAX_ROLLOUT_EPISODES = 512  # items x n per request; larger batches should be split by the caller
+EXAMPLE_QUESTION = "Take the number 747, then add 822, then subtract 580. What number do you get?"
 
 
 class RolloutItem(BaseModel):
@@ -39,13 +40,22 @@ class RolloutItem(BaseModel):
 class RolloutRequest(BaseModel):
     """Run `n` agent episodes for each item."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Small on purpose: one short episode, so sending the example costs little.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "items": [{
+            "task": {"id": "arith-dc23fdeb16", "question": EXAMPLE_QUESTION, "true_answer": 989},
+            "prefix_steps": [{"kind": "plan", "thought": "There are 2 operations to apply to 747: add 822, subtract "
+                              "580. I will apply them one at a time in Python and print each intermediate result."}],
+        }],
+        "n": 1, "max_turns": 2, "sampling": {"temperature": 0.8, "max_tokens": 64, "seed": 7},
+    }]})
 
     items: list[RolloutItem] = Field(min_length=1, description="Tasks to roll out, each with an optional prefix.")
-    n: int = Field(default=1, ge=1, le=64, description="Samples per item (a GRPO group).")
+    n: int = Field(default=1, ge=1, le=64, description="Samples per item (a GRPO group).", examples=[1])
     max_turns: int = Field(
         default=8, ge=0, le=32,
         description="Model turns after the prefix (the plan counts as a turn). 0 replays the prefix only.",
+        examples=[2],
     )
     sampling: SamplingParams = Field(default_factory=SamplingParams, description="Sampling for every model turn.")
 
@@ -61,4 +71,6 @@ class RolloutResponse(BaseModel):
     """Episodes in item order, `n` per item."""
 
     episodes: list[Episode] = Field(description="Episodes in item order, `n` consecutive ones per item.")
-    policy_version: int = Field(description="The weights version that produced every episode of this response.")
+    policy_version: int = Field(
+        description="The weights version that produced every episode of this response.", examples=[3],
+    )

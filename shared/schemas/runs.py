@@ -58,11 +58,13 @@ class TaskSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     suite: Literal["builtin"] | None = Field(
-        default="builtin", description="`builtin`: procedurally generated tasks with held-out splits. Null with `path`."
+        default="builtin", description="`builtin`: procedurally generated tasks with held-out splits. Null with `path`.",
+        examples=["builtin"],
     )
     families: list[Literal["arith", "kb"]] = Field(
         default_factory=lambda: ["arith"], min_length=1,
         description="Built-in families to draw from (`arith`: Python arithmetic chains, `kb`: multi-hop search).",
+        examples=[["arith", "kb"]],
     )
     path: str | None = Field(
         default=None, description="A task file (JSONL, one task per line) on the coordinator's filesystem.",
@@ -72,17 +74,26 @@ class TaskSource(BaseModel):
         default=None,
         description="Held-out task file. Without it, held-out tasks are taken from `path` by a stable hash of "
         "the question (about 20%), so train and eval never overlap.",
+        examples=["/data/tasks/eval.jsonl"],
     )
-    seed: int = Field(default=0, description="Seeds task generation (built-in) and the order tasks are used in.")
-    n_bc_init: int = Field(default=32, ge=1, le=100_000, description="Training tasks the teacher solves for cold start.")
+    seed: int = Field(
+        default=0, description="Seeds task generation (built-in) and the order tasks are used in.", examples=[0],
+    )
+    n_bc_init: int = Field(
+        default=32, ge=1, le=100_000, description="Training tasks the teacher solves for cold start.", examples=[2],
+    )
     n_train: int = Field(
-        default=64, ge=1, le=100_000, description="Training tasks for mentored problem solving (SCoRe-SFT data)."
+        default=64, ge=1, le=100_000, description="Training tasks for mentored problem solving (SCoRe-SFT data).",
+        examples=[2],
     )
     n_rl: int = Field(
         default=32, ge=0, le=100_000,
         description="Training tasks, disjoint from the SFT ones, whose verified prefixes seed SCoRe-RL.",
+        examples=[1],
     )
-    n_eval: int = Field(default=64, ge=1, le=100_000, description="Held-out tasks every policy is evaluated on.")
+    n_eval: int = Field(
+        default=64, ge=1, le=100_000, description="Held-out tasks every policy is evaluated on.", examples=[2],
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "TaskSource":
@@ -118,9 +129,12 @@ class BCInitParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: str | None = Field(
-        default=None, description="Student checkpoint to start from (trainer reference); default: the built-in student."
+        default=None, description="Student checkpoint to start from (trainer reference); default: the built-in student.",
+        examples=["builtin:student"],
     )
-    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of the teacher's episodes (8 in the paper).")
+    max_turns: int = Field(
+        default=8, ge=1, le=32, description="Turn limit of the teacher's episodes (8 in the paper).", examples=[8],
+    )
     hyperparameters: SFTHyperparameters = Field(
         default_factory=SFTHyperparameters, description="SFT settings of the cold-start fine-tune."
     )
@@ -131,16 +145,22 @@ class MPSParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_repairs: int = Field(default=3, ge=0, le=16, description="Teacher repairs per task (3 in the paper).")
-    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of an episode (8 in the paper).")
-    strategy: Literal["verify", "judge"] = Field(
-        default="verify", description="How the teacher locates the first critical error (see the teacher's docs)."
+    max_repairs: int = Field(
+        default=3, ge=0, le=16, description="Teacher repairs per task (3 in the paper).", examples=[3],
     )
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Student sampling temperature.")
-    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.")
+    max_turns: int = Field(
+        default=8, ge=1, le=32, description="Turn limit of an episode (8 in the paper).", examples=[8],
+    )
+    strategy: Literal["verify", "judge"] = Field(
+        default="verify", description="How the teacher locates the first critical error (see the teacher's docs).",
+        examples=["verify"],
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Student sampling temperature.", examples=[0.7])
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.", examples=[256])
     self_solved_share: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="Share of the tasks the student solved alone that are kept for SCoRe-SFT (the paper keeps about half).",
+        examples=[0.5],
     )
 
 
@@ -154,6 +174,7 @@ class SFTStageParams(BaseModel):
         default=0.0, ge=0.0, le=1.0,
         description="Share of the cold-start trajectories mixed back into SCoRe-SFT, so a small repaired set does "
         "not make the student forget what cold start taught it (0: repaired and self-solved trajectories only).",
+        examples=[0.1],
     )
 
 
@@ -162,13 +183,19 @@ class KeyStepRewards(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    correct: float = Field(default=1.0, description="The final answer is correct.")
+    correct: float = Field(default=1.0, description="The final answer is correct.", examples=[1.0])
     equivalent: float = Field(
-        default=0.5, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step."
+        default=0.5, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step.",
+        examples=[0.5],
     )
-    repeat: float = Field(default=0.0, description="Wrong answer, and the first new step repeats the student's original mistake.")
-    other: float = Field(default=0.1, description="Wrong answer, and the first new step is something else.")
-    no_answer: float = Field(default=0.0, description="No final answer was given.")
+    repeat: float = Field(
+        default=0.0, description="Wrong answer, and the first new step repeats the student's original mistake.",
+        examples=[0.0],
+    )
+    other: float = Field(
+        default=0.1, description="Wrong answer, and the first new step is something else.", examples=[0.1],
+    )
+    no_answer: float = Field(default=0.0, description="No final answer was given.", examples=[0.0])
 
 
 class RLParams(BaseModel):
@@ -176,14 +203,19 @@ class RLParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(default=20, ge=0, le=100_000, description="GRPO steps (0 skips RL).")
-    prompts_per_step: int = Field(default=8, ge=1, le=1024, description="Prefixes (groups) per GRPO step.")
-    group_size: int = Field(default=16, ge=2, le=64, description="Samples per prefix (16 in the paper).")
-    max_turns: int = Field(
-        default=4, ge=1, le=32, description="Turns the student may take after the prefix (short horizon)."
+    steps: int = Field(default=20, ge=0, le=100_000, description="GRPO steps (0 skips RL).", examples=[2])
+    prompts_per_step: int = Field(
+        default=8, ge=1, le=1024, description="Prefixes (groups) per GRPO step.", examples=[2],
     )
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="Student sampling temperature for groups.")
-    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.")
+    group_size: int = Field(default=16, ge=2, le=64, description="Samples per prefix (16 in the paper).", examples=[4])
+    max_turns: int = Field(
+        default=4, ge=1, le=32, description="Turns the student may take after the prefix (short horizon).",
+        examples=[4],
+    )
+    temperature: float = Field(
+        default=1.0, ge=0.0, le=2.0, description="Student sampling temperature for groups.", examples=[0.8],
+    )
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.", examples=[256])
     rewards: KeyStepRewards = Field(default_factory=KeyStepRewards, description="Reward values (the paper's by default).")
     hyperparameters: GRPOHyperparameters = Field(
         default_factory=lambda: GRPOHyperparameters(learning_rate=7e-7, max_staleness=0),
@@ -196,10 +228,12 @@ class EvalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of an evaluation episode.")
-    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one turn.")
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
-    teacher: bool = Field(default=True, description="Also measure the teacher's held-out success (once per run).")
+    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of an evaluation episode.", examples=[8])
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one turn.", examples=[256])
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).", examples=[0.0])
+    teacher: bool = Field(
+        default=True, description="Also measure the teacher's held-out success (once per run).", examples=[True],
+    )
 
 
 class BaselineParams(BaseModel):
@@ -207,14 +241,22 @@ class BaselineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=True, description="Train and evaluate the baseline.")
+    enabled: bool = Field(default=True, description="Train and evaluate the baseline.", examples=[True])
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
 
 
 class RunConfig(BaseModel):
     """Everything a run needs; every field has a default, so `{}` is a valid run on the built-in suite."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A whole run on a handful of built-in tasks with two RL steps: minutes on CPU, not hours.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "demo",
+        "tasks": {"families": ["arith", "kb"], "seed": 0, "n_bc_init": 2, "n_train": 2, "n_rl": 1, "n_eval": 2},
+        "mps": {"max_repairs": 3, "strategy": "verify", "temperature": 0.7},
+        "sft": {"hyperparameters": {"max_steps": 4}},
+        "rl": {"steps": 2, "prompts_per_step": 1, "group_size": 2, "max_turns": 2},
+        "baseline": {"enabled": False},
+    }]})
 
     name: str | None = Field(default=None, description="A label for listings (letters, digits, `._-`).", examples=["demo"])
     tasks: TaskSource = Field(default_factory=TaskSource, description="Task source and how many tasks each stage uses.")
@@ -228,9 +270,11 @@ class RunConfig(BaseModel):
     max_attempts: int = Field(
         default=3, ge=1, le=20,
         description="Deliveries of a work item before it goes to the stage's dead-letter stream.",
+        examples=[3],
     )
     concurrency: int = Field(
-        default=16, ge=1, le=512, description="Work items a worker processes at once (the services batch them)."
+        default=16, ge=1, le=512, description="Work items a worker processes at once (the services batch them).",
+        examples=[16],
     )
 
     @field_validator("name")
@@ -245,37 +289,60 @@ class RunConfig(BaseModel):
 
 
 class StageProgress(BaseModel):
-    state: Literal["pending", "running", "done", "skipped"] = Field(description="Where the stage is.")
-    total: int = Field(default=0, description="Work items planned.")
-    done: int = Field(default=0, description="Work items finished (each counted once, whatever redeliveries).")
-    failed: int = Field(default=0, description="Work items that ended in the dead-letter stream.")
-    started_at: float | None = Field(default=None, description="Unix time the stage started.")
-    finished_at: float | None = Field(default=None, description="Unix time the stage finished.")
-    items_per_s: float | None = Field(default=None, description="Items finished per second so far.")
-    eta_s: float | None = Field(default=None, description="Seconds to finish the stage's items at the current rate.")
-    detail: str | None = Field(default=None, description="What the stage is doing now (e.g. the trainer job's progress).")
+    state: Literal["pending", "running", "done", "skipped"] = Field(
+        description="Where the stage is.", examples=["running"],
+    )
+    total: int = Field(default=0, description="Work items planned.", examples=[64])
+    done: int = Field(
+        default=0, description="Work items finished (each counted once, whatever redeliveries).", examples=[40],
+    )
+    failed: int = Field(default=0, description="Work items that ended in the dead-letter stream.", examples=[1])
+    started_at: float | None = Field(default=None, description="Unix time the stage started.", examples=[1749651760.2])
+    finished_at: float | None = Field(
+        default=None, description="Unix time the stage finished.", examples=[1749652101.7],
+    )
+    items_per_s: float | None = Field(default=None, description="Items finished per second so far.", examples=[0.42])
+    eta_s: float | None = Field(
+        default=None, description="Seconds to finish the stage's items at the current rate.", examples=[55.0],
+    )
+    detail: str | None = Field(
+        default=None, description="What the stage is doing now (e.g. the trainer job's progress).",
+        examples=["trainer job sft-arith-01: step 120/200"],
+    )
 
 
 class RunInfo(BaseModel):
     """A run as `GET /v1/runs/{id}` reports it."""
 
-    id: str = Field(description="Run id.")
-    name: str | None = Field(default=None, description="The config's label.")
+    id: str = Field(description="Run id.", examples=["run-20250611-142233-3f2a9c"])
+    name: str | None = Field(default=None, description="The config's label.", examples=["demo"])
     state: RunState = Field(description="queued | running | succeeded | failed | cancelled.")
-    stage: str | None = Field(default=None, description="The stage running now (null before start and after the end).")
+    stage: str | None = Field(
+        default=None, description="The stage running now (null before start and after the end).", examples=["mps"],
+    )
     stages: dict[str, StageProgress] = Field(default_factory=dict, description="Progress of every stage, in order.")
     counters: dict[str, int | float] = Field(
         default_factory=dict,
         description="Running totals: tasks self-solved, repaired, hard; repairs; teacher tokens; dead letters; RL steps.",
+        examples=[{"self_solved": 21, "repaired": 17, "hard": 2, "repairs": 23, "teacher_tokens": 48210}],
     )
     eval: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Held-out results of each evaluated policy (`success`, `n`, turns, tokens)."
+        default_factory=dict, description="Held-out results of each evaluated policy (`success`, `n`, turns, tokens).",
+        examples=[{"student-sft/v2": {"success": 0.62, "n": 64, "mean_turns": 4.1}}],
     )
-    policy_version: int | None = Field(default=None, description="The student's policy version the run last loaded.")
-    error: str | None = Field(default=None, description="Why the run failed.")
-    created_at: float = Field(description="Unix time of creation.")
-    updated_at: float = Field(description="Unix time of the last change.")
-    artifacts: str = Field(description="Directory of the run's datasets, report and plots.")
+    policy_version: int | None = Field(
+        default=None, description="The student's policy version the run last loaded.", examples=[3],
+    )
+    error: str | None = Field(
+        default=None, description="Why the run failed.",
+        examples=["stage mps: teacher service unreachable at http://teacher:8002"],
+    )
+    created_at: float = Field(description="Unix time of creation.", examples=[1749651753.0])
+    updated_at: float = Field(description="Unix time of the last change.", examples=[1749652101.7])
+    artifacts: str = Field(
+        description="Directory of the run's datasets, report and plots.",
+        examples=["/data/score/runs/run-20250611-142233-3f2a9c"],
+    )
     config: RunConfig = Field(description="The run's config, defaults filled in.")
 
 
@@ -299,11 +366,11 @@ class RunEvent(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    stage: str = Field(description="Stage whose item gave up.")
-    item_key: str = Field(description="The item's idempotency key.")
-    error: str = Field(description="The last error.")
-    attempts: int = Field(description="Deliveries tried.")
-    time: float = Field(description="Unix time it was dead-lettered.")
+    stage: str = Field(description="Stage whose item gave up.", examples=["mps"])
+    item_key: str = Field(description="The item's idempotency key.", examples=["arith-dc23fdeb16"])
+    error: str = Field(description="The last error.", examples=["teacher: HTTP 503 (not ready)"])
+    attempts: int = Field(description="Deliveries tried.", examples=[3])
+    time: float = Field(description="Unix time it was dead-lettered.", examples=[1749651990.4])
 
 
 class DeadLetterList(BaseModel):
@@ -313,11 +380,16 @@ class DeadLetterList(BaseModel):
 class Repair(BaseModel):
     """One teacher intervention in a mentored episode."""
 
-    first_error_step: int | None = Field(description="0-based index of the student's first critical error (null if hard).")
-    hard: bool = Field(description="The teacher found no usable repair.")
-    reason: str | None = Field(default=None, description="Why, when hard.")
-    teacher_tokens: int = Field(default=0, description="Tokens the teacher generated for it.")
-    teacher_calls: int = Field(default=0, description="Teacher model calls.")
+    first_error_step: int | None = Field(
+        description="0-based index of the student's first critical error (null if hard).", examples=[2],
+    )
+    hard: bool = Field(description="The teacher found no usable repair.", examples=[False])
+    reason: str | None = Field(
+        default=None, description="Why, when hard.",
+        examples=["no teacher step from this prefix reached the gold answer"],
+    )
+    teacher_tokens: int = Field(default=0, description="Tokens the teacher generated for it.", examples=[184])
+    teacher_calls: int = Field(default=0, description="Teacher model calls.", examples=[2])
 
 
 Outcome = Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"]
@@ -326,25 +398,28 @@ Outcome = Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved
 class TrajectoryRecord(BaseModel):
     """A finished trajectory of a run (one per task and stage, whatever redeliveries happened)."""
 
-    run_id: str = Field(description="The run.")
-    stage: str = Field(description="`bc_init` (teacher), `mps` (student + teacher repairs) or `baseline` (teacher).")
-    pool: Literal["bc_init", "train", "rl"] = Field(description="The task pool it came from.")
+    run_id: str = Field(description="The run.", examples=["run-20250611-142233-3f2a9c"])
+    stage: str = Field(
+        description="`bc_init` (teacher), `mps` (student + teacher repairs) or `baseline` (teacher).", examples=["mps"],
+    )
+    pool: Literal["bc_init", "train", "rl"] = Field(description="The task pool it came from.", examples=["train"])
     task: Task = Field(description="The task.")
-    outcome: Outcome = Field(description="How the task ended.")
+    outcome: Outcome = Field(description="How the task ended.", examples=["repaired"])
     steps: list[Step] = Field(description="The final trajectory (the last attempt's steps, prefixes included).")
-    final_answer: str | None = Field(default=None, description="Its final answer.")
-    correct: bool = Field(description="Whether the final answer matches the gold answer.")
+    final_answer: str | None = Field(default=None, description="Its final answer.", examples=["989"])
+    correct: bool = Field(description="Whether the final answer matches the gold answer.", examples=[True])
     repairs: list[Repair] = Field(default_factory=list, description="Teacher interventions, in order.")
     first_error_step: int | None = Field(
-        default=None, description="Where the first repair cut the student's own trajectory (RL prefix length)."
+        default=None, description="Where the first repair cut the student's own trajectory (RL prefix length).",
+        examples=[2],
     )
     rejected_step: Step | None = Field(default=None, description="The student's step at the first critical error.")
     chosen_step: Step | None = Field(default=None, description="The teacher's corrected step there.")
-    teacher_tokens: int = Field(default=0, description="Teacher tokens spent on this task.")
-    policy_version: int | None = Field(default=None, description="Student policy version that acted.")
-    student_tokens: int = Field(default=0, description="Tokens the student generated.")
+    teacher_tokens: int = Field(default=0, description="Teacher tokens spent on this task.", examples=[184])
+    policy_version: int | None = Field(default=None, description="Student policy version that acted.", examples=[3])
+    student_tokens: int = Field(default=0, description="Tokens the student generated.", examples=[312])
 
 
 class TrajectoryList(BaseModel):
     trajectories: list[TrajectoryRecord] = Field(description="Trajectories, ordered by stage then task.")
-    total: int = Field(description="How many match the filters (before offset/limit).")
+    total: int = Field(description="How many match the filters (before offset/limit).", examples=[42])

@@ -10,8 +10,11 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="0 means greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(default=256, ge=1, le=32768, description="Most new tokens per model turn.")
-    stop: list[str] = Field(default_factory=list, max_length=16, description="Strings that end a turn (not included).")
-    seed: int | None = Field(default=None, description="Per-request seed for reproducible sampling.")
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="0 means greedy decoding.", examples=[0.8])
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.95])
+    max_tokens: int = Field(default=256, ge=1, le=32768, description="Most new tokens per model turn.", examples=[64])
+    stop: list[str] = Field(
+        default_factory=list, max_length=16, description="Strings that end a turn (not included).",
+        examples=[["</code>"]],
+    )
+    seed: int | None = Field(default=None, description="Per-request seed for reproducible sampling.", examples=[7])

@@ -14,12 +14,26 @@ MAX_CORRECTION_ITEMS = 256
 MAX_JUDGEMENT_ITEMS = 1024
 MAX_TEACHER_ROLLOUT_ITEMS = 512
 
+# One built-in task and a student trajectory for it whose second act step subtracts the wrong number.
+_EXAMPLE_TASK = {"id": "arith-dc23fdeb16", "true_answer": 989,
+                 "question": "Take the number 747, then add 822, then subtract 580. What number do you get?"}
+_EXAMPLE_PLAN = {"kind": "plan", "thought": "There are 2 operations to apply to 747: add 822, subtract 580. I will "
+                 "apply them one at a time in Python and print each intermediate result."}
+_EXAMPLE_STEPS = [
+    _EXAMPLE_PLAN,
+    {"kind": "act", "thought": "Start from 747: add 822.", "code": "a = 747 + 822\nprint(a)", "observation": "1569"},
+    {"kind": "act", "thought": "That gives 1569. Next: subtract 580.", "code": "b = a - 508\nprint(b)",
+     "observation": "1061"},
+    {"kind": "act", "thought": "That gives 1061, which is the final result.", "code": "final_answer_print(b)",
+     "observation": "1061"},
+]
+
 
 class GradedTask(Task):
     """A task whose gold answer is known (corrections and judgements need it)."""
 
     true_answer: TrueAnswer | None = Field(
-        description="Gold answer: a string, a number, or a list of accepted aliases. Required here.", examples=[464],
+        description="Gold answer: a string, a number, or a list of accepted aliases. Required here.", examples=[989],
     )
 
     @field_validator("true_answer")
@@ -65,7 +79,9 @@ class CorrectionItem(BaseModel):
 class CorrectionRequest(BaseModel):
     """Locate the first critical error of each trajectory and write the corrected step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "items": [{"task": _EXAMPLE_TASK, "steps": _EXAMPLE_STEPS}], "strategy": "verify",
+    }]})
 
     items: list[CorrectionItem] = Field(
         min_length=1, max_length=MAX_CORRECTION_ITEMS, description="Trajectories to correct; answered in this order."
@@ -76,17 +92,24 @@ class CorrectionRequest(BaseModel):
         "the first step whose effect differs and from which the teacher reaches the gold answer is the error. "
         "`judge`: the paper's way — the teacher reads the trajectory and names the error (JSON), then writes the "
         "corrected step, which is executed.",
+        examples=["verify"],
     )
 
 
 class Cost(BaseModel):
     """What the teacher's work (a correction, a judgement, an episode) cost."""
 
-    teacher_calls: int = Field(default=0, description="Teacher model calls (generations); 0 for the scripted expert.")
-    teacher_tokens: int = Field(default=0, description="Tokens the teacher model generated.")
-    teacher_prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher model read.")
-    full_rollouts: int = Field(default=0, description="Teacher rollouts run to a final answer (verify only).")
-    sandbox_runs: int = Field(default=0, description="Sandboxes started to replay prefixes and execute steps.")
+    teacher_calls: int = Field(
+        default=0, description="Teacher model calls (generations); 0 for the scripted expert.", examples=[2],
+    )
+    teacher_tokens: int = Field(default=0, description="Tokens the teacher model generated.", examples=[184])
+    teacher_prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher model read.", examples=[1260])
+    full_rollouts: int = Field(
+        default=0, description="Teacher rollouts run to a final answer (verify only).", examples=[1],
+    )
+    sandbox_runs: int = Field(
+        default=0, description="Sandboxes started to replay prefixes and execute steps.", examples=[4],
+    )
 
     def add(self, other: "Cost") -> "Cost":
         return Cost(**{name: getattr(self, name) + getattr(other, name) for name in Cost.model_fields})
@@ -95,28 +118,39 @@ class Cost(BaseModel):
 class Correction(BaseModel):
     """The teacher's verdict on one trajectory."""
 
-    task_id: str = Field(description="Id of the corrected task.")
-    strategy: Strategy = Field(description="The strategy that produced this correction.")
-    answer_correct: bool = Field(description="Whether the trajectory's own final answer already matches the gold answer.")
+    task_id: str = Field(description="Id of the corrected task.", examples=["arith-dc23fdeb16"])
+    strategy: Strategy = Field(description="The strategy that produced this correction.", examples=["verify"])
+    answer_correct: bool = Field(
+        description="Whether the trajectory's own final answer already matches the gold answer.", examples=[False],
+    )
     first_error_step: int | None = Field(
         description="0-based index into `steps` of the first critical error; null when there is nothing to correct "
-        "or the trajectory is `hard`. (The paper's official code counts from 1.)"
+        "or the trajectory is `hard`. (The paper's official code counts from 1.)",
+        examples=[2],
     )
-    analysis: str = Field(default="", description="Why that step is the first critical error.")
+    analysis: str = Field(
+        default="", description="Why that step is the first critical error.",
+        examples=["Step 2 subtracts 508 instead of 580, so every later value is off by 72."],
+    )
     corrected_step: Step | None = Field(
         default=None,
         description="The step to put in place of `steps[first_error_step]`: thought, code and the observation its "
         "code printed when executed after the verified prefix `steps[:first_error_step]`.",
     )
-    hard: bool = Field(description="True when no usable repair was found; `reason` says why.")
-    reason: str | None = Field(default=None, description="Why the trajectory is hard (null otherwise).")
+    hard: bool = Field(description="True when no usable repair was found; `reason` says why.", examples=[False])
+    reason: str | None = Field(
+        default=None, description="Why the trajectory is hard (null otherwise).",
+        examples=["the teacher's own rollout from this prefix did not reach the gold answer"],
+    )
     cost: Cost = Field(description="What this correction cost.")
 
 
 class CorrectionResponse(BaseModel):
     corrections: list[Correction] = Field(description="One correction per item, in item order.")
     cost: Cost = Field(description="The request's total cost.")
-    engine: str = Field(description="The teacher backend that answered: `expert`, `transformers` or `openai`.")
+    engine: str = Field(
+        description="The teacher backend that answered: `expert`, `transformers` or `openai`.", examples=["expert"],
+    )
 
 
 # ---- judgements -------------------------------------------------------------------------------------------
@@ -127,13 +161,19 @@ class AnswerJudgementItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["answer"] = Field(description="Answer equivalence.")
-    prediction: str | None = Field(description="The final answer given (null: none was given).")
-    true_answer: TrueAnswer = Field(description="Gold answer: a string, a number, or a list of accepted aliases.")
-    question: str | None = Field(default=None, description="The task's question; shown to the teacher model if asked.")
+    prediction: str | None = Field(description="The final answer given (null: none was given).", examples=["989"])
+    true_answer: TrueAnswer = Field(
+        description="Gold answer: a string, a number, or a list of accepted aliases.", examples=[989],
+    )
+    question: str | None = Field(
+        default=None, description="The task's question; shown to the teacher model if asked.",
+        examples=["Take the number 747, then add 822, then subtract 580. What number do you get?"],
+    )
     use_teacher: bool = Field(
         default=False,
         description="When the programmatic scorers (math-verify, normalised exact match) say no, ask the teacher "
         "model for a verdict (needs a model backend).",
+        examples=[False],
     )
 
     @field_validator("true_answer")
@@ -152,11 +192,15 @@ class StepJudgementItem(BaseModel):
     kind: Literal["step"] = Field(description="Step equivalence.")
     task: Task = Field(description="The task the steps belong to.")
     steps: list[Step] = Field(min_length=1, description="A trajectory holding the reference step at `index`.")
-    index: int = Field(ge=0, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.")
+    index: int = Field(
+        ge=0, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.",
+        examples=[1],
+    )
     candidate: Step = Field(description="The step to compare with `steps[index]`.")
     use_teacher: bool = Field(
         default=False,
         description="Ask the teacher model instead of comparing observations after execution (needs a model backend).",
+        examples=[False],
     )
 
     @field_validator("steps")
@@ -177,7 +221,11 @@ JudgementItem = Annotated[Union[AnswerJudgementItem, StepJudgementItem], Field(d
 
 
 class JudgementRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
+        {"kind": "answer", "prediction": "989.0", "true_answer": 989, "question": _EXAMPLE_TASK["question"]},
+        {"kind": "step", "task": _EXAMPLE_TASK, "steps": _EXAMPLE_STEPS[:3], "index": 2,
+         "candidate": {"kind": "act", "thought": "Subtract 580 from 1569.", "code": "c = a - 580\nprint(c)"}},
+    ]}]})
 
     items: list[JudgementItem] = Field(
         min_length=1, max_length=MAX_JUDGEMENT_ITEMS, description="Answer or step judgements, answered in this order."
@@ -185,17 +233,29 @@ class JudgementRequest(BaseModel):
 
 
 class Judgement(BaseModel):
-    kind: Literal["answer", "step"] = Field(description="What was judged.")
-    equivalent: bool = Field(description="The verdict: same answer / same action.")
+    kind: Literal["answer", "step"] = Field(description="What was judged.", examples=["answer"])
+    equivalent: bool = Field(description="The verdict: same answer / same action.", examples=[True])
     method: Literal["math", "exact", "f1", "none", "execution", "teacher"] = Field(
         description="What decided: a programmatic scorer (`math`, `exact`, `f1`, `none` = no prediction), "
-        "`execution` (observations compared after running both steps) or `teacher` (the teacher model)."
+        "`execution` (observations compared after running both steps) or `teacher` (the teacher model).",
+        examples=["math"],
     )
-    f1: float | None = Field(default=None, description="Answer judgements: token F1 with the best alias.")
-    reference_observation: str | None = Field(default=None, description="Step judgements: what the reference step printed.")
-    candidate_observation: str | None = Field(default=None, description="Step judgements: what the candidate printed.")
-    detail: str = Field(default="", description="A short explanation (the teacher's words when it decided).")
-    cached: bool = Field(default=False, description="True when the result came from the judgement cache.")
+    f1: float | None = Field(
+        default=None, description="Answer judgements: token F1 with the best alias.", examples=[1.0],
+    )
+    reference_observation: str | None = Field(
+        default=None, description="Step judgements: what the reference step printed.", examples=["1569"],
+    )
+    candidate_observation: str | None = Field(
+        default=None, description="Step judgements: what the candidate printed.", examples=["1569"],
+    )
+    detail: str = Field(
+        default="", description="A short explanation (the teacher's words when it decided).",
+        examples=["math-verify: 989 == 989"],
+    )
+    cached: bool = Field(
+        default=False, description="True when the result came from the judgement cache.", examples=[False],
+    )
 
 
 class JudgementResponse(BaseModel):
@@ -208,7 +268,9 @@ class JudgementResponse(BaseModel):
 class TeacherRolloutRequest(BaseModel):
     """Let the teacher solve each task from scratch, or continue it from a trusted prefix, in the agent format."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "items": [{"task": _EXAMPLE_TASK, "prefix_steps": [_EXAMPLE_PLAN]}], "max_turns": 8,
+    }]})
 
     items: list[RolloutItem] = Field(
         min_length=1, max_length=MAX_TEACHER_ROLLOUT_ITEMS,
@@ -217,6 +279,7 @@ class TeacherRolloutRequest(BaseModel):
     max_turns: int = Field(
         default=8, ge=1, le=32,
         description="Teacher turns after the prefix (the plan counts as a turn when there is no prefix).",
+        examples=[8],
     )
 
 
@@ -244,4 +307,6 @@ class TeacherRolloutResponse(BaseModel):
 
     episodes: list[TeacherEpisode] = Field(description="One episode per item, in item order.")
     cost: Cost = Field(description="The request's total cost.")
-    engine: str = Field(description="The teacher backend that answered: `expert`, `transformers` or `openai`.")
+    engine: str = Field(
+        description="The teacher backend that answered: `expert`, `transformers` or `openai`.", examples=["expert"],
+    )

@@ -39,8 +39,13 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "tool"] = Field(description="Who speaks; loss falls only on `assistant`.")
-    content: str = Field(description="The message text.")
+    role: Literal["system", "user", "assistant", "tool"] = Field(
+        description="Who speaks; loss falls only on `assistant`.", examples=["assistant"],
+    )
+    content: str = Field(
+        description="The message text.",
+        examples=["<thought>Start from 747: add 822.</thought>\n<code>a = 747 + 822\nprint(a)</code>"],
+    )
 
 
 class Conversation(BaseModel):
@@ -66,7 +71,8 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(
-        default=None, description="A JSONL file, one `{\"messages\": [...]}` object a line (OpenAI messages format)."
+        default=None, description="A JSONL file, one `{\"messages\": [...]}` object a line (OpenAI messages format).",
+        examples=["/data/score/runs/run-3f2a9c/datasets/sft.jsonl"],
     )
     rows: list[Conversation] | None = Field(default=None, min_length=1, description="The conversations inline.")
 
@@ -86,45 +92,55 @@ class SFTHyperparameters(BaseModel):
         default=3.0, gt=0, le=1000,
         description="Passes over the dataset (fractions allowed). More epochs fit the data more closely and risk "
         "overfitting small datasets. Ignored when `max_steps` is set.",
+        examples=[3.0],
     )
     max_steps: int | None = Field(
         default=None, ge=1,
         description="Optimizer steps to run; overrides `num_epochs`. Useful for fixed-budget runs and tests.",
+        examples=[200],
     )
     learning_rate: float = Field(
         default=2e-3, gt=0, le=1.0,
         description="Peak AdamW learning rate, reached after warmup. The default suits the built-in tiny models; "
         "pretrained 1-10B models usually want 1e-5 to 2e-5 (1e-4 to 2e-4 with LoRA).",
+        examples=[0.002],
     )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
-        default="cosine", description="Decay after warmup: cosine to `min_lr_ratio`, linear to it, or constant."
+        default="cosine", description="Decay after warmup: cosine to `min_lr_ratio`, linear to it, or constant.",
+        examples=["cosine"],
     )
     warmup_ratio: float = Field(
         default=0.05, ge=0, lt=1,
         description="Share of the steps spent ramping the learning rate up linearly from 0; steadies early Adam steps.",
+        examples=[0.05],
     )
     min_lr_ratio: float = Field(
-        default=0.0, ge=0, le=1, description="Final learning rate as a share of the peak (cosine and linear schedules)."
+        default=0.0, ge=0, le=1, description="Final learning rate as a share of the peak (cosine and linear schedules).",
+        examples=[0.1],
     )
     weight_decay: float = Field(
-        default=0.0, ge=0, description="AdamW decoupled weight decay on matrices (not on norms and biases)."
+        default=0.0, ge=0, description="AdamW decoupled weight decay on matrices (not on norms and biases).",
+        examples=[0.01],
     )
-    adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.")
-    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW second-moment decay.")
-    adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW denominator epsilon.")
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.", examples=[0.9])
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW second-moment decay.", examples=[0.999])
+    adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW denominator epsilon.", examples=[1e-08])
     max_grad_norm: float | None = Field(
         default=1.0, gt=0,
         description="Clip the global gradient norm to this value before each step (None: no clipping).",
+        examples=[1.0],
     )
     micro_batch_tokens: int = Field(
         default=4096, ge=16, le=1_048_576,
         description="Token budget of one packed micro-batch on one process: conversations are packed into rows of "
         "at most this many tokens without padding. Larger is faster until memory runs out.",
+        examples=[4096],
     )
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=1024,
         description="Micro-batches each process accumulates per optimizer step. Global batch = "
         "micro_batch_tokens x gradient_accumulation_steps x nproc.",
+        examples=[2],
     )
     layout: Literal["auto", "bucketed", "packed"] = Field(
         default="auto",
@@ -132,44 +148,62 @@ class SFTHyperparameters(BaseModel):
         "position ids (no padding; cheapest with flash-attention, whose varlen kernels skip cross-conversation "
         "pairs). `bucketed`: similar lengths in a padded batch (little padding; attention per conversation; best "
         "with SDPA/eager kernels, e.g. on CPU). `auto`: packed under flash-attention, else bucketed.",
+        examples=["auto"],
     )
     max_seq_length: int = Field(
         default=2048, ge=16,
         description="Longest conversation in tokens; longer ones are truncated from the end (their loss mask too). "
         "Must not exceed micro_batch_tokens.",
+        examples=[2048],
     )
-    seed: int = Field(default=0, description="Seeds the data order, packing and initialisation of LoRA weights.")
+    seed: int = Field(
+        default=0, description="Seeds the data order, packing and initialisation of LoRA weights.", examples=[0],
+    )
     save_every_steps: int = Field(
         default=50, ge=1,
         description="Write an intermediate training state (model, optimizer, scheduler, RNG, data position) every "
         "this many steps; a killed job resumes from the latest one. Lower = less lost work, more disk writes.",
+        examples=[50],
     )
-    log_every_steps: int = Field(default=1, ge=1, description="Report metrics every this many optimizer steps.")
+    log_every_steps: int = Field(
+        default=1, ge=1, description="Report metrics every this many optimizer steps.", examples=[1],
+    )
     nproc: int = Field(
         default=1, ge=1, le=64,
         description="Processes for data-parallel training (DDP under torchrun: gloo on CPU, nccl on GPU, one "
         "process per GPU). 1 runs a single process.",
+        examples=[1],
     )
     cpu_threads: int | None = Field(
         default=None, ge=1, le=512,
         description="Torch threads per training process on CPU. Default: cores / nproc. One thread is steadier "
         "on a machine whose cores other work also uses (idle threads spin at every parallel region).",
+        examples=[1],
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="Where to train: `auto` takes CUDA when available. bf16 on CUDA, fp32 on CPU."
+        default="auto", description="Where to train: `auto` takes CUDA when available. bf16 on CUDA, fp32 on CPU.",
+        examples=["cpu"],
     )
-    lora: bool = Field(default=False, description="Train LoRA adapters (PEFT) instead of all weights.")
-    lora_r: int = Field(default=16, ge=1, le=1024, description="LoRA rank: adapter capacity; memory grows with it.")
-    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input path.")
+    lora: bool = Field(
+        default=False, description="Train LoRA adapters (PEFT) instead of all weights.", examples=[False],
+    )
+    lora_r: int = Field(
+        default=16, ge=1, le=1024, description="LoRA rank: adapter capacity; memory grows with it.", examples=[16],
+    )
+    lora_alpha: int = Field(
+        default=32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).", examples=[32],
+    )
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input path.", examples=[0.05])
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Module names that get adapters (Qwen2/Llama projection names by default).",
+        examples=[["q_proj", "v_proj"]],
     )
     merge_lora: bool = Field(
         default=True,
         description="Publish the adapter merged into the base weights (what the student service and vLLM load as a "
         "plain checkpoint). False publishes the PEFT adapter directory instead.",
+        examples=[True],
     )
 
     @model_validator(mode="after")
@@ -187,13 +221,24 @@ class SFTHyperparameters(BaseModel):
 class JobRequest(BaseModel):
     """Create a training job."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Two optimizer steps on one inline conversation: a real job that finishes in seconds on the built-in student.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "kind": "sft", "base": "builtin:student", "job_id": "sft-arith-01", "output_name": "student-sft",
+        "dataset": {"rows": [{"messages": [
+            {"role": "user", "content": "Take the number 747, then add 822, then subtract 580. What number do you get?"},
+            {"role": "assistant", "content": "<thought>Start from 747: add 822.</thought>\n<code>a = 747 + 822\n"
+             "print(a)</code>"},
+        ]}]},
+        "hyperparameters": {"max_steps": 2, "learning_rate": 2e-3, "micro_batch_tokens": 1024, "max_seq_length": 512,
+                            "cpu_threads": 1},
+    }]})
 
     kind: Literal["sft"] = Field(default="sft", description="Job kind: `sft` (supervised fine-tuning).")
     base: str | None = Field(
         default=None,
         description="Model to start from: a published checkpoint (`name`, `name/vN`), `builtin:student`, "
         "`builtin:teacher` or a checkpoint directory. Default: the built-in tiny student.",
+        examples=["builtin:student"],
     )
     dataset: DatasetSpec = Field(description="Training conversations (messages JSONL path or inline rows).")
     hyperparameters: SFTHyperparameters = Field(
@@ -202,10 +247,12 @@ class JobRequest(BaseModel):
     output_name: str | None = Field(
         default=None,
         description="Checkpoint series the result is published to (next version). Default: `<kind>-<job id>`.",
+        examples=["student-sft"],
     )
     job_id: str | None = Field(
         default=None,
         description="Caller-chosen id. Creating a job with an id that exists returns that job (idempotent retry).",
+        examples=["sft-arith-01"],
     )
 
     @field_validator("job_id", "output_name")
@@ -221,43 +268,66 @@ class JobMetrics(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    loss: float | None = Field(default=None, description="Mean loss per assistant token over the last logged step.")
-    tokens_per_s: float | None = Field(default=None, description="Trained-on tokens (all non-padding) per second, all processes.")
-    learning_rate: float | None = Field(default=None, description="Learning rate of the last step.")
-    grad_norm: float | None = Field(default=None, description="Global gradient norm before clipping.")
-    epoch: float | None = Field(default=None, description="Passes over the data so far.")
-    tokens_seen: int | None = Field(default=None, description="Tokens processed so far (all processes).")
-    padding_share: float | None = Field(default=None, description="Share of computed token slots that were padding.")
-    assistant_share: float | None = Field(default=None, description="Share of tokens that carry loss (assistant turns).")
+    loss: float | None = Field(
+        default=None, description="Mean loss per assistant token over the last logged step.", examples=[0.734],
+    )
+    tokens_per_s: float | None = Field(
+        default=None, description="Trained-on tokens (all non-padding) per second, all processes.", examples=[5120.0],
+    )
+    learning_rate: float | None = Field(default=None, description="Learning rate of the last step.", examples=[0.0019])
+    grad_norm: float | None = Field(default=None, description="Global gradient norm before clipping.", examples=[0.91])
+    epoch: float | None = Field(default=None, description="Passes over the data so far.", examples=[1.25])
+    tokens_seen: int | None = Field(
+        default=None, description="Tokens processed so far (all processes).", examples=[81920],
+    )
+    padding_share: float | None = Field(
+        default=None, description="Share of computed token slots that were padding.", examples=[0.04],
+    )
+    assistant_share: float | None = Field(
+        default=None, description="Share of tokens that carry loss (assistant turns).", examples=[0.38],
+    )
 
 
 class JobCheckpoint(BaseModel):
-    name: str = Field(description="Checkpoint series name.")
-    version: int = Field(description="Published version; load it with the student's `POST /v1/weights {name, version}`.")
-    path: str = Field(description="Directory of the Hugging Face format checkpoint.")
+    name: str = Field(description="Checkpoint series name.", examples=["student-sft"])
+    version: int = Field(
+        description="Published version; load it with the student's `POST /v1/weights {name, version}`.", examples=[2],
+    )
+    path: str = Field(
+        description="Directory of the Hugging Face format checkpoint.",
+        examples=["/data/score/checkpoints/student-sft/v2"],
+    )
 
 
 class JobInfo(BaseModel):
     """A job as `GET /v1/jobs/{id}` reports it."""
 
-    id: str = Field(description="Job id.")
-    kind: str = Field(description="Job kind.")
+    id: str = Field(description="Job id.", examples=["sft-arith-01"])
+    kind: str = Field(description="Job kind.", examples=["sft"])
     state: JobState = Field(description="queued | running | succeeded | failed | cancelled.")
-    base: str = Field(description="Lineage label of the model it starts from.")
-    output_name: str = Field(description="Checkpoint series the result goes to.")
-    step: int = Field(default=0, description="Optimizer steps done.")
-    total_steps: int | None = Field(default=None, description="Optimizer steps planned (known once data is packed).")
-    metrics: JobMetrics = Field(default_factory=JobMetrics, description="Latest metrics.")
-    eta_s: float | None = Field(default=None, description="Estimated seconds to finish, from recent step times.")
-    checkpoint: JobCheckpoint | None = Field(default=None, description="The published result, once succeeded.")
-    error: str | None = Field(default=None, description="Why the job failed.")
-    resumed_from_step: int | None = Field(
-        default=None, description="Step of the intermediate state the job last resumed from (after a restart)."
+    base: str = Field(description="Lineage label of the model it starts from.", examples=["builtin:student"])
+    output_name: str = Field(description="Checkpoint series the result goes to.", examples=["student-sft"])
+    step: int = Field(default=0, description="Optimizer steps done.", examples=[120])
+    total_steps: int | None = Field(
+        default=None, description="Optimizer steps planned (known once data is packed).", examples=[200],
     )
-    attempts: int = Field(default=0, description="Times a training process was started for this job.")
+    metrics: JobMetrics = Field(default_factory=JobMetrics, description="Latest metrics.")
+    eta_s: float | None = Field(
+        default=None, description="Estimated seconds to finish, from recent step times.", examples=[48.5],
+    )
+    checkpoint: JobCheckpoint | None = Field(default=None, description="The published result, once succeeded.")
+    error: str | None = Field(
+        default=None, description="Why the job failed.",
+        examples=["training process exited with code 1 (see train.log)"],
+    )
+    resumed_from_step: int | None = Field(
+        default=None, description="Step of the intermediate state the job last resumed from (after a restart).",
+        examples=[100],
+    )
+    attempts: int = Field(default=0, description="Times a training process was started for this job.", examples=[1])
     hyperparameters: SFTHyperparameters = Field(description="Settings in force.")
-    created_at: float = Field(description="Unix time of creation.")
-    updated_at: float = Field(description="Unix time of the last change.")
+    created_at: float = Field(description="Unix time of creation.", examples=[1717170000.0])
+    updated_at: float = Field(description="Unix time of the last change.", examples=[1717170420.5])
 
 
 class JobList(BaseModel):

@@ -6,19 +6,30 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class WeightsInfo(BaseModel):
-    policy_version: int = Field(description="Monotone version of the served weights (0 = the initial model).")
-    path: str = Field(description="Directory the weights were loaded from.")
-    model: str = Field(description="Served model name.")
+    policy_version: int = Field(
+        description="Monotone version of the served weights (0 = the initial model).", examples=[3],
+    )
+    path: str = Field(
+        description="Directory the weights were loaded from.", examples=["/data/score/checkpoints/student-sft/v2"],
+    )
+    model: str = Field(description="Served model name.", examples=["score-student"])
 
 
 class LoadWeightsRequest(BaseModel):
     """Load a checkpoint without a restart. Give a `path`, or a checkpoint `name` and `version` under SCORE_HOME."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "student-sft", "version": 2}]})
 
-    path: str | None = Field(default=None, description="A Hugging Face format checkpoint directory.")
-    name: str | None = Field(default=None, description="Checkpoint name under SCORE_HOME/checkpoints/.")
-    version: int | None = Field(default=None, ge=0, description="Checkpoint version; becomes the policy_version.")
+    path: str | None = Field(
+        default=None, description="A Hugging Face format checkpoint directory.",
+        examples=["/data/score/checkpoints/student-sft/v2"],
+    )
+    name: str | None = Field(
+        default=None, description="Checkpoint name under SCORE_HOME/checkpoints/.", examples=["student-sft"],
+    )
+    version: int | None = Field(
+        default=None, ge=0, description="Checkpoint version; becomes the policy_version.", examples=[2],
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "LoadWeightsRequest":
