@@ -26,10 +26,22 @@ class Settings(BaseSettings):
     api_token: str | None = Field(
         default=None, description="When set, every endpoint but /health requires `Authorization: Bearer <token>`."
     )
-    coordinator_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['coordinator']}")
-    student_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['student']}")
-    teacher_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['teacher']}")
-    trainer_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['trainer']}")
+    coordinator_url: str = Field(
+        default=f"http://127.0.0.1:{DEFAULT_PORTS['coordinator']}",
+        description="Base URL of the coordinator service, as the other services and the CLI reach it.",
+    )
+    student_url: str = Field(
+        default=f"http://127.0.0.1:{DEFAULT_PORTS['student']}",
+        description="Base URL of the student service, as the other services and the CLI reach it.",
+    )
+    teacher_url: str = Field(
+        default=f"http://127.0.0.1:{DEFAULT_PORTS['teacher']}",
+        description="Base URL of the teacher service, as the other services and the CLI reach it.",
+    )
+    trainer_url: str = Field(
+        default=f"http://127.0.0.1:{DEFAULT_PORTS['trainer']}",
+        description="Base URL of the trainer service, as the other services and the CLI reach it.",
+    )
     log_level: str = Field(default="info", description="Logging level of the services.")
 
     @field_validator("api_token")

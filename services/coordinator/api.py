@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
 from services.coordinator.runs import RunManager
@@ -17,6 +18,8 @@ from shared.schemas.runs import DeadLetterList, RunConfig, RunInfo, RunList, Tra
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No run with this id (or the artifact is not written yet)."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "The run's state does not allow this (it already ended)."}}
 SSE_HEARTBEAT_S = 15.0
+RunId = Annotated[str, PathParam(description="Id of the run, as `POST /v1/runs` returned it.",
+                                 examples=["run-20250611-142233-3f2a9c"])]
 
 
 def ops_router(auth) -> APIRouter:
@@ -52,12 +55,12 @@ def runs_router(auth) -> APIRouter:
         return RunList(runs=await _runs(request).list())
 
     @router.get("/runs/{run_id}", response_model=RunInfo, responses=NOT_FOUND)
-    async def get_run(run_id: str, request: Request) -> RunInfo:
+    async def get_run(run_id: RunId, request: Request) -> RunInfo:
         """State, current stage, per-stage progress (items, items/s, ETA), counters and held-out results."""
         return await _runs(request).get(run_id)
 
     @router.post("/runs/{run_id}/cancel", response_model=RunInfo, responses={**NOT_FOUND, **CONFLICT})
-    async def cancel_run(run_id: str, request: Request) -> RunInfo:
+    async def cancel_run(run_id: RunId, request: Request) -> RunInfo:
         """Cancel a queued or running run: its remaining items are dropped as workers meet them."""
         return await _runs(request).cancel(run_id)
 
@@ -66,10 +69,12 @@ def runs_router(auth) -> APIRouter:
         "`data` (a RunEvent as JSON). The stream ends after the run reaches a final state.",
         "content": {"text/event-stream": {}}}})
     async def run_events(
-        run_id: str, request: Request,
-        after: str = Query(default="0", description="Only events after this event id (`0`: from the start)."),
-        follow: bool = Query(default=True, description="Keep the stream open until the run ends."),
-        last_event_id: str | None = Header(default=None, description="Standard SSE resume header; wins over `after`."),
+        run_id: RunId, request: Request,
+        after: str = Query(default="0", description="Only events after this event id (`0`: from the start).",
+                           examples=["1749651990412-0"]),
+        follow: bool = Query(default=True, description="Keep the stream open until the run ends.", examples=[False]),
+        last_event_id: str | None = Header(default=None, description="Standard SSE resume header; wins over `after`.",
+                                           examples=["1749651990412-0"]),
     ) -> StreamingResponse:
         """Progress of a run as Server-Sent Events."""
         runs = _runs(request)
@@ -103,12 +108,13 @@ def runs_router(auth) -> APIRouter:
 
     @router.get("/runs/{run_id}/trajectories", response_model=TrajectoryList, responses=NOT_FOUND)
     async def trajectories(
-        run_id: str, request: Request,
-        stage: Literal["bc_init", "mps", "baseline"] | None = Query(default=None, description="Only this stage."),
+        run_id: RunId, request: Request,
+        stage: Literal["bc_init", "mps", "baseline"] | None = Query(default=None, description="Only this stage.",
+                                                                    examples=["mps"]),
         outcome: Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"] | None =
-        Query(default=None, description="Only trajectories with this outcome."),
-        offset: int = Query(default=0, ge=0, description="Skip this many."),
-        limit: int = Query(default=100, ge=1, le=1000, description="Return at most this many."),
+        Query(default=None, description="Only trajectories with this outcome.", examples=["repaired"]),
+        offset: int = Query(default=0, ge=0, description="Skip this many.", examples=[0]),
+        limit: int = Query(default=100, ge=1, le=1000, description="Return at most this many.", examples=[20]),
     ) -> TrajectoryList:
         """Finished trajectories: teacher solutions (cold start, baseline) and mentored student episodes with
         their repairs, first critical error, chosen and rejected steps."""
@@ -116,26 +122,30 @@ def runs_router(auth) -> APIRouter:
         return TrajectoryList(trajectories=records[offset:offset + limit], total=len(records))
 
     @router.get("/runs/{run_id}/dead_letters", response_model=DeadLetterList, responses=NOT_FOUND)
-    async def dead_letters(run_id: str, request: Request) -> DeadLetterList:
+    async def dead_letters(run_id: RunId, request: Request) -> DeadLetterList:
         """Items that exhausted their attempts, with the error that stopped them."""
         await _runs(request).get(run_id)
         return DeadLetterList(dead_letters=await _runs(request).store.dead_letters(run_id))
 
-    @router.get("/runs/{run_id}/report", response_class=PlainTextResponse, responses={**NOT_FOUND, 200: {
-        "description": "The run's report.md (markdown).", "content": {"text/markdown": {}}}})
-    async def report(run_id: str, request: Request) -> PlainTextResponse:
+    # `Response` (no media type of its own) keeps the error responses documented as the JSON they are.
+    @router.get("/runs/{run_id}/report", response_class=Response, responses={**NOT_FOUND, 200: {
+        "description": "The run's report.md (markdown).", "content": {"text/markdown": {"schema": {"type": "string"}}}}})
+    async def report(run_id: RunId, request: Request) -> PlainTextResponse:
         """The run's report (markdown), written when the run finishes."""
         path = await _artifact(request, run_id, "report.md")
         return PlainTextResponse(path.read_text(), media_type="text/markdown")
 
     @router.get("/runs/{run_id}/metrics", responses={**NOT_FOUND, 200: {"description": "metrics.json of the run."}})
-    async def run_metrics(run_id: str, request: Request) -> dict:
+    async def run_metrics(run_id: RunId, request: Request) -> dict:
         """The run's metrics.json: held-out results per policy (`eval`), MPS, RL and timing."""
         return json.loads((await _artifact(request, run_id, "metrics.json")).read_text())
 
     @router.get("/runs/{run_id}/plots/{name}", response_class=FileResponse, responses={**NOT_FOUND, 200: {
         "description": "A PNG plot of the run.", "content": {"image/png": {}}}})
-    async def plot(run_id: str, name: str, request: Request) -> FileResponse:
+    async def plot(
+        run_id: RunId, request: Request,
+        name: str = PathParam(description="File name of the plot.", examples=["success_by_stage.png"]),
+    ) -> FileResponse:
         """A plot from the run's report (e.g. `success_by_stage.png`)."""
         if "/" in name or not name.endswith(".png"):
             raise UnprocessableError("plot names look like `success_by_stage.png`", param="name")
@@ -145,10 +155,13 @@ def runs_router(auth) -> APIRouter:
         "description": "The dataset file: JSON lines (messages, sharegpt) or parquet (verl).",
         "content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}})
     async def dataset(
-        run_id: str, name: Literal["bc_init", "sft", "baseline", "rl"], request: Request,
+        run_id: RunId, request: Request,
+        name: Literal["bc_init", "sft", "baseline", "rl"] = PathParam(
+            description="Which dataset: `bc_init`, `sft`, `baseline` or `rl`.", examples=["sft"]),
         format: Literal["messages", "sharegpt", "verl"] = Query(
             default="messages", description="`messages` (OpenAI JSONL, canonical), `sharegpt` (LLaMA-Factory) or "
-            "`verl` (parquet with prompt, reward_model.ground_truth and prefix/chosen/rejected steps)."),
+            "`verl` (parquet with prompt, reward_model.ground_truth and prefix/chosen/rejected steps).",
+            examples=["messages"]),
     ) -> FileResponse:
         """Export one of the run's datasets: `bc_init` (teacher cold start), `sft` (SCoRe-SFT), `baseline`
         (plain distillation) or `rl` (verified prefixes with chosen and rejected steps)."""

@@ -18,6 +18,7 @@ from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
 from services.student.serving import StudentServing
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown model or checkpoint."}}
+UNAVAILABLE = {503: {"model": ErrorResponse, "description": "The sandbox could not start an interpreter; retry later."}}
 
 
 def _serving(request: Request) -> StudentServing:
@@ -57,7 +58,7 @@ def api_router(auth) -> APIRouter:
         """Completion from a token-id prompt, as vLLM accepts it (used by remote engines for token-exact rollouts)."""
         return await _serving(request).completions(body)
 
-    @router.post("/rollouts", response_model=RolloutResponse, tags=["agent"])
+    @router.post("/rollouts", response_model=RolloutResponse, tags=["agent"], responses=UNAVAILABLE)
     async def rollouts(body: RolloutRequest, request: Request) -> RolloutResponse:
         """Run `n` agent episodes per item in fresh sandboxes, optionally continuing a trusted prefix.
 

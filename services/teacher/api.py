@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from shared.errors import ERROR_RESPONSES
+from shared.errors import ERROR_RESPONSES, ErrorResponse
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.teacher import (
     CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse, TeacherRolloutRequest,
     TeacherRolloutResponse,
 )
 from services.teacher.serving import TeacherServing
+
+UNAVAILABLE = {503: {"model": ErrorResponse, "description": "The sandbox could not start an interpreter, or the teacher "
+                     "model's server failed; retry later."}}
 
 
 def _serving(request: Request) -> TeacherServing:
@@ -33,7 +36,8 @@ def ops_router(auth) -> APIRouter:
 
 
 def api_router(auth) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERROR_RESPONSES, tags=["teacher"])
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses={**ERROR_RESPONSES, **UNAVAILABLE},
+                       tags=["teacher"])
 
     @router.post("/corrections", response_model=CorrectionResponse)
     async def corrections(body: CorrectionRequest, request: Request) -> CorrectionResponse:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse
@@ -14,6 +15,7 @@ from services.trainer.jobs import JobManager
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with this id."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "The job's state does not allow this (e.g. it finished)."}}
+JobId = Annotated[str, Path(description="Id of the job, as `POST /v1/jobs` returned it.", examples=["sft-arith-01"])]
 
 
 def ops_router(auth) -> APIRouter:
@@ -56,12 +58,12 @@ def jobs_router(auth) -> APIRouter:
         return JobList(jobs=_jobs(request).list())
 
     @router.get("/jobs/{job_id}", response_model=JobInfo, responses=NOT_FOUND)
-    async def get_job(job_id: str, request: Request) -> JobInfo:
+    async def get_job(job_id: JobId, request: Request) -> JobInfo:
         """State, step, total steps, latest metrics, ETA, and the published checkpoint once succeeded."""
         return _jobs(request).get(job_id).info
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobInfo, responses={**NOT_FOUND, **CONFLICT})
-    async def cancel_job(job_id: str, request: Request) -> JobInfo:
+    async def cancel_job(job_id: JobId, request: Request) -> JobInfo:
         """Cancel a queued or running job (its training process is stopped); 409 if it already finished."""
         return _jobs(request).cancel(job_id)
 
@@ -71,9 +73,10 @@ def jobs_router(auth) -> APIRouter:
               "content": {"application/x-ndjson": {}, "text/event-stream": {}}},
     })
     async def job_events(
-        job_id: str, request: Request,
-        after: int = Query(-1, description="Only events with `seq` greater than this."),
-        stream: bool = Query(False, description="Server-Sent Events that follow the job until it ends."),
+        job_id: JobId, request: Request,
+        after: int = Query(-1, description="Only events with `seq` greater than this.", examples=[12]),
+        stream: bool = Query(False, description="Server-Sent Events that follow the job until it ends.",
+                             examples=[False]),
     ) -> Response:
         """The job's event log: state changes, progress (step and metrics), checkpoints."""
         job = _jobs(request).get(job_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse
 from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLSessionList, RLStepRequest, RLStepResponse
@@ -16,6 +18,10 @@ CONFLICT = {
         "or a session_id reused with a different body.",
     }
 }
+
+
+SessionId = Annotated[str, Path(description="Id of the RL session, as `POST /v1/rl/sessions` returned it.",
+                                examples=["grpo-arith-01"])]
 
 
 def _sessions(request: Request) -> RLSessions:
@@ -40,12 +46,12 @@ def rl_router(auth) -> APIRouter:
         return _sessions(request).list()
 
     @router.get("/sessions/{session_id}", response_model=RLSessionInfo, responses=NOT_FOUND)
-    async def get_session(session_id: str, request: Request) -> RLSessionInfo:
+    async def get_session(session_id: SessionId, request: Request) -> RLSessionInfo:
         """A session's policy version, latest checkpoint, hyperparameters and last step's metrics."""
         return _sessions(request).get(session_id)
 
     @router.post("/sessions/{session_id}/steps", response_model=RLStepResponse, responses={**NOT_FOUND, **CONFLICT})
-    async def step(session_id: str, body: RLStepRequest, request: Request) -> RLStepResponse:
+    async def step(session_id: SessionId, body: RLStepRequest, request: Request) -> RLStepResponse:
         """Apply one GRPO update to a batch of rollout groups and publish the result as the next checkpoint.
 
         Load `checkpoint.path` into the student with `POST /v1/weights {"path", "version": policy_version}`.
@@ -54,7 +60,7 @@ def rl_router(auth) -> APIRouter:
         return await _sessions(request).step(session_id, body)
 
     @router.delete("/sessions/{session_id}", response_model=RLSessionInfo, responses=NOT_FOUND)
-    async def close_session(session_id: str, request: Request) -> RLSessionInfo:
+    async def close_session(session_id: SessionId, request: Request) -> RLSessionInfo:
         """Close a session: frees its policy's memory and refuses further steps; checkpoints stay published."""
         return await _sessions(request).close(session_id)
 
