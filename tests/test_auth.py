@@ -15,6 +15,13 @@ from shared.settings import Settings
 
 TOKEN = "auth-test-token-8f3a"
 SERVICES = ("coordinator", "student", "teacher", "trainer")
+# One real call per service that succeeds with the token: the token opens the door, not just /ready.
+AUTHORIZED_CALL = {
+    "coordinator": ("GET", "/v1/runs", None),
+    "student": ("GET", "/v1/models", None),
+    "teacher": ("POST", "/v1/judgements", {"items": [{"kind": "answer", "prediction": "989.0", "true_answer": 989}]}),
+    "trainer": ("GET", "/v1/jobs", None),
+}
 
 
 def build_app(service: str, home, redis_url: str):
@@ -60,6 +67,9 @@ def test_every_endpoint_but_health_needs_the_token(service, score_home, redis_ur
                 assert response.json()["error"]["type"] == "unauthorized"
         assert client.get("/ready", headers={"Authorization": f"Bearer {TOKEN}"}).status_code in (200, 503)
         assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        method, path, body = AUTHORIZED_CALL[service]
+        authorized = client.request(method, path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert authorized.status_code == 200, authorized.text
 
 
 def test_services_refuse_a_placeholder_token():
