@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
         description="Base URL of the trainer service, as the other services and the CLI reach it.",
     )
     log_level: str = Field(default="info", description="Logging level of the services.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Service log lines: `text` (key=value: service, request_id, run_id, stage, item, logger, message) "
+        "or `json` (one JSON object per line with the same keys).",
+    )
 
     @field_validator("api_token")
     @classmethod

@@ -12,6 +12,7 @@ import logging
 import httpx
 from pydantic import BaseModel
 
+from shared.observability import traced_async_client
 from shared.schemas.agent import Step, Task
 from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLStepRequest, RLStepResponse
 from shared.schemas.rollout import RolloutItem, RolloutRequest, RolloutResponse
@@ -41,7 +42,8 @@ class ServiceClient:
     def __init__(self, name: str, base_url: str, *, token: str | None, timeout_s: float = 600.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.name, self.base_url = name, base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        # Each call carries the caller's request and run ids, so the model services' logs join up with ours.
+        self.http = traced_async_client(base_url=self.base_url, headers=headers, timeout=timeout_s)
 
     async def close(self) -> None:
         await self.http.aclose()

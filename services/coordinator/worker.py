@@ -31,6 +31,7 @@ from services.coordinator import keys, pipeline
 from services.coordinator.context import RunContext, services_for
 from services.coordinator.queue import QUEUES, StageQueue, WorkItem
 from services.coordinator.store import RunNotFound, RunStore
+from shared.observability import configure_logging, log_context, new_request_id
 from shared.schemas.runs import RunState
 from shared.settings import Settings
 
@@ -127,15 +128,17 @@ class Worker:
 
     async def _process_safely(self, item: WorkItem) -> None:
         self._active_runs.add(item.run_id)
-        try:
-            await self._process(item)
-        except asyncio.CancelledError:
-            raise
-        except REDIS_ERRORS as exc:
-            logger.error("lost Redis while processing %s/%s of run %s: %s (it stays pending and will be retried)",
-                         item.stage, item.key, item.run_id, exc)
-        except Exception:
-            logger.exception("unexpected failure around %s/%s of run %s", item.stage, item.key, item.run_id)
+        # One request id per delivery: the calls to the model services made for it carry it, with the run id.
+        with log_context(request_id=new_request_id(), run_id=item.run_id, stage=item.stage, item=item.key):
+            try:
+                await self._process(item)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                logger.error("lost Redis while processing %s/%s of run %s: %s (it stays pending and will be "
+                             "retried)", item.stage, item.key, item.run_id, exc)
+            except Exception:
+                logger.exception("unexpected failure around %s/%s of run %s", item.stage, item.key, item.run_id)
 
     async def _context(self, run_id: str) -> RunContext:
         context = self.contexts.get(run_id)
@@ -281,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consumer", default=None, help="consumer name prefix (the pid is appended)")
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    configure_logging(settings.log_level, "coordinator", settings.log_format, pid=True)
     redis_url = args.redis_url or settings.redis_url
     if not redis_url:
         parser.error("no Redis: pass --redis-url or set SCORE_REDIS_URL")

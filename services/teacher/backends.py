@@ -21,6 +21,7 @@ from shared.agent.rollout import RolloutRunner
 from shared.agent.tokens import chat_token_ids
 from shared.models.engine import Engine, PromptTooLongError
 from shared.models.openai_engine import RemoteEngineError
+from shared.observability import traced_async_client
 from shared.schemas.agent import Episode, Step, Task
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
@@ -212,7 +213,7 @@ class OpenAIBackend(EngineBackend):
                  sampling: SamplingParams, max_judge_tokens: int = 384, timeout_s: float = 300.0) -> None:
         super().__init__(engine, runner, sampling=sampling, max_judge_tokens=max_judge_tokens)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self._client = traced_async_client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
         self._schema_supported = True
 
     async def close(self) -> None:

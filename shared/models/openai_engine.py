@@ -15,6 +15,7 @@ import logging
 import httpx
 
 from shared.models.engine import Engine, GenerationOutput
+from shared.observability import traced_async_client
 from shared.schemas.openai import CompletionResponse
 from shared.schemas.sampling import SamplingParams
 
@@ -47,7 +48,7 @@ class OpenAIEngine(Engine):
         self.context_length = context_length
         self.weights_path = self.base_url
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        self._client = traced_async_client(base_url=self.base_url, headers=headers, timeout=timeout_s)
         self._generated = 0.0
 
     async def start(self) -> None:
