@@ -40,24 +40,38 @@ def app_from_args(args, settings: Settings) -> FastAPI:
 def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> FastAPI:
     config = config or CoordinatorConfig()
     metrics = ServiceMetrics("coordinator")
-    queue_gauge = Gauge("score_queue_items", "Stage queue items: waiting, pending (in a worker) and dead-lettered.",
-                        ["service", "queue", "kind"], registry=metrics.registry)
+    queue_gauge = Gauge("score_queue_items", "Stage queue items by kind: waiting (not yet read by a worker), "
+                        "pending (read, not acked) and dead (dead-lettered).", ["service", "queue", "kind"],
+                        registry=metrics.registry)
     runs_gauge = Gauge("score_runs", "Runs by state.", ["service", "state"], registry=metrics.registry)
+    version_gauge = Gauge("score_run_policy_version", "Policy version the student serves for each active run.",
+                          ["service", "run"], registry=metrics.registry)
     workers_gauge = Gauge("score_workers_alive", "Stage worker processes alive.", ["service"], registry=metrics.registry)
 
+    async def refresh_gauges(app: FastAPI) -> dict:
+        """Set the gauges from Redis; the queue depth (for /ready)."""
+        depth = await app.state.queue.depth()
+        for name, counts in depth.items():
+            for kind, value in counts.items():
+                queue_gauge.labels("coordinator", name, kind).set(value)
+        states = {run_id: await app.state.store.state(run_id) for run_id in await app.state.store.list_ids()}
+        for state in RunState:
+            runs_gauge.labels("coordinator", state.value).set(sum(s == state for s in states.values()))
+        version_gauge.clear()  # ended runs drop out
+        for run_id, state in states.items():
+            version = None if state.terminal else await app.state.store.field(run_id, "policy_version")
+            if version is not None:
+                version_gauge.labels("coordinator", run_id).set(float(version))
+        workers_gauge.labels("coordinator").set(app.state.supervisor.alive())
+        return depth
+
     async def watch_health(app: FastAPI) -> None:
-        """Keep /ready and the queue gauges current; log Redis outages once, and recoveries."""
+        """Keep /ready and the gauges current; log Redis outages once, and recoveries."""
         was_up = True
         while True:
             try:
                 await app.state.redis.ping()
-                depth = await app.state.queue.depth()
-                states = [await app.state.store.state(run_id) for run_id in await app.state.store.list_ids()]
-                for name, counts in depth.items():
-                    for kind, value in counts.items():
-                        queue_gauge.labels("coordinator", name, kind).set(value)
-                for state in RunState:
-                    runs_gauge.labels("coordinator", state.value).set(sum(s == state for s in states))
+                depth = await refresh_gauges(app)
                 if not was_up:
                     log.info("Redis at %s reachable again", settings.redis_url)
                 was_up = True
@@ -69,6 +83,12 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
                 app.state.health = {"redis": False, "error": str(exc)}
             workers_gauge.labels("coordinator").set(app.state.supervisor.alive())
             await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def render_metrics():
+        # Fresh at every scrape; while Redis is down the last values stay (the health loop logs the outage).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(refresh_gauges(app), timeout=5.0)
+        return metrics.render()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -109,6 +129,6 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         return create_error_response(503, f"Redis at {settings.redis_url} is unavailable ({type(exc).__name__}: {exc}); "
                                      "retry shortly", error_type="unavailable")
 
-    mount_service(app, metrics=metrics, render_metrics=metrics.render, api_token=settings.api_token,
+    mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=settings.api_token,
                   routers=[ops_router, runs_router])
     return app

@@ -7,14 +7,13 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
-from prometheus_client import Gauge
 
 from shared.agent.rollout import RolloutRunner
 from shared.checkpoints import resolve_model
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
-from shared.observability import ServiceMetrics, mount_service
+from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
 from shared.tools.sandbox import Sandbox, isolation_report
@@ -70,12 +69,16 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
 def create_app(config: TeacherConfig | None = None) -> FastAPI:
     config = config or TeacherConfig()
     metrics = ServiceMetrics("teacher")
-    totals = Gauge("score_teacher_total", "Teacher counters: corrections, hard, teacher_calls, teacher_tokens, "
-                   "full_rollouts, episodes (from /v1/rollouts).", ["service", "counter"], registry=metrics.registry)
-    judgements = Gauge("score_teacher_judgements_total", "Judgements computed (not cached), by kind.",
-                       ["service", "kind"], registry=metrics.registry)
-    cache_hits = Gauge("score_teacher_judgement_cache_hits_total", "Judgements answered from the cache.",
-                       ["service"], registry=metrics.registry)
+    totals = ScrapedCounter(
+        "score_teacher_total", "Teacher counters since start, by counter: corrections, hard, teacher_calls, "
+        "teacher_tokens, full_rollouts, episodes (from /v1/rollouts).", ["service", "counter"], metrics.registry)
+    generated = ScrapedCounter(
+        "score_generated_tokens_total", "Tokens the teacher model generated for corrections and rollouts since "
+        "start (0 for the expert engine: no model).", ["service"], metrics.registry)
+    judgements = ScrapedCounter("score_teacher_judgements_total", "Judgements computed (not cached) since start, "
+                                "by kind.", ["service", "kind"], metrics.registry)
+    cache_hits = ScrapedCounter("score_teacher_judgement_cache_hits_total", "Judgements answered from the cache "
+                                "since start.", ["service"], metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,10 +108,11 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         serving = getattr(app.state, "serving", None)
         if serving is not None:
             for name, value in serving.totals.items():
-                totals.labels("teacher", name).set(value)
+                totals.set(("teacher", name), value)
+            generated.set(("teacher",), serving.totals["teacher_tokens"])
             for kind, value in serving.judgements.totals.items():
-                judgements.labels("teacher", kind).set(value)
-            cache_hits.labels("teacher").set(serving.judgements.cache.hits)
+                judgements.set(("teacher", kind), value)
+            cache_hits.set(("teacher",), serving.judgements.cache.hits)
         return metrics.render()
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,

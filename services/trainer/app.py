@@ -10,6 +10,7 @@ from prometheus_client import Gauge
 
 from shared.checkpoints import CheckpointStore
 from shared.observability import ServiceMetrics, mount_service
+from shared.schemas.training import JobInfo, JobState
 from shared.settings import given_flags
 from services.trainer.api import jobs_router, ops_router
 from services.trainer.config import TrainerConfig
@@ -31,10 +32,35 @@ def app_from_args(args, settings) -> FastAPI:
     return create_app(TrainerConfig(settings=settings, **given_flags(args, "device")))
 
 
+SFT_GAUGES = {
+    "step": "Optimizer steps done by the SFT job (running ones, else the last one to change).",
+    "total_steps": "Optimizer steps the SFT job will take in all.",
+    "loss": "Mean loss per assistant token over the SFT job's last logged step.",
+    "tokens_per_second": "Trained-on tokens per second of the SFT job's last logged step, all processes.",
+    "eta_seconds": "Estimated seconds until the SFT job finishes.",
+}
+
+
+def shown_jobs(jobs: JobManager) -> list[JobInfo]:
+    """The jobs /metrics describes: those running, else the one updated last (one series per job keeps the
+    label set small however many jobs the service has seen)."""
+    infos = [job.info for job in jobs.jobs.values()]
+    running = [info for info in infos if info.state == JobState.running]
+    return running or sorted(infos, key=lambda info: info.updated_at)[-1:]
+
+
+def sft_values(info: JobInfo) -> dict[str, float]:
+    values = {"step": info.step, "total_steps": info.total_steps, "loss": info.metrics.loss,
+              "tokens_per_second": info.metrics.tokens_per_s, "eta_seconds": info.eta_s}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
 def create_app(config: TrainerConfig | None = None) -> FastAPI:
     config = config or TrainerConfig()
     metrics = ServiceMetrics("trainer")
     jobs_gauge = Gauge("score_trainer_jobs", "Trainer jobs by state.", ["service", "state"], registry=metrics.registry)
+    sft = {name: Gauge(f"score_sft_job_{name}", doc, ["service", "job"], registry=metrics.registry)
+           for name, doc in SFT_GAUGES.items()}
     rl_gauge = Gauge(
         "score_rl_session", "RL sessions: policy version, steps, latest reward/mean, loss, grad_norm, tokens_per_s.",
         ["service", "session", "value"], registry=metrics.registry,
@@ -70,6 +96,11 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
         if jobs is not None:
             for state, count in jobs.counts().items():
                 jobs_gauge.labels("trainer", state).set(count)
+            for gauge in sft.values():
+                gauge.clear()  # a job that is no longer shown must not linger with its last values
+            for info in shown_jobs(jobs):
+                for name, value in sft_values(info).items():
+                    sft[name].labels("trainer", info.id).set(value)
         rl = getattr(app.state, "rl", None)
         if rl is not None:
             for session, values in rl.gauges().items():
