@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     from shared.settings import Settings
 
     settings = Settings()
-    configure_logging(settings.log_level, args.service)
+    configure_logging(settings.log_level, args.service, settings.log_format)
     module = importlib.import_module(f"services.{args.service}.app")
     try:
         app = module.app_from_args(args, settings)
@@ -33,7 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     port = args.port or DEFAULT_PORTS[args.service]
-    uvicorn.run(app, host=args.host, port=port, log_level=settings.log_level, access_log=False)
+    # log_config=None: uvicorn's own lines go through the service's format too (json stays one object a line)
+    uvicorn.run(app, host=args.host, port=port, log_level=settings.log_level, access_log=False, log_config=None)
     return 0
 
 

@@ -15,7 +15,7 @@ DEFAULT_PORTS = {"coordinator": 8000, "student": 8001, "teacher": 8002, "trainer
 class Settings(BaseSettings):
     """Where things live and how services reach each other. Every field reads `SCORE_<NAME>`."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SCORE_", extra="ignore", env_ignore_empty=True)
 
     home: Path = Field(
         default=Path.home() / ".score",
