@@ -93,6 +93,7 @@ class RunManager:
         """Write the dataset in `fmt` under the run folder; its path."""
         from services.coordinator.exports import write_export
 
+        await self.get(run_id)  # 404 for an unknown run: `store.config` below would raise a bare KeyError
         if fmt == "verl" and name != "rl":
             raise UnprocessableError("the verl format holds RL prefixes with chosen/rejected steps: use dataset `rl`",
                                      param="format")
