@@ -83,6 +83,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI answers 422 for a body that is not JSON but 400 for one that is not even text (bad UTF-8);
+            # both are the same client mistake, so both are 422 naming the body.
+            return create_error_response(422, f"body: not a JSON document ({exc.__cause__})",
+                                         error_type="invalid_request_error", param="body")
         error_type = "not_found" if exc.status_code == 404 else "http_error"
         return create_error_response(exc.status_code, str(exc.detail), error_type=error_type)
 
