@@ -232,7 +232,7 @@ def ops_router(auth, *, readiness, ready_doc: str, metrics_doc: str):
     """
     from fastapi import APIRouter, Depends
 
-    from shared.errors import ErrorResponse
+    from shared.errors import ErrorResponse, UnavailableError
 
     router = APIRouter(tags=["operations"])
 
@@ -243,11 +243,10 @@ def ops_router(auth, *, readiness, ready_doc: str, metrics_doc: str):
 
     @router.get("/ready", summary="Readiness", dependencies=[Depends(auth)], responses={503: {"model": ErrorResponse}},
                 description=ready_doc)
-    async def ready(request: Request, response: Response) -> dict:
+    async def ready(request: Request) -> dict:
         details = readiness(request.app)
-        if details is None:
-            response.status_code = 503
-            return {"status": "loading"}
+        if details is None:  # the 503 carries the one error envelope, as documented
+            raise UnavailableError("not ready yet: still loading or waiting for a dependency; retry shortly")
         return {"status": "ready", **details}
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(auth)],
