@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.processes import die_with_parent
+
 logger = logging.getLogger("score.redis")
 
 START_TIMEOUT_S = 10.0
@@ -167,6 +169,8 @@ class EmbeddedRedis:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # A `score demo` or test run killed with SIGKILL must not leave its private Redis behind.
+                preexec_fn=die_with_parent,
             )
 
     def _wait_ready(self, port: int) -> bool:

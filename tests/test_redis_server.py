@@ -131,3 +131,27 @@ def test_free_port_race_is_retried(occupied_port, monkeypatch):
     monkeypatch.setattr(redis_server, "free_port", lambda: next(ports))
     with EmbeddedRedis() as server:
         assert server.port != occupied_port and client(server).ping()
+
+
+def test_the_server_dies_with_the_process_that_started_it():
+    """A `score demo` killed with SIGKILL leaves no Redis behind (no atexit hook runs then)."""
+    import signal
+    import subprocess
+    import time
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from shared.redis_server import EmbeddedRedis\n"
+         "server = EmbeddedRedis().start(); print(server.port, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    port = int(owner.stdout.readline())
+    assert redis.Redis(port=port).ping()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=0.5).ping()
+        except redis.ConnectionError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the embedded Redis on port {port} outlived its owner")
