@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.tools.sandbox import SandboxLimits
+
 DEFAULT_PORTS = {"coordinator": 8000, "student": 8001, "teacher": 8002, "trainer": 8003}
 
 
@@ -70,6 +72,34 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+
+class ModelServiceConfig(BaseSettings):
+    """What the student and teacher services share: where the model comes from, and the sandboxes that run
+    its code. Subclasses set the environment prefix (`SCORE_STUDENT_`, `SCORE_TEACHER_`) and their engines."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, protected_namespaces=())
+
+    model: str | None = Field(
+        default=None, description="Checkpoint directory or name (`name`, `name/vN`) for the model engines; unset: "
+        "the built-in tiny model of the service's role, built on first use under SCORE_HOME.")
+    base_url: str | None = Field(
+        default=None, description="The OpenAI-compatible server for engine `openai`, e.g. http://vllm-student:8000/v1.")
+    served_model_name: str | None = Field(
+        default=None, description="The model's name on that server (and in the student's /v1/models); unset: from "
+        "the checkpoint directory, or the server's first model.")
+    device: str | None = Field(default=None, description="`cpu` or `cuda` for engine `transformers`; unset: cuda "
+                               "when available.")
+    max_batch_size: int = Field(default=64, ge=1, description="Most generations batched together (transformers).")
+    max_concurrent_episodes: int = Field(
+        default=64, ge=1, description="Agent episodes in flight, one sandboxed interpreter process each.")
+    search_corpus: str | None = Field(
+        default=None, description="JSONL file of {id, title, text} for the `search` tool; unset: the built-in "
+        "knowledge base.")
+    sandbox: SandboxLimits = Field(
+        default_factory=SandboxLimits, description="Limits of the sandboxed interpreter (JSON object).")
+    settings: Settings = Field(default_factory=Settings, description="Shared settings (SCORE_HOME, token, ...).",
+                               exclude=True)
 
 
 @lru_cache(maxsize=1)

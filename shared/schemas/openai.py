@@ -19,26 +19,12 @@ class ChatMessage(BaseModel):
     )
 
 
-class ChatCompletionRequest(BaseModel):
-    """`POST /v1/chat/completions` request (unknown OpenAI fields are accepted and ignored)."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
-        "model": "score-student",
-        "messages": [{"role": "user", "content": "Take the number 747, then add 822, then subtract 580. "
-                      "What number do you get?"}],
-        "max_tokens": 64, "temperature": 0.8, "n": 1, "seed": 7, "logprobs": True,
-    }]})
+class OpenAISampling(BaseModel):
+    """The sampling fields chat and completion requests share, with OpenAI's names and defaults."""
 
     model: str | None = Field(
         default=None, description="Model name from /v1/models; optional, one model is served.",
         examples=["score-student"],
-    )
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
-    max_tokens: int | None = Field(
-        default=None, ge=1, le=32768, description="Most new tokens (default 256).", examples=[64],
-    )
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, le=32768, description="Alias of max_tokens.", examples=[64],
     )
     temperature: float = Field(
         default=1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy.", examples=[0.8],
@@ -50,6 +36,25 @@ class ChatCompletionRequest(BaseModel):
     )
     seed: int | None = Field(
         default=None, description="Seed for reproducible sampling; choice i uses seed + i.", examples=[7],
+    )
+
+
+class ChatCompletionRequest(OpenAISampling):
+    """`POST /v1/chat/completions` request (unknown OpenAI fields are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
+        "model": "score-student",
+        "messages": [{"role": "user", "content": "Take the number 747, then add 822, then subtract 580. "
+                      "What number do you get?"}],
+        "max_tokens": 64, "temperature": 0.8, "n": 1, "seed": 7, "logprobs": True,
+    }]})
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=32768, description="Most new tokens (default 256).", examples=[64],
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=32768, description="Alias of max_tokens.", examples=[64],
     )
     stream: bool = Field(default=False, description="Streaming is not supported; must be false.", examples=[False])
     logprobs: bool = Field(
@@ -110,7 +115,7 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage = Field(description="Token counts.")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(OpenAISampling):
     """`POST /v1/completions` with a token-id prompt, as vLLM accepts it (used by the remote engine)."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
@@ -118,23 +123,8 @@ class CompletionRequest(BaseModel):
         "stop": ["</code>"], "seed": 7, "logprobs": 1, "return_tokens_as_token_ids": True,
     }]})
 
-    model: str | None = Field(
-        default=None, description="Model name from /v1/models; optional, one model is served.",
-        examples=["score-student"],
-    )
     prompt: list[int] | str = Field(description="Prompt as token ids (or text).", examples=[[12, 87, 301, 45]])
     max_tokens: int = Field(default=16, ge=1, le=32768, description="Most new tokens.", examples=[64])
-    temperature: float = Field(
-        default=1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy.", examples=[0.8],
-    )
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.95])
-    n: int = Field(default=1, ge=1, le=64, description="Choices to sample.", examples=[1])
-    stop: str | list[str] | None = Field(
-        default=None, description="Stop strings (not included in the output).", examples=[["</code>"]],
-    )
-    seed: int | None = Field(
-        default=None, description="Seed for reproducible sampling; choice i uses seed + i.", examples=[7],
-    )
     logprobs: int | None = Field(
         default=None, ge=0, le=1, description="1 returns the sampled token's logprob.", examples=[1],
     )
