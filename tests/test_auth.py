@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.settings import Settings
+from tests.service_apps import SERVICES, build_app
 
 TOKEN = "auth-test-token-8f3a"
-SERVICES = ("coordinator", "student", "teacher", "trainer")
 # One real call per service that succeeds with the token: the token opens the door, not just /ready.
 AUTHORIZED_CALL = {
     "coordinator": ("GET", "/v1/runs", None),
@@ -22,29 +22,6 @@ AUTHORIZED_CALL = {
     "teacher": ("POST", "/v1/judgements", {"items": [{"kind": "answer", "prediction": "989.0", "true_answer": 989}]}),
     "trainer": ("GET", "/v1/jobs", None),
 }
-
-
-def build_app(service: str, home, redis_url: str):
-    settings = Settings(home=home, redis_url=redis_url, api_token=TOKEN)
-    if service == "coordinator":
-        from services.coordinator.app import create_app
-        from services.coordinator.config import CoordinatorConfig
-
-        return create_app(settings, CoordinatorConfig(workers=0))
-    if service == "student":
-        from services.student.app import create_app
-        from services.student.config import StudentConfig
-
-        return create_app(StudentConfig(settings=settings, device="cpu"))
-    if service == "teacher":
-        from services.teacher.app import create_app
-        from services.teacher.config import TeacherConfig
-
-        return create_app(TeacherConfig(settings=settings, engine="expert"))
-    from services.trainer.app import create_app
-    from services.trainer.config import TrainerConfig
-
-    return create_app(TrainerConfig(settings=settings, max_running_jobs=0, device="cpu"))
 
 
 def operations(spec: dict) -> list[tuple[str, str]]:
@@ -55,7 +32,7 @@ def operations(spec: dict) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_endpoint_but_health_needs_the_token(service, score_home, redis_url):
-    with TestClient(build_app(service, score_home, redis_url)) as client:
+    with TestClient(build_app(service, score_home, redis_url, api_token=TOKEN)) as client:
         assert client.get("/health").status_code == 200
         spec = client.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         routes = operations(spec)

@@ -11,30 +11,14 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, TypeAdapter
 
-from services.coordinator.app import create_app as coordinator_app
-from services.coordinator.config import CoordinatorConfig
-from services.student.app import create_app as student_app
-from services.student.config import StudentConfig
-from services.teacher.app import create_app as teacher_app
-from services.teacher.config import TeacherConfig
-from services.trainer.app import create_app as trainer_app
-from services.trainer.config import TrainerConfig
-from shared.settings import Settings
 from tests.openapi_checks import operations, parameters, reached_schemas, undescribed, unexemplified
+from tests.service_apps import SERVICES, build_app
 
-# The app factories only; no lifespan runs, so nothing is loaded or connected.
-FACTORIES = {
-    "student": lambda home, _: student_app(StudentConfig(settings=Settings(home=home), device="cpu")),
-    "teacher": lambda home, _: teacher_app(TeacherConfig(engine="expert", settings=Settings(home=home), device="cpu")),
-    "trainer": lambda home, _: trainer_app(TrainerConfig(settings=Settings(home=home), max_running_jobs=0)),
-    "coordinator": lambda home, redis: coordinator_app(Settings(home=home, redis_url=redis), CoordinatorConfig(workers=0)),
-}
-
-
-@pytest.fixture(params=sorted(FACTORIES))
+# The apps from their factories only; no lifespan runs, so nothing is loaded or connected.
+@pytest.fixture(params=SERVICES)
 def app(request, tmp_path):
     redis_url = request.getfixturevalue("redis_url") if request.param == "coordinator" else None
-    return FACTORIES[request.param](tmp_path, redis_url)
+    return build_app(request.param, tmp_path, redis_url)
 
 
 def _schema_errors(spec: dict, schema: dict, value) -> list[str]:

@@ -9,44 +9,7 @@ import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from shared.settings import Settings
-from shared.tools.sandbox import SandboxLimits
-
-
-def _coordinator(home, redis_url):
-    from services.coordinator.app import create_app
-    from services.coordinator.config import CoordinatorConfig
-
-    # No stage workers: created runs stay queued and nothing calls the model services.
-    return create_app(Settings(home=home, redis_url=redis_url), CoordinatorConfig(workers=0))
-
-
-def _student(home, redis_url=None):
-    from services.student.app import create_app
-    from services.student.config import StudentConfig
-
-    return create_app(StudentConfig(settings=Settings(home=home), device="cpu",
-                                    sandbox=SandboxLimits(step_timeout_s=2.0)))
-
-
-def _teacher(home, redis_url=None):
-    from services.teacher.app import create_app
-    from services.teacher.config import TeacherConfig
-
-    return create_app(TeacherConfig(engine="expert", settings=Settings(home=home), device="cpu",
-                                    sandbox=SandboxLimits(step_timeout_s=2.0)))
-
-
-def _trainer(home, redis_url=None):
-    from services.trainer.app import create_app
-    from services.trainer.config import TrainerConfig
-
-    # Jobs stay queued: no training process starts whatever the generated body says.
-    return create_app(TrainerConfig(settings=Settings(home=home), device="cpu", max_running_jobs=0))
-
-
-BUILDERS = {"coordinator": _coordinator, "student": _student, "teacher": _teacher, "trainer": _trainer}
-
+from tests.service_apps import build_app
 
 # The coverage phase enumerates every boundary and example combination (hundreds of calls for one rollout
 # operation), which the time budget cannot hold; explicit examples and fuzzing (positive and negative) stay, with a
@@ -58,7 +21,7 @@ def openapi_schema(service: str):
     """The service's OpenAPI document as its app serves it: routes do not depend on the config, and no lifespan
     runs here, so the placeholder Redis URL is never dialled."""
     with tempfile.TemporaryDirectory() as home:
-        app = BUILDERS[service](Path(home), "redis://127.0.0.1:1")
+        app = build_app(service, Path(home), "redis://127.0.0.1:1")
         return schemathesis.openapi.from_dict(app.openapi(), config=CONFIG)
 
 
@@ -75,19 +38,19 @@ def contract_home(score_home, tmp_path):
 # the schemathesis pytest plugin ends it when the test ends, while these fixtures are still alive.
 @pytest.fixture
 def coordinator_app(contract_home, redis_url):
-    return _coordinator(contract_home, redis_url)
+    return build_app("coordinator", contract_home, redis_url)
 
 
 @pytest.fixture
 def student_app(contract_home):
-    return _student(contract_home)
+    return build_app("student", contract_home)
 
 
 @pytest.fixture
 def teacher_app(contract_home):
-    return _teacher(contract_home)
+    return build_app("teacher", contract_home)
 
 
 @pytest.fixture
 def trainer_app(contract_home):
-    return _trainer(contract_home)
+    return build_app("trainer", contract_home)
