@@ -14,13 +14,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from shared.schemas.agent import Episode
+from shared.schemas.lora import LoRASettings
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_STEP_SAMPLES = 4096  # samples per step; a bigger batch should be split into several steps by the caller
 
 
-class GRPOHyperparameters(BaseModel):
-    """How each GRPO step updates the policy. Defaults follow TRL's GRPOConfig and the SCoRe paper."""
+class GRPOHyperparameters(LoRASettings):
+    """How each GRPO step updates the policy. Defaults follow TRL's GRPOConfig and the SCoRe paper.
+
+    With `lora`, every step publishes the adapter directory (never merged): what vLLM loads at run time.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.schemas.lora import LoRASettings
+
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -83,7 +85,7 @@ class DatasetSpec(BaseModel):
         return self
 
 
-class SFTHyperparameters(BaseModel):
+class SFTHyperparameters(LoRASettings):
     """Supervised fine-tuning settings. Every field has a default; unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
@@ -184,25 +186,11 @@ class SFTHyperparameters(BaseModel):
         default="auto", description="Where to train: `auto` takes CUDA when available. bf16 on CUDA, fp32 on CPU.",
         examples=["cpu"],
     )
-    lora: bool = Field(
-        default=False, description="Train LoRA adapters (PEFT) instead of all weights.", examples=[False],
-    )
-    lora_r: int = Field(
-        default=16, ge=1, le=1024, description="LoRA rank: adapter capacity; memory grows with it.", examples=[16],
-    )
-    lora_alpha: int = Field(
-        default=32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).", examples=[32],
-    )
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input path.", examples=[0.05])
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Module names that get adapters (Qwen2/Llama projection names by default).",
-        examples=[["q_proj", "v_proj"]],
-    )
     merge_lora: bool = Field(
         default=True,
-        description="Publish the adapter merged into the base weights (what the student service and vLLM load as a "
-        "plain checkpoint). False publishes the PEFT adapter directory instead.",
+        description="With `lora`, publish the adapter merged into the base weights (a plain checkpoint). False "
+        "publishes the PEFT adapter directory: far smaller, and the only form vLLM loads at run time "
+        "(`/v1/load_lora_adapter`). The student, teacher and trainer load either.",
         examples=[True],
     )
 
@@ -213,8 +201,6 @@ class SFTHyperparameters(BaseModel):
                 f"max_seq_length ({self.max_seq_length}) exceeds micro_batch_tokens ({self.micro_batch_tokens}): "
                 "raise micro_batch_tokens or lower max_seq_length so every conversation fits a micro-batch"
             )
-        if self.lora and not self.lora_target_modules:
-            raise ValueError("lora is on but lora_target_modules is empty: name the modules to adapt")
         return self
 
 
