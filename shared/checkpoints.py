@@ -1,7 +1,8 @@
 """Versioned checkpoints under `SCORE_HOME/checkpoints/<name>/v<N>/`, with a lineage index.
 
 Layout:
-    checkpoints/<name>/v<N>/     a Hugging Face checkpoint (config, safetensors, tokenizer + chat template)
+    checkpoints/<name>/v<N>/     a Hugging Face checkpoint (config, safetensors, tokenizer + chat template), or a
+                                 PEFT LoRA adapter (adapter_config.json, adapter safetensors, tokenizer)
     checkpoints/<name>/index.json  every published version: parent, job, metrics, time
     checkpoints/<name>/.lock       serialises publishing across processes
 
@@ -124,8 +125,8 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student")
     """A model reference -> (checkpoint directory, lineage label).
 
     Accepted: None/"" (the built-in tiny model of `default_role`), `builtin:<role>`, a published checkpoint
-    (`name`, `name/vN`, `name@N`), or a local Hugging Face checkpoint directory. Unknown references raise
-    KeyError naming what was looked for.
+    (`name`, `name/vN`, `name@N`), or a local Hugging Face checkpoint or LoRA adapter directory. Unknown
+    references raise KeyError naming what was looked for.
     """
     from shared.models.builtin import ROLES, ensure_builtin_model  # building pulls in the task suite
 
@@ -141,6 +142,7 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student")
     if published is not None:
         return Path(published.path), f"{published.name}/v{published.version}"
     path = Path(ref).expanduser()
-    if (path / "config.json").is_file():
+    # adapter_config.json: a LoRA adapter directory (shared.models.loading loads it on its base).
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path, str(path)
     raise KeyError(f"{ref!r} is neither a published checkpoint (name, name/vN) nor a checkpoint directory")

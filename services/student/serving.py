@@ -10,6 +10,7 @@ from shared.agent.rollout import RolloutRunner
 from shared.agent.tokens import chat_token_ids
 from shared.errors import NotFoundError, ServiceError, UnavailableError, UnprocessableError
 from shared.models.engine import Engine, PromptTooLongError
+from shared.models.loading import is_adapter_dir
 from shared.schemas.openai import (
     ChatChoice,
     ChatCompletionRequest,
@@ -129,8 +130,8 @@ class StudentServing:
         else:
             path = self.settings.checkpoints_dir / request.name / f"v{request.version}"
             version, param = request.version, "body.name"
-        if self.engine.kind == "transformers" and not (path / "config.json").is_file():
-            raise NotFoundError(f"no checkpoint at {path} (config.json missing)", param=param)
+        if self.engine.kind == "transformers" and not ((path / "config.json").is_file() or is_adapter_dir(path)):
+            raise NotFoundError(f"no checkpoint at {path} (neither config.json nor adapter_config.json)", param=param)
         return path, version
 
     # ---- helpers --------------------------------------------------------------------------------
