@@ -5,16 +5,19 @@ with `logprobs=1` and vLLM's `return_tokens_as_token_ids`; the tokenizer used to
 build prompts is loaded locally from the same checkpoint the server serves.
 Weights are swapped on vLLM by loading a LoRA adapter per version
 (`/v1/load_lora_adapter`) and addressing it by name, or, for our own student
-service, through `POST /v1/weights`.
+service, through `POST /v1/weights`. vLLM takes adapters only at run time: a
+full checkpoint visible here is refused with what to set instead.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import httpx
 
 from shared.models.engine import Engine, GenerationOutput
+from shared.models.loading import ADAPTER_CONFIG
 from shared.observability import traced_async_client
 from shared.schemas.openai import CompletionResponse
 from shared.schemas.sampling import SamplingParams
@@ -25,6 +28,21 @@ _TOKEN_ID_PREFIX = "token_id:"
 
 class RemoteEngineError(RuntimeError):
     """The remote server failed or answered something this engine cannot use."""
+
+
+def refuse_full_checkpoint(path: str) -> None:
+    """A full checkpoint cannot go to `/v1/load_lora_adapter`: say so before vLLM answers something obscure.
+
+    Only a path visible here is checked; vLLM may see paths this process does not (another mount), and those
+    go through for vLLM to judge.
+    """
+    directory = Path(path)
+    if (directory / "config.json").is_file() and not (directory / ADAPTER_CONFIG).is_file():
+        raise ValueError(
+            f"{path} is a full checkpoint, but vLLM loads only LoRA adapters at run time (weight_sync=lora). "
+            "Train the policy as an adapter: `hyperparameters.lora: true` (and `merge_lora: false` for SFT jobs), "
+            "or restart vLLM on this checkpoint, or sync through a SCoRe student service (weight_sync=score)."
+        )
 
 
 class OpenAIEngine(Engine):
@@ -90,6 +108,7 @@ class OpenAIEngine(Engine):
             response = await self._client.post("/weights", json={"path": path, "version": version})
             self._check(response, "POST /weights")
         else:
+            refuse_full_checkpoint(path)
             name = f"policy-v{version}"
             response = await self._client.post("/load_lora_adapter", json={"lora_name": name, "lora_path": path})
             self._check(response, "POST /load_lora_adapter")
