@@ -5,9 +5,10 @@ On disk, under `SCORE_HOME/trainer/rl/<id>/`:
                    steps, latest checkpoint, last step's id and response (for idempotent retries)
     optimizer.pt   AdamW state after the latest step (when `save_optimizer_state`), tagged with its version
 
-The weights themselves are the published checkpoints (`CheckpointStore`). A restarted trainer reads
-session.json on first use and reloads the policy lazily on the next step: from the latest checkpoint
-(or the base before any step), with the optimizer state when its version matches. A step publishes
+The weights themselves are the published checkpoints (`CheckpointStore`): full weights, or with
+`hyperparameters.lora` the LoRA adapter directory (never merged: what vLLM loads at run time). A restarted
+trainer reads session.json on first use and reloads the policy lazily on the next step: from the latest
+checkpoint (or the base before any step), with the optimizer state when its version matches. A step publishes
 the checkpoint first and writes session.json last, so a crash in between leaves an unused checkpoint
 version and the session on its previous version, never a session pointing at missing weights.
 """
@@ -31,7 +32,7 @@ from services.trainer.grpo import grpo_step
 from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.fsutil import write_json_atomic
-from shared.models.loading import checkpoint_dir, load_causal_lm
+from shared.models.loading import checkpoint_dir, load_causal_lm, load_tokenizer, load_trainable_causal_lm
 from shared.schemas.rl import (
     CheckpointInfo,
     RLSessionCreate,
@@ -246,11 +247,15 @@ class RLSessions:
             return
         record, hp = live.record, live.record.request.hyperparameters
         source = record.checkpoint.path if record.checkpoint else record.base_path
-        # fp32 master weights on every device: AdamW on bf16 weights loses small updates (lr ~1e-6).
-        policy, tokenizer = load_causal_lm(source, device=str(self.device), dtype=torch.float32)
+        # fp32 master weights on every device: AdamW on bf16 weights loses small updates (lr ~1e-6). With lora,
+        # the latest published adapter is continued, so a restart resumes the adapter the session had trained.
+        policy = load_trainable_causal_lm(source, hp, device=self.device)
+        tokenizer = load_tokenizer(source)
+        # Only the trained tensors (all weights, or the adapter's): the saved AdamW state lists exactly these,
+        # in the model's parameter order, which a reload rebuilds the same.
         optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2),
-            weight_decay=hp.weight_decay,
+            [p for p in policy.parameters() if p.requires_grad], lr=hp.learning_rate,
+            betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=hp.weight_decay,
         )
         saved = self._dir(record.id) / OPTIMIZER_FILE
         if record.request.save_optimizer_state and saved.is_file():
@@ -262,6 +267,7 @@ class RLSessions:
                             record.id, state.get("policy_version"), record.policy_version)
         ref_model = None
         if hp.beta > 0.0:
+            # The session's base as an inference model (an adapter base comes merged), whatever the policy trains.
             ref_model, _ = load_causal_lm(record.base_path, device=str(self.device), dtype=torch.float32)
             ref_model.requires_grad_(False)
         live.policy, live.tokenizer, live.optimizer, live.ref_model = policy, tokenizer, optimizer, ref_model

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from shared.checkpoints import CheckpointStore
 from shared.fsutil import file_lock, write_json_atomic
 from shared.processes import die_with_parent
-from shared.models.loading import load_tokenizer
+from shared.models.loading import load_tokenizer, load_trainable_causal_lm
 from services.trainer.data import (
     build_schedule, collate_packed, collate_padded, read_conversations, tokenize_conversation,
 )
@@ -99,21 +99,12 @@ class Progress:
 
 
 def load_model(spec: JobSpec, device: torch.device):
-    from transformers import AutoModelForCausalLM
-
+    """The model to train (see `load_trainable_causal_lm`: a plain model, a new adapter or a continued one)."""
     hp = spec.hyperparameters
     # fp32 master weights everywhere; on CUDA the forward runs under bf16 autocast.
-    model = AutoModelForCausalLM.from_pretrained(spec.base_path, local_files_only=True, dtype=torch.float32)
+    model = load_trainable_causal_lm(spec.base_path, hp, device=device, seed=hp.seed)
     model.config.use_cache = False
-    if hp.lora:
-        from peft import LoraConfig, get_peft_model
-
-        torch.manual_seed(hp.seed)
-        model = get_peft_model(model, LoraConfig(
-            r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-            target_modules=hp.lora_target_modules, task_type="CAUSAL_LM",
-        ))
-    return model.to(device).train()
+    return model.train()
 
 
 def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
