@@ -222,3 +222,15 @@ def test_lora_sync_posts_adapters_and_paths_it_cannot_see(adapter):
     assert posted == [{"lora_name": "policy-v1", "lora_path": str(directory)},
                       {"lora_name": "policy-v2", "lora_path": "/only/on/the/vllm/host/v2"}]
     assert (engine.model_name, engine.policy_version) == ("policy-v2", 2)
+
+
+def test_a_student_on_vllm_answers_422_for_a_full_checkpoint(score_home, student_model_dir):
+    # The openai engine with a served model name makes no request at start; nothing listens at the base URL.
+    config = student_config(score_home, engine="openai", base_url="http://127.0.0.1:9/v1",
+                            served_model_name="base", model=str(student_model_dir), weight_sync="lora")
+    with TestClient(create_app(config)) as client:
+        response = client.post("/v1/weights", json={"path": str(student_model_dir), "version": 1})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["param"] == "body.path" and "`hyperparameters.lora: true`" in error["message"]
+        assert client.get("/v1/weights").json()["policy_version"] == 0
