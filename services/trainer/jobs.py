@@ -25,6 +25,7 @@ from pathlib import Path
 
 from shared.checkpoints import check_name, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
+from shared.models.loading import checkpoint_dir
 from shared.fsutil import write_json_atomic
 from shared.processes import die_with_parent
 from shared.schemas.training import (
@@ -162,8 +163,11 @@ class JobManager:
         check_name(output_name)
         try:
             base_path, base_label = resolve_model(request.base, home=self.home)
+            checkpoint_dir(base_path)  # a broken checkpoint or adapter base is a 422 now, not a failed job later
         except KeyError as exc:
             raise UnprocessableError(f"unknown base checkpoint: {exc.args[0]}", param="body.base") from None
+        except (ValueError, FileNotFoundError) as exc:
+            raise UnprocessableError(str(exc), param="body.base") from None
         conversations = self._conversations(request)
         hp = request.hyperparameters
         if self.device is not None and hp.device == "auto":

@@ -71,6 +71,17 @@ def test_unknown_base_checkpoint(client):
     assert error["param"] == "body.base" and "no-such-model" in error["message"]
 
 
+def test_a_broken_adapter_base_is_refused_at_creation(client, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    (adapter / "tokenizer.json").write_text("{}")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-0.5B"}))
+    error = _error(client.post("/v1/jobs", json={"base": str(adapter), "dataset": {"rows": [GOOD]}}))
+    assert error["param"] == "body.base" and "base_model_name_or_path" in error["message"]
+    assert client.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
+
+
 def test_hyperparameter_validation_says_what_to_change(client):
     error = _error(client.post("/v1/jobs", json={"dataset": {"rows": [GOOD]}, "hyperparameters": {"learning_rate": 0}}))
     assert error["param"] == "body.hyperparameters.learning_rate"
