@@ -1,11 +1,11 @@
-"""bench/queue.py's core on a small chain: its numbers add up (no timing assertions: the machine is shared)."""
+"""bench/stage_queue.py's core on a small chain: its numbers add up (no timing assertions: the machine is shared)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from bench.queue import demo_split, stage_hops
+from bench.stage_queue import demo_split, stage_hops
 
 
 def test_every_hop_is_counted_once_and_every_result_recorded_once(redis_url):

@@ -12,7 +12,7 @@ not an ever-growing backlog. A warm-up phase on a separate run id comes first an
 With `--metrics PATH` (or the newest run under $SCORE_HOME/runs) it also prints the demo's time split: time
 per stage, wall time and the coordinator's own overhead with its share of the wall time.
 
-    .venv/bin/python bench/queue.py [--hops 20000] [--stages 4] [--consumers 1] [--batch 16] [--inflight 32]
+    .venv/bin/python bench/stage_queue.py [--hops 20000] [--stages 4] [--consumers 1] [--batch 16] [--inflight 32]
 
 Prints a table and writes bench/results/queue.json.
 """
