@@ -198,13 +198,23 @@ def test_unknown_and_closed_sessions(client):
     assert_error(client.post(f"/v1/rl/sessions/{info['id']}/steps", json=batch()), 409, "path.session_id", "closed")
 
 
-def test_a_restarted_trainer_continues_the_session_exactly(score_home):
+# Full weights, and a LoRA adapter (AdamW then holds the adapter's tensors only, and the adapter is published).
+RESTART_CASES = {
+    "full": ({"learning_rate": 1e-2}, "model.safetensors"),
+    "lora": ({"learning_rate": 1e-2, "lora": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj"]},
+             "adapter_model.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", RESTART_CASES)
+def test_a_restarted_trainer_continues_the_session_exactly(score_home, case):
     """Two steps in one process equal one step, a restart, and one more: weights and AdamW moments persist."""
-    continuous, split = new_id("cont"), new_id("split")
+    hyperparameters, weights_file = RESTART_CASES[case]
+    continuous, split = new_id(f"{case}-cont"), new_id(f"{case}-split")
     first, second = batch(version=0), batch(version=1, rewards=((0.0, 1.0, 1.0), (1.0, 0.0)))
     with TestClient(trainer_app(score_home)) as client:
         for session_id in (continuous, split):
-            create(client, session_id=session_id)
+            create(client, session_id=session_id, hyperparameters=hyperparameters)
             assert client.post(f"/v1/rl/sessions/{session_id}/steps", json=first).status_code == 200
         client.post(f"/v1/rl/sessions/{continuous}/steps", json=second)
     assert (score_home / "trainer" / "rl" / split / "optimizer.pt").is_file()
@@ -217,8 +227,8 @@ def test_a_restarted_trainer_continues_the_session_exactly(score_home):
         assert resumed.json()["policy_version"] == 2
         reference = client.get(f"/v1/rl/sessions/{continuous}").json()["checkpoint"]["path"]
 
-    ours = load_file(Path(resumed.json()["checkpoint"]["path"]) / "model.safetensors")
-    theirs = load_file(Path(reference) / "model.safetensors")
+    ours = load_file(Path(resumed.json()["checkpoint"]["path"]) / weights_file)
+    theirs = load_file(Path(reference) / weights_file)
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert (ours[name] - theirs[name]).abs().max().item() < 1e-6, name
