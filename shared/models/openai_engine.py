@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from shared.models.engine import Engine, GenerationOutput
-from shared.models.loading import ADAPTER_CONFIG
+from shared.models.loading import is_adapter_dir
 from shared.observability import traced_async_client
 from shared.schemas.openai import CompletionResponse
 from shared.schemas.sampling import SamplingParams
@@ -37,7 +37,7 @@ def refuse_full_checkpoint(path: str) -> None:
     go through for vLLM to judge.
     """
     directory = Path(path)
-    if (directory / "config.json").is_file() and not (directory / ADAPTER_CONFIG).is_file():
+    if (directory / "config.json").is_file() and not is_adapter_dir(directory):
         raise ValueError(
             f"{path} is a full checkpoint, but vLLM loads only LoRA adapters at run time (weight_sync=lora). "
             "Train the policy as an adapter: `hyperparameters.lora: true` (and `merge_lora: false` for SFT jobs), "
