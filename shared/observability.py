@@ -259,12 +259,14 @@ def ops_router(auth, *, readiness, ready_doc: str, metrics_doc: str):
 
 
 def mount_service(app: FastAPI, *, metrics: ServiceMetrics, render_metrics, api_token: str | None, routers) -> None:
-    """What every service app shares after its own set-up: the error envelope, request metrics, bearer auth
-    and its routers. `routers` is a list of `factory(auth) -> APIRouter`; `render_metrics()` backs /metrics."""
+    """What every service app shares after its own set-up: the error envelope, request metrics, bearer auth,
+    offline /docs and /redoc, and its routers. `routers` is a list of `factory(auth) -> APIRouter`; `render_metrics()` backs /metrics."""
     from shared.auth import bearer_dependency
+    from shared.docs_ui import attach_offline_docs
     from shared.errors import install_error_handlers
 
     app.state.render_metrics = render_metrics
+    attach_offline_docs(app)
     install_error_handlers(app)
     install_request_metrics(app, metrics)
     auth = bearer_dependency(api_token)

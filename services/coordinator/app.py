@@ -115,6 +115,8 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
             await client.aclose()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe coordinator",
         version="0.1.0",
         description="Runs of the SCoRe pipeline (cold start, mentored problem solving, SCoRe-SFT, SCoRe-RL, "

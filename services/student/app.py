@@ -90,6 +90,8 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
             await engine.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe student service",
         version="0.1.0",
         description="The student policy: OpenAI-compatible generation, agent rollouts in sandboxed interpreters, "

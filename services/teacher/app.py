@@ -96,6 +96,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             await backend.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe teacher service",
         version="0.1.0",
         description="The teacher: locates a student trajectory's first critical error and writes the corrected "

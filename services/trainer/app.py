@@ -84,6 +84,8 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
             await jobs.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe trainer service",
         version="0.1.0",
         description="Supervised fine-tuning jobs (loss on assistant turns only, packed sequences, resumable, "
