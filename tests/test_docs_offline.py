@@ -1,4 +1,5 @@
-"""`/docs` and `/redoc` of every service render in a real headless browser with the network cut off.
+"""`/docs` and `/redoc` of every service, and a run's HTML report, render in a real headless browser with the
+network cut off.
 
 Chromium (Debian's `chromium`) loads each page from a service app served by uvicorn on loopback. Every other
 host resolves to nothing and any other connection goes to a dead proxy, so an asset fetched from a CDN fails
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,12 +31,13 @@ pytestmark = [
 
 
 class _Served:
-    """An ASGI app on a free loopback port in a background thread (no lifespan: docs need no model)."""
+    """An ASGI app on a free loopback port in a background thread (by default without its lifespan: the docs
+    need no model and no Redis)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, lifespan: str = "off") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan=lifespan, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -97,3 +100,21 @@ def test_a_cdn_backed_docs_page_stays_blank_under_the_same_cut(tmp_path):
         dom = rendered_dom(f"{server.url}/docs", tmp_path)
     assert "cdn.jsdelivr.net" in dom  # FastAPI's stock page points at the CDN...
     assert "opblock" not in dom and "information-container" not in dom  # ...which the cut makes unreachable
+
+
+def test_a_runs_html_report_shows_its_tables_and_plots_offline(redis_url, tmp_path):
+    from services.coordinator.report import PLOTS, build_metrics, write_report
+    from shared.schemas.runs import RunInfo
+
+    app = build_app("coordinator", tmp_path / "home", redis_url)
+    with _Served(app, lifespan="on") as server:
+        created = httpx.post(f"{server.url}/v1/runs", json={"name": "html", "tasks": {
+            "n_bc_init": 2, "n_train": 2, "n_rl": 1, "n_eval": 2}})
+        assert created.status_code == 201, created.text
+        info = RunInfo.model_validate(created.json())
+        # The report a finished run writes (no stage workers run here, so it is written from the run's info).
+        write_report(Path(info.artifacts), build_metrics(info, [], [], [], {}))
+        dom = rendered_dom(f"{server.url}/v1/runs/{info.id}/report.html", tmp_path)
+    assert f"SCoRe run {info.id}" in dom and "<table>" in dom
+    assert dom.count("<img ") == len(PLOTS)
+    assert dom.count('data-loaded="1"') == len(PLOTS), "a plot did not decode in the browser"

@@ -8,8 +8,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, StreamingResponse
 
+from services.coordinator.report_html import render_report_html
 from services.coordinator.runs import RunManager
 from shared.errors import ERROR_RESPONSES, ErrorResponse, NotFoundError, UnprocessableError
 from shared.observability import ops_router as shared_ops_router
@@ -134,6 +135,13 @@ def runs_router(auth) -> APIRouter:
         """The run's report (markdown), written when the run finishes."""
         path = await _artifact(request, run_id, "report.md")
         return PlainTextResponse(path.read_text(), media_type="text/markdown")
+
+    @router.get("/runs/{run_id}/report.html", response_class=Response, responses={**NOT_FOUND, 200: {
+        "description": "The run's report as one HTML page, plots inlined.", "content": {"text/html": {}}}})
+    async def report_html(run_id: RunId, request: Request) -> HTMLResponse:
+        """The run's report as a self-contained HTML page (tables and plots inline), to open in a browser."""
+        path = await _artifact(request, run_id, "report.md")
+        return HTMLResponse(render_report_html(path.parent))
 
     @router.get("/runs/{run_id}/metrics", responses={**NOT_FOUND, 200: {"description": "metrics.json of the run."}})
     async def run_metrics(run_id: RunId, request: Request) -> dict:

@@ -192,3 +192,17 @@ def test_results_table_lists_every_policy_in_stage_order(records):
     assert lines[0].split()[0] == "policy" and "held-out success" in lines[0]
     assert [line.split()[0] for line in lines[2:]] == ["bc_init", "sft", "rl", "baseline", "teacher"]
     assert "50.0%" in lines[4] and "10/20" in lines[4]
+
+
+def test_report_html_inlines_every_plot_and_escapes_model_text(tmp_path, records):
+    from services.coordinator.report_html import render_report_html
+
+    hostile = DeadLetter(stage="mps", item_key="train-arith-9", error="<script>alert(1)</script>", attempts=3,
+                         time=1.0)
+    metrics = build_metrics(make_info(), records, RL_STEPS, [*DEAD, hostile], TIMING)
+    write_report(tmp_path, metrics)
+    page = render_report_html(tmp_path)
+    assert page.startswith("<!doctype html>") and "<table>" in page and RUN_ID in page
+    assert page.count('<img src="data:image/png;base64,') == len(PLOTS)
+    assert "plots/" not in page  # no image needs a second request
+    assert "<script>" not in page and "&lt;script&gt;" in page
