@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from shared.agent.rollout import RolloutRunner
+from shared.checkpoints import resolve_model
 from shared.models.engine import Engine
-from shared.models.loading import load_tokenizer, resolve_model_path
+from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
@@ -27,8 +28,10 @@ log = logging.getLogger("score.student")
 
 
 def build_engine(config: StudentConfig) -> Engine:
-    path = resolve_model_path(config.model, "student", config.settings.home)
-    name = config.served_model_name or (Path(config.model).name if config.model else "score-student")
+    # Every model reference form: builtin:<role>, a checkpoint series `name` (latest) or `name/vN`, a directory.
+    path, label = resolve_model(config.model, home=config.settings.home, default_role="student")
+    name = config.served_model_name or (
+        "score-student" if not config.model else Path(label).name if Path(label).is_absolute() else label)
     if config.engine == "openai":
         if not config.base_url:
             raise ValueError("--engine openai needs --base-url (an OpenAI-compatible server, e.g. http://vllm:8000/v1)")
