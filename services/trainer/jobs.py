@@ -41,6 +41,7 @@ from shared.schemas.training import (
 )
 from services.trainer.data import DatasetError, read_conversations, write_conversations
 from services.trainer.spec import DATASET, EVENTS, PROGRESS, RESULT, SPEC, TRAIN_LOG, JobSpec
+from services.trainer.tracking import tensorboard_dir
 
 log = logging.getLogger("score.trainer.jobs")
 JOB_FILE = "job.json"
@@ -176,7 +177,8 @@ class JobManager:
         directory.mkdir(parents=True, exist_ok=True)  # a create that crashed before job.json
         write_conversations(directory / DATASET, conversations)
         spec = JobSpec(job_id=job_id, base_path=str(base_path), base_label=base_label, output_name=output_name,
-                       checkpoints_dir=str(self.checkpoints_dir), hyperparameters=hp)
+                       checkpoints_dir=str(self.checkpoints_dir), hyperparameters=hp,
+                       tensorboard_dir=str(tensorboard_dir(self.home, output_name, "sft")))
         write_json_atomic(directory / SPEC, spec.model_dump(mode="json"))
         now = time.time()
         info = JobInfo(id=job_id, kind=request.kind, state=JobState.queued, base=base_label, output_name=output_name,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from shared.schemas.agent import Episode
 from shared.schemas.lora import LoRASettings
+from shared.schemas.training import ReportTo
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_STEP_SAMPLES = 4096  # samples per step; a bigger batch should be split into several steps by the caller
@@ -33,6 +34,12 @@ class GRPOHyperparameters(LoRASettings):
         description="AdamW learning rate. The paper uses 7e-7 for a 7B student; tiny models need far larger "
         "values (the built-in student moves within a few steps at 3e-4 to 2e-2; the demo uses 3e-4).",
         examples=[0.001],
+    )
+    report_to: list[ReportTo] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive each step's metrics besides the step response. "
+        "`tensorboard` writes event files under SCORE_HOME/tensorboard/<output_name>/rl/. Empty: none.",
+        examples=[["tensorboard"]],
     )
     beta: float = Field(
         default=0.0, ge=0.0,

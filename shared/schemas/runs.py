@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.schemas.agent import Step, Task
 from shared.schemas.rl import GRPOHyperparameters
-from shared.schemas.training import SFTHyperparameters
+from shared.schemas.training import ReportTo, SFTHyperparameters
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FAMILIES = ("arith", "kb")
@@ -267,6 +267,12 @@ class RunConfig(BaseModel):
     rl: RLParams = Field(default_factory=RLParams, description="SCoRe-RL.")
     eval: EvalParams = Field(default_factory=EvalParams, description="Held-out evaluation.")
     baseline: BaselineParams = Field(default_factory=BaselineParams, description="Plain-distillation baseline.")
+    report_to: list[ReportTo] = Field(
+        default_factory=list,
+        description="Experiment trackers for every SFT job and the RL session of the run (added to their "
+        "hyperparameters' own `report_to`). `tensorboard`: event files under SCORE_HOME/tensorboard/<run id>-<stage>/.",
+        examples=[["tensorboard"]],
+    )
     max_attempts: int = Field(
         default=3, ge=1, le=20,
         description="Deliveries of a work item before it goes to the stage's dead-letter stream.",

@@ -85,6 +85,10 @@ class DatasetSpec(BaseModel):
         return self
 
 
+# Experiment trackers a training job can write to (TRL's `report_to`).
+ReportTo = Literal["tensorboard"]
+
+
 class SFTHyperparameters(LoRASettings):
     """Supervised fine-tuning settings. Every field has a default; unknown fields are refused."""
 
@@ -185,6 +189,13 @@ class SFTHyperparameters(LoRASettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where to train: `auto` takes CUDA when available. bf16 on CUDA, fp32 on CPU.",
         examples=["cpu"],
+    )
+    report_to: list[ReportTo] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive the training metrics besides the job's events. `tensorboard` "
+        "writes event files under SCORE_HOME/tensorboard/<output_name>/sft/ (`tensorboard --logdir "
+        "SCORE_HOME/tensorboard`). Empty: none.",
+        examples=[["tensorboard"]],
     )
     merge_lora: bool = Field(
         default=True,

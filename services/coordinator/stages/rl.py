@@ -12,6 +12,7 @@ from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import records_of
 from services.coordinator.stages.base import Stage
+from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
 from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
@@ -88,7 +89,7 @@ class RLStage(Stage):
         await ctx.services.trainer.create_session(RLSessionCreate(
             session_id=session_id(ctx), base=checkpoint["path"] if checkpoint else None,
             output_name=session_id(ctx), initial_policy_version=version or 0,
-            hyperparameters=ctx.config.rl.hyperparameters,
+            hyperparameters=with_run_trackers(ctx, ctx.config.rl.hyperparameters),
         ))
         # Only the first step is enqueued; each step enqueues the next (see after_record).
         return [self.item(ctx, "step-00000", step=0)]
