@@ -56,13 +56,15 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
         engine = OpenAIEngine(config.base_url, tokenizer=load_tokenizer(path), model_name=config.served_model_name,
                               api_key=config.settings.api_token)
         runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
-                               max_concurrent_executions=config.max_concurrent_sandboxes)
+                               max_concurrent_executions=config.max_concurrent_sandboxes,
+                               episode_timeout_s=config.episode_timeout_s)
         return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
     engine = TransformersEngine(str(path), model_name=config.served_model_name or label, device=config.device,
                                 max_batch_size=config.max_batch_size)
     runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
-                           max_concurrent_executions=config.max_concurrent_sandboxes)
+                           max_concurrent_executions=config.max_concurrent_sandboxes,
+                           episode_timeout_s=config.episode_timeout_s)
     return EngineBackend(engine, runner, sampling=sampling, max_judge_tokens=config.max_judge_tokens)
 
 
@@ -116,5 +118,6 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         return metrics.render()
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  max_body_bytes=config.settings.max_body_bytes,
                   routers=[ops_router, api_router])
     return app

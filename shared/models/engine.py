@@ -30,6 +30,10 @@ class PromptTooLongError(ValueError):
     """The prompt leaves no room for a single new token in the model's context."""
 
 
+class EngineStoppedError(RuntimeError):
+    """The engine cannot generate any more (its worker stopped); the service is not ready."""
+
+
 class Engine(ABC):
     """Generation from token-id prompts; concurrent calls may be batched by the implementation."""
 
@@ -57,3 +61,7 @@ class Engine(ABC):
     def stats(self) -> dict[str, float]:
         """Counters for /metrics (tokens generated, batches, ...)."""
         return {}
+
+    def failure(self) -> str | None:
+        """Why the engine can no longer generate (its `/ready` then answers 503), or None while it can."""
+        return None
