@@ -109,6 +109,7 @@ class ScorerPool:
     def __init__(self, *, workers: int = 2, timeout_s: float = 5.0, memory_bytes: int = 1 << 30,
                  cache_size: int = CACHE_SIZE) -> None:
         self.timeout_s, self.memory_bytes, self.cache_size = timeout_s, memory_bytes, cache_size
+        self.limits = dict(workers=workers, timeout_s=timeout_s, memory_bytes=memory_bytes)
         self._idle: queue.Queue[_Scorer] = queue.Queue()
         for _ in range(workers):
             self._idle.put(_Scorer(memory_bytes))
@@ -151,14 +152,27 @@ _pool: ScorerPool | None = None
 _pool_lock = threading.Lock()
 
 
-def default_pool() -> ScorerPool:
-    """The process's pool, built on first use from the settings (`SCORE_SCORING_*`)."""
+def configure(settings) -> ScorerPool:
+    """Make the process's pool follow `settings` (a service calls this at start with its own settings);
+    a pool with other limits is closed and replaced."""
     global _pool
+    limits = dict(workers=settings.scoring_workers, timeout_s=settings.scoring_timeout_s,
+                  memory_bytes=settings.scoring_memory_bytes)
     with _pool_lock:
-        if _pool is None:
-            from shared.settings import get_settings
+        if _pool is not None and _pool.limits == limits:
+            return _pool
+        old, _pool = _pool, ScorerPool(**limits)
+    if old is not None:
+        old.close()
+    return _pool
 
-            settings = get_settings()
-            _pool = ScorerPool(workers=settings.scoring_workers, timeout_s=settings.scoring_timeout_s,
-                               memory_bytes=settings.scoring_memory_bytes)
-        return _pool
+
+def default_pool() -> ScorerPool:
+    """The process's pool: as `configure` last set it, else built on first use from the environment's
+    settings (`SCORE_SCORING_*`)."""
+    with _pool_lock:
+        if _pool is not None:
+            return _pool
+    from shared.settings import get_settings
+
+    return configure(get_settings())

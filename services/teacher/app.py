@@ -9,6 +9,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from shared.agent.rollout import RolloutRunner
+from shared import scoring_pool
 from shared.checkpoints import resolve_model
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
@@ -84,6 +85,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        scoring_pool.configure(config.settings)  # answer scoring bounded by this service's settings
         tools = build_tools(config)
         sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox)
         executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)

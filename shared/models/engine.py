@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.errors import UnavailableError
 from shared.schemas.sampling import SamplingParams
 
 
@@ -30,8 +31,8 @@ class PromptTooLongError(ValueError):
     """The prompt leaves no room for a single new token in the model's context."""
 
 
-class EngineStoppedError(RuntimeError):
-    """The engine cannot generate any more (its worker stopped); the service is not ready."""
+class EngineStoppedError(UnavailableError):
+    """The engine cannot generate any more (its worker stopped): 503, and the service's /ready says so."""
 
 
 class Engine(ABC):
