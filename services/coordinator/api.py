@@ -114,7 +114,7 @@ def runs_router(auth) -> APIRouter:
                                                                     examples=["mps"]),
         outcome: Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"] | None =
         Query(default=None, description="Only trajectories with this outcome.", examples=["repaired"]),
-        offset: int = Query(default=0, ge=0, description="Skip this many.", examples=[0]),
+        offset: int = Query(default=0, ge=0, le=2**31 - 1, description="Skip this many.", examples=[0]),
         limit: int = Query(default=100, ge=1, le=1000, description="Return at most this many.", examples=[20]),
     ) -> TrajectoryList:
         """Finished trajectories: teacher solutions (cold start, baseline) and mentored student episodes with

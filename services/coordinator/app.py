@@ -96,7 +96,7 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         app.state.redis = client
         app.state.store = RunStore(client, settings.runs_dir)
         app.state.queue = StageQueue(client, consumer="api")
-        app.state.runs = RunManager(app.state.store, app.state.queue, settings.runs_dir)
+        app.state.runs = RunManager(app.state.store, app.state.queue, settings.runs_dir, settings)
         app.state.health = None
         with contextlib.suppress(Exception):  # Redis may come up after us; the workers and /ready wait for it
             await app.state.queue.ensure_groups()
@@ -132,5 +132,6 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
                                      "retry shortly", error_type="unavailable")
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=settings.api_token,
+                  max_body_bytes=settings.max_body_bytes,
                   routers=[ops_router, runs_router])
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, PrivateAttr
 
 from shared.fsutil import write_text_atomic
+from shared.paths import PathRefused, regular_file
 from shared.schemas.agent import Task
 from shared.schemas.runs import TaskSource
 from shared.tasks.builtin import builtin_tasks, split_of
@@ -53,7 +54,19 @@ def _builtin(source: TaskSource) -> tuple[list[Task], list[Task]]:
     return train, evals
 
 
-def _load(path: str, field: str) -> list[Task]:
+class FileRules(BaseModel):
+    """Where task files may be and how large (from the settings: SCORE_HOME, SCORE_ALLOWED_PATHS, the size cap)."""
+
+    roots: list[Path] = Field(description="Directories task files must be under.")
+    max_bytes: int = Field(description="Largest task file.")
+
+
+def _load(path: str, field: str, rules: FileRules | None) -> list[Task]:
+    try:
+        if rules is not None:
+            path = str(regular_file(path, rules.roots, max_bytes=rules.max_bytes, what="task file"))
+    except PathRefused as exc:
+        raise PoolError(field, str(exc)) from exc
     try:
         return load_task_file(path)
     except TaskFileError as exc:
@@ -62,16 +75,17 @@ def _load(path: str, field: str) -> list[Task]:
         raise PoolError(field, f"cannot read task file {path}: {exc.strerror or exc}") from exc
 
 
-def _from_files(source: TaskSource) -> tuple[list[Task], list[Task]]:
-    tasks = _load(source.path, "tasks.path")
+def _from_files(source: TaskSource, rules: FileRules | None) -> tuple[list[Task], list[Task]]:
+    tasks = _load(source.path, "tasks.path", rules)
     if source.eval_path is not None:
-        return tasks, _load(source.eval_path, "tasks.eval_path")
+        return tasks, _load(source.eval_path, "tasks.eval_path", rules)
     return ([t for t in tasks if split_of(t.question) == "train"], [t for t in tasks if split_of(t.question) == "eval"])
 
 
-def draw_pools(source: TaskSource) -> Pools:
-    """The run's pools (deterministic for the source and its seed); raises PoolError or TaskFileError."""
-    train, evals = _builtin(source) if source.path is None else _from_files(source)
+def draw_pools(source: TaskSource, rules: FileRules | None = None) -> Pools:
+    """The run's pools (deterministic for the source and its seed); raises PoolError or TaskFileError.
+    With `rules`, task files outside its roots, not regular files or too large are a PoolError."""
+    train, evals = _builtin(source) if source.path is None else _from_files(source, rules)
     missing = [t for t in train + evals if t.true_answer is None]
     if missing:
         raise PoolError("tasks.path", f"task {missing[0].id!r} has no true_answer; every task needs a gold answer")

@@ -82,7 +82,7 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         tools = build_tools(config)
         runner = RolloutRunner(
             engine, partial(Sandbox, tools=tools, limits=config.sandbox),
-            max_concurrent_episodes=config.max_concurrent_episodes,
+            max_concurrent_episodes=config.max_concurrent_episodes, episode_timeout_s=config.episode_timeout_s,
         )
         app.state.sandbox_layers = isolation_report()
         app.state.serving = StudentServing(engine=engine, runner=runner, settings=config.settings)
@@ -114,5 +114,6 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         return metrics.render()
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  max_body_bytes=config.settings.max_body_bytes,
                   routers=[ops_router, api_router])
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.errors import ERROR_RESPONSES, ErrorResponse, UnavailableError
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.teacher import (
     CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse, TeacherRolloutRequest,
@@ -25,6 +25,9 @@ def ops_router(auth) -> APIRouter:
         serving = getattr(app.state, "serving", None)
         if serving is None:
             return None
+        engine = getattr(serving.backend, "engine", None)
+        if engine is not None and (failure := engine.failure()) is not None:
+            raise UnavailableError(f"the model engine cannot generate: {failure}; restart the service")
         return {"engine": serving.backend.kind, "model": serving.backend.model_name, "sandbox": app.state.sandbox_layers}
 
     return shared_ops_router(

@@ -9,6 +9,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from shared.agent.rollout import RolloutRunner
+from shared import scoring_pool
 from shared.checkpoints import resolve_model
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
@@ -56,13 +57,15 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
         engine = OpenAIEngine(config.base_url, tokenizer=load_tokenizer(path), model_name=config.served_model_name,
                               api_key=config.settings.api_token)
         runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
-                               max_concurrent_executions=config.max_concurrent_sandboxes)
+                               max_concurrent_executions=config.max_concurrent_sandboxes,
+                               episode_timeout_s=config.episode_timeout_s)
         return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
     engine = TransformersEngine(str(path), model_name=config.served_model_name or label, device=config.device,
                                 max_batch_size=config.max_batch_size)
     runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
-                           max_concurrent_executions=config.max_concurrent_sandboxes)
+                           max_concurrent_executions=config.max_concurrent_sandboxes,
+                           episode_timeout_s=config.episode_timeout_s)
     return EngineBackend(engine, runner, sampling=sampling, max_judge_tokens=config.max_judge_tokens)
 
 
@@ -82,6 +85,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        scoring_pool.configure(config.settings)  # answer scoring bounded by this service's settings
         tools = build_tools(config)
         sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox)
         executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)
@@ -118,5 +122,6 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         return metrics.render()
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  max_body_bytes=config.settings.max_body_bytes,
                   routers=[ops_router, api_router])
     return app

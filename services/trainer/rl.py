@@ -117,7 +117,8 @@ class RLSessions:
                 return self._info(existing), False
             try:
                 # off the event loop: the built-in student is built on first use on a fresh machine
-                base_path, base_label = await asyncio.to_thread(resolve_model, body.base, home=self.settings.home)
+                base_path, base_label = await asyncio.to_thread(resolve_model, body.base, home=self.settings.home,
+                                                               roots=self.settings.path_roots)
                 checkpoint_dir(base_path)
             except (KeyError, ValueError, FileNotFoundError) as exc:
                 raise UnprocessableError(str(exc).strip("'\""), param="body.base") from exc

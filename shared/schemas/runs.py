@@ -19,6 +19,7 @@ from shared.schemas.training import ReportTo, SFTHyperparameters
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FAMILIES = ("arith", "kb")
+REWARD_BOUND = 1000.0  # rewards are scores of one episode; GRPO normalises them per group anyway
 
 
 class RunState(StrEnum):
@@ -77,7 +78,8 @@ class TaskSource(BaseModel):
         examples=["/data/tasks/eval.jsonl"],
     )
     seed: int = Field(
-        default=0, description="Seeds task generation (built-in) and the order tasks are used in.", examples=[0],
+        default=0, ge=0, le=2**32 - 1, description="Seeds task generation (built-in) and the order tasks are used in.",
+        examples=[0],
     )
     n_bc_init: int = Field(
         default=32, ge=1, le=100_000, description="Training tasks the teacher solves for cold start.", examples=[2],
@@ -183,19 +185,19 @@ class KeyStepRewards(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    correct: float = Field(default=1.0, description="The final answer is correct.", examples=[1.0])
+    correct: float = Field(default=1.0, ge=-REWARD_BOUND, le=REWARD_BOUND, description="The final answer is correct.", examples=[1.0])
     equivalent: float = Field(
-        default=0.5, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step.",
+        default=0.5, ge=-REWARD_BOUND, le=REWARD_BOUND, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step.",
         examples=[0.5],
     )
     repeat: float = Field(
-        default=0.0, description="Wrong answer, and the first new step repeats the student's original mistake.",
+        default=0.0, ge=-REWARD_BOUND, le=REWARD_BOUND, description="Wrong answer, and the first new step repeats the student's original mistake.",
         examples=[0.0],
     )
     other: float = Field(
-        default=0.1, description="Wrong answer, and the first new step is something else.", examples=[0.1],
+        default=0.1, ge=-REWARD_BOUND, le=REWARD_BOUND, description="Wrong answer, and the first new step is something else.", examples=[0.1],
     )
-    no_answer: float = Field(default=0.0, description="No final answer was given.", examples=[0.0])
+    no_answer: float = Field(default=0.0, ge=-REWARD_BOUND, le=REWARD_BOUND, description="No final answer was given.", examples=[0.0])
 
 
 class RLParams(BaseModel):

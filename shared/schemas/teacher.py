@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from shared.schemas.agent import Episode, Step, Task, TrueAnswer
+from shared.schemas.agent import MAX_TRAJECTORY_STEPS, Episode, Step, Task, TrueAnswer
 from shared.schemas.rollout import RolloutItem
 
 Strategy = Literal["verify", "judge"]
@@ -65,7 +65,7 @@ class CorrectionItem(BaseModel):
 
     task: GradedTask = Field(description="The task, with its gold answer (`true_answer`).")
     steps: list[Step] = Field(
-        min_length=1,
+        min_length=1, max_length=MAX_TRAJECTORY_STEPS,
         description="The student's trajectory: the plan, then act steps. Observations are recomputed by "
         "re-executing the code in a fresh sandbox, so those sent are only informative.",
     )
@@ -191,9 +191,10 @@ class StepJudgementItem(BaseModel):
 
     kind: Literal["step"] = Field(description="Step equivalence.")
     task: Task = Field(description="The task the steps belong to.")
-    steps: list[Step] = Field(min_length=1, description="A trajectory holding the reference step at `index`.")
+    steps: list[Step] = Field(min_length=1, max_length=MAX_TRAJECTORY_STEPS,
+                              description="A trajectory holding the reference step at `index`.")
     index: int = Field(
-        ge=0, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.",
+        ge=0, lt=MAX_TRAJECTORY_STEPS, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.",
         examples=[1],
     )
     candidate: Step = Field(description="The step to compare with `steps[index]`.")

@@ -101,7 +101,7 @@ class SFTHyperparameters(LoRASettings):
         examples=[3.0],
     )
     max_steps: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=10_000_000,
         description="Optimizer steps to run; overrides `num_epochs`. Useful for fixed-budget runs and tests.",
         examples=[200],
     )
@@ -125,14 +125,14 @@ class SFTHyperparameters(LoRASettings):
         examples=[0.1],
     )
     weight_decay: float = Field(
-        default=0.0, ge=0, description="AdamW decoupled weight decay on matrices (not on norms and biases).",
+        default=0.0, ge=0, le=10.0, description="AdamW decoupled weight decay on matrices (not on norms and biases).",
         examples=[0.01],
     )
     adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.", examples=[0.9])
     adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW second-moment decay.", examples=[0.999])
-    adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW denominator epsilon.", examples=[1e-08])
+    adam_epsilon: float = Field(default=1e-8, gt=0, le=1.0, description="AdamW denominator epsilon.", examples=[1e-08])
     max_grad_norm: float | None = Field(
-        default=1.0, gt=0,
+        default=1.0, gt=0, le=1e6,
         description="Clip the global gradient norm to this value before each step (None: no clipping).",
         examples=[1.0],
     )
@@ -157,22 +157,22 @@ class SFTHyperparameters(LoRASettings):
         examples=["auto"],
     )
     max_seq_length: int = Field(
-        default=2048, ge=16,
+        default=2048, ge=16, le=1_048_576,
         description="Longest conversation in tokens; longer ones are truncated from the end (their loss mask too). "
         "Must not exceed micro_batch_tokens.",
         examples=[2048],
     )
     seed: int = Field(
-        default=0, description="Seeds the data order, packing and initialisation of LoRA weights.", examples=[0],
+        default=0, ge=0, le=2**32 - 1, description="Seeds the data order, packing and initialisation of LoRA weights.", examples=[0],
     )
     save_every_steps: int = Field(
-        default=50, ge=1,
+        default=50, ge=1, le=10_000_000,
         description="Write an intermediate training state (model, optimizer, scheduler, RNG, data position) every "
         "this many steps; a killed job resumes from the latest one. Lower = less lost work, more disk writes.",
         examples=[50],
     )
     log_every_steps: int = Field(
-        default=1, ge=1, description="Report metrics every this many optimizer steps.", examples=[1],
+        default=1, ge=1, le=10_000_000, description="Report metrics every this many optimizer steps.", examples=[1],
     )
     nproc: int = Field(
         default=1, ge=1, le=64,

@@ -34,6 +34,7 @@ def gold_lines(n: int) -> tuple[str, ...]:
 
 
 def write_dataset(path: Path, lines) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -44,7 +44,7 @@ def evaluate(student_url: str) -> dict:
 
 def test_sft_job_teaches_the_student_to_solve_held_out_tasks(score_home, tmp_path):
     home = fresh_home(score_home, tmp_path)
-    dataset = write_dataset(tmp_path / "gold.jsonl", gold_conversations(GOLD_TASKS))
+    dataset = write_dataset(home / "datasets" / "gold.jsonl", gold_conversations(GOLD_TASKS))
     trainer = ServiceProcess("trainer", home=home, log_dir=tmp_path)
     student = ServiceProcess("student", home=home, log_dir=tmp_path)
     try:

@@ -25,7 +25,8 @@ def client(score_home, tmp_path):
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
     (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
-    config = TrainerConfig(settings=Settings(home=home), max_running_jobs=0)
+    # Dataset files are written to tmp_path, outside SCORE_HOME: the operator's allow-list admits it.
+    config = TrainerConfig(settings=Settings(home=home, allowed_paths=[tmp_path]), max_running_jobs=0)
     with TestClient(create_app(config)) as client:
         yield client
 

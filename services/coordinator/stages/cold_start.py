@@ -12,7 +12,7 @@ from services.coordinator.queue import WorkItem
 from services.coordinator.records import records_of, rows_for_sft, teacher_record
 from services.coordinator.stages.base import Stage, chunks
 from services.coordinator.stages.training import fine_tune
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 
 CHUNK = 8  # tasks per teacher call (the teacher batches them)
 
@@ -33,7 +33,7 @@ class TeacherSolveStage(Stage):
         response = await ctx.services.teacher.solve(tasks, max_turns=ctx.config.bc_init.max_turns)
         records = []
         for task, episode in zip(tasks, response.episodes):
-            correct = score_answer(episode.final_answer, task.true_answer).correct
+            correct = (await score_answer_async(episode.final_answer, task.true_answer)).correct
             records.append(teacher_record(ctx.run_id, self.name, self.pool, task, episode, correct).model_dump(mode="json"))
         solved = sum(r["correct"] for r in records)
         tokens = sum(r["teacher_tokens"] for r in records)

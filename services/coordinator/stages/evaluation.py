@@ -7,7 +7,7 @@ from services.coordinator.queue import WorkItem
 from services.coordinator.stages.base import Stage, chunks
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 
 CHUNK = 16
 
@@ -47,7 +47,7 @@ class EvalStage(Stage):
             episodes = response.episodes
             tokens = [sum(e.loss_mask) for e in episodes]
             version = response.policy_version
-        correct = [score_answer(e.final_answer, t.true_answer).correct for t, e in zip(tasks, episodes)]
+        correct = [(await score_answer_async(e.final_answer, t.true_answer)).correct for t, e in zip(tasks, episodes)]
         return {
             "n": len(tasks), "solved": sum(correct), "answered": sum(e.final_answer is not None for e in episodes),
             "turns": sum(sum(s.kind == "act" for s in e.steps) for e in episodes), "tokens": sum(tokens),

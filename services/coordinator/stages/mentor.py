@@ -17,7 +17,7 @@ from shared.schemas.rollout import RolloutItem
 from shared.schemas.runs import Repair, TrajectoryRecord
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import CorrectionItem, GradedTask
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 
 
 def act_turns(steps) -> int:
@@ -45,7 +45,7 @@ class MPSStage(Stage):
         max_repairs = params.max_repairs if pool == "train" else 1
         outcome = None
         while outcome is None:
-            if score_answer(episode.final_answer, task.true_answer).correct:
+            if (await score_answer_async(episode.final_answer, task.true_answer)).correct:
                 outcome = "self_solved" if not repairs else "repaired"
                 break
             if len(repairs) >= max_repairs:

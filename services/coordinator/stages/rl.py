@@ -19,7 +19,7 @@ from shared.schemas.rollout import RolloutItem
 from shared.schemas.runs import KeyStepRewards, TrajectoryRecord
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import JudgementRequest, StepJudgementItem
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 
 REWARD_KINDS = ("correct", "equivalent", "repeat", "other", "no_answer")
 
@@ -43,7 +43,7 @@ async def key_step_kinds(ctx: RunContext, prefix_record: TrajectoryRecord, episo
     for i, episode in enumerate(episodes):
         if episode.final_answer is None:
             kinds.append("no_answer")
-        elif score_answer(episode.final_answer, prefix_record.task.true_answer).correct:
+        elif (await score_answer_async(episode.final_answer, prefix_record.task.true_answer)).correct:
             kinds.append("correct")
         elif len(episode.steps) <= k:
             kinds.append("other")
