@@ -46,6 +46,9 @@ class Settings(BaseSettings):
         description="Base URL of the trainer service, as the other services and the CLI reach it.",
     )
     log_level: str = Field(default="info", description="Logging level of the services.")
+    sandbox_unconfined: bool = Field(
+        default=False, description="Trusted development only: run model-written code WITHOUT the bubblewrap boundary "
+        "(in-process layers only) where the host cannot provide it. Logged loudly at start; never in production.")
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Service log lines: `text` (key=value: service, request_id, run_id, stage, item, logger, message) "

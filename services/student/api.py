@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.errors import ERROR_RESPONSES, ErrorResponse, UnavailableError
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.openai import (
     ChatCompletionRequest,
@@ -30,12 +30,16 @@ def ops_router(auth) -> APIRouter:
         serving = getattr(app.state, "serving", None)
         if serving is None:
             return None
+        if not app.state.sandbox["ok"]:   # fail closed: rollouts would be refused, so the service is not ready
+            raise UnavailableError(f"sandbox unavailable: {app.state.sandbox['problem']}")
         return {"model": serving.engine.model_name, "engine": serving.engine.kind,
-                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox_layers}
+                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox}
 
     return shared_ops_router(
         auth, readiness=readiness,
-        ready_doc="The model is loaded and requests can be served; also reports the sandbox layers in force.",
+        ready_doc="The model is loaded and requests can be served; also reports the sandbox boundary and layers in "
+        "force. 503 while loading, or when the host cannot provide the sandbox boundary (the message says what is "
+        "missing).",
         metrics_doc="Request counts and latency, tokens generated, batches, episodes, policy version.",
     )
 
