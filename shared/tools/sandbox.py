@@ -611,9 +611,10 @@ def sandbox_report(*, unconfined: bool = False) -> dict[str, Any]:
 
 def prepare_service(*, unconfined: bool = False) -> dict[str, Any]:
     """At a model service's start: make the service process undumpable, check the boundary, log loudly."""
-    if not boundary_module.make_service_undumpable():
+    undumpable = boundary_module.make_service_undumpable()
+    if not undumpable:
         logger.warning("could not make the service process undumpable (PR_SET_DUMPABLE)")
-    report = sandbox_report(unconfined=unconfined)
+    report = {**sandbox_report(unconfined=unconfined), "service_undumpable": undumpable}
     if not report["ok"]:
         logger.error("MODEL CODE EXECUTION REFUSED: %s", report["problem"])
     return report

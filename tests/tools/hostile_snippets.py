@@ -30,8 +30,9 @@ SANDBOX_SOURCE = PROJECT_ROOT / "shared" / "tools" / "sandbox.py"
 SETTINGS_SOURCE = PROJECT_ROOT / "shared" / "settings.py"
 SECRET_ENV = "SCORE_API_TOKEN"
 # Unique per test process: concurrent test runs must not see (or delete) each other's files.
-# The snippets are generated here, so whoever runs them uses the same paths.
-_UNIQUE = os.getpid()
+# The snippets are generated here, so whoever runs them uses the same paths (a test that has another
+# process send them, e.g. scripts/hostile_probe.py, passes its own pid in SCORE_HOSTILE_ID).
+_UNIQUE = int(os.environ.get("SCORE_HOSTILE_ID") or os.getpid())
 CANARY_PATH = f"/tmp/score-sandbox-canary-{_UNIQUE}.txt"
 ESCAPE_PATHS = (
     f"/tmp/score-sandbox-escape-{_UNIQUE}.txt",
