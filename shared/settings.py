@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         description="Address-space limit (RLIMIT_AS) of each scorer process.",
     )
     log_level: str = Field(default="info", description="Logging level of the services.")
+    sandbox_unconfined: bool = Field(
+        default=False, description="Trusted development only: run model-written code WITHOUT the bubblewrap boundary "
+        "(in-process layers only) where the host cannot provide it. Logged loudly at start; never in production.")
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Service log lines: `text` (key=value: service, request_id, run_id, stage, item, logger, message) "

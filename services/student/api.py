@@ -33,12 +33,16 @@ def ops_router(auth) -> APIRouter:
             return None
         if (failure := serving.engine.failure()) is not None:
             raise UnavailableError(f"the model engine cannot generate: {failure}; restart the service")
+        if not app.state.sandbox["ok"]:   # fail closed: rollouts would be refused, so the service is not ready
+            raise UnavailableError(f"sandbox unavailable: {app.state.sandbox['problem']}")
         return {"model": serving.engine.model_name, "engine": serving.engine.kind,
-                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox_layers}
+                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox}
 
     return shared_ops_router(
         auth, readiness=readiness,
-        ready_doc="The model is loaded and requests can be served; also reports the sandbox layers in force.",
+        ready_doc="The model is loaded and requests can be served; also reports the sandbox boundary and layers in "
+        "force. 503 while loading, or when the host cannot provide the sandbox boundary (the message says what is "
+        "missing).",
         metrics_doc="Request counts and latency, tokens generated, batches, episodes, policy version.",
     )
 

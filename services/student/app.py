@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
@@ -18,7 +19,7 @@ from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
-from shared.tools.sandbox import Sandbox, isolation_report
+from shared.tools.sandbox import Sandbox, prepare_service
 from shared.tools.search import BM25Search, agent_tools
 from services.student.api import api_router, ops_router
 from services.student.config import StudentConfig
@@ -81,10 +82,11 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         await engine.start()
         tools = build_tools(config)
         runner = RolloutRunner(
-            engine, partial(Sandbox, tools=tools, limits=config.sandbox),
+            engine, partial(Sandbox, tools=tools, limits=config.sandbox,
+                                  unconfined=config.settings.sandbox_unconfined),
             max_concurrent_episodes=config.max_concurrent_episodes, episode_timeout_s=config.episode_timeout_s,
         )
-        app.state.sandbox_layers = isolation_report()
+        app.state.sandbox = await asyncio.to_thread(prepare_service, unconfined=config.settings.sandbox_unconfined)
         app.state.serving = StudentServing(engine=engine, runner=runner, settings=config.settings)
         log.info("student ready engine=%s model=%s", engine.kind, engine.model_name)
         try:

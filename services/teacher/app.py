@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,7 +18,7 @@ from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
-from shared.tools.sandbox import Sandbox, isolation_report
+from shared.tools.sandbox import Sandbox, prepare_service
 from services.student.app import build_tools
 from services.teacher.api import api_router, ops_router
 from services.teacher.backends import EngineBackend, ExpertBackend, OpenAIBackend, TeacherBackend
@@ -87,11 +88,12 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         scoring_pool.configure(config.settings)  # answer scoring bounded by this service's settings
         tools = build_tools(config)
-        sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox)
+        sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox,
+                                  unconfined=config.settings.sandbox_unconfined)
         executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)
         backend = build_backend(config, executor, sandbox_factory)
         await backend.start()
-        app.state.sandbox_layers = isolation_report()
+        app.state.sandbox = await asyncio.to_thread(prepare_service, unconfined=config.settings.sandbox_unconfined)
         app.state.serving = TeacherServing(backend=backend, executor=executor, config=config)
         log.info("teacher ready engine=%s model=%s", backend.kind, backend.model_name)
         try:
