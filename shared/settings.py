@@ -127,6 +127,10 @@ class ModelServiceConfig(BaseSettings):
     device: str | None = Field(default=None, description="`cpu` or `cuda` for engine `transformers`; unset: cuda "
                                "when available.")
     max_batch_size: int = Field(default=64, ge=1, description="Most generations batched together (transformers).")
+    prefix_cache_mb: float = Field(
+        default=512.0, ge=0.0, description="Memory for KV states kept between an episode's turns (transformers), so "
+        "a turn prefills only its new tokens; least recently used prefixes are evicted beyond it. 0 switches the "
+        "prefix cache off (same samples, more prefill).")
     max_concurrent_episodes: int = Field(
         default=64, ge=1, description="Agent episodes in flight, one sandboxed interpreter process each.")
     search_corpus: str | None = Field(

@@ -41,7 +41,8 @@ def build_engine(config: StudentConfig) -> Engine:
             config.base_url, tokenizer=tokenizer, model_name=config.served_model_name,
             api_key=config.settings.api_token, weight_sync=config.weight_sync,
         )
-    return TransformersEngine(str(path), model_name=name, device=config.device, max_batch_size=config.max_batch_size)
+    return TransformersEngine(str(path), model_name=name, device=config.device, max_batch_size=config.max_batch_size,
+                              prefix_cache_mb=config.prefix_cache_mb)
 
 
 def build_tools(config: StudentConfig) -> dict:

@@ -216,8 +216,11 @@ class RLSessions:
         self._check_tokens(live, body)
         groups = [group.samples for group in body.groups]
         pad_id = live.tokenizer.pad_token_id if live.tokenizer.pad_token_id is not None else 0
-        metrics = grpo_step(live.policy, live.optimizer, groups, hp, pad_id=pad_id, ref_model=live.ref_model)
         samples = [s for group in groups for s in group]
+        # Samples from the version the trainer holds were scored by these very weights: their logprobs are checked.
+        on_policy = [s.policy_version == record.policy_version for s in samples]
+        metrics = grpo_step(live.policy, live.optimizer, groups, hp, pad_id=pad_id, ref_model=live.ref_model,
+                            on_policy=on_policy)
         version = record.policy_version + 1
         metrics["policy_version"] = float(version)
         metrics["staleness/mean"] = sum(record.policy_version - s.policy_version for s in samples) / len(samples)

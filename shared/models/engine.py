@@ -23,6 +23,7 @@ class GenerationOutput:
     text: str                     # decoded text without special tokens, stop string removed
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int = 0
+    cached_tokens: int = 0        # prompt tokens whose KV states came from the prefix cache, not a prefill
     policy_version: int = 0
     extra: dict = field(default_factory=dict)
 

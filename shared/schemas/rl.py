@@ -103,6 +103,16 @@ class GRPOHyperparameters(LoRASettings):
         examples=[1],
     )
 
+    max_logprob_diff: float | None = Field(
+        default=0.5, gt=0.0,
+        description="Trust bound on the behaviour log-probabilities. For samples from the weights being trained "
+        "(`policy_version` equal to the session's), the step recomputes each generated token's log-probability; a "
+        "sample whose mean |behaviour - recomputed| exceeds this (nats per token) is dropped from the loss and "
+        "counted in `logprob_diff/dropped_samples` (a tokenisation or engine mismatch, not a policy change). "
+        "Numerical noise is ~1e-6 in fp32 and ~0.01-0.05 in bf16. None: report the metrics, drop nothing.",
+        examples=[0.5],
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> "GRPOHyperparameters":
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
