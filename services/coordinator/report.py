@@ -10,9 +10,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from services.coordinator.records import keep_share
+from services.coordinator.records import add_spend, keep_share
 from shared.fsutil import atomic_write
-from shared.schemas.runs import DeadLetter, RunInfo, TrajectoryRecord
+from shared.schemas.runs import TEACHER_PURPOSES, DeadLetter, RunInfo, TeacherSpend, TrajectoryRecord
+from shared.stats import wilson
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.
 EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "teacher")
@@ -24,7 +25,7 @@ LABEL_TITLES = {
     "baseline": "plain-distillation baseline (baseline)",
     "teacher": "teacher (teacher)",
 }
-REWARD_KINDS = ("correct", "equivalent", "repeat", "other", "no_answer")
+REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
 MPS_OUTCOMES = ("self_solved", "repaired", "hard", "unsolved")
 PLOTS = ("success_by_stage.png", "rl_reward.png", "correction_steps.png", "repairs_per_attempt.png",
          "key_step_rewards.png")
@@ -104,11 +105,38 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
         "key_step_rewards": key_step,
         "teacher_tokens": {stage: sum(r.teacher_tokens for r in records if r.stage == stage)
                            for stage in ("bc_init", "mps", "baseline")},
+        "teacher_cost": teacher_cost(records, rl_steps, info.eval),
         "datasets": {"bc_init": bc_init_correct, "sft": _sft_rows(info, records),
                      "baseline": bc_init_correct + baseline_correct},
         "timing": timing,
         "dead_letters": [dl.model_dump(mode="json") for dl in dead_letters],
     }
+
+
+# Which stage each purpose's tokens are spent in; evaluation of the teacher is not training spend.
+PURPOSE_STAGE = {"cold_start_trajectories": "bc_init", "corrections": "mps", "verify_rollouts": "mps",
+                 "judgements": "mps", "rl_judgements": "rl", "baseline_trajectories": "baseline",
+                 "eval_trajectories": "eval_teacher"}
+SCORE_PURPOSES = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")
+
+
+def teacher_cost(records: list[TrajectoryRecord], rl_steps: list[dict], evals: dict) -> dict:
+    """Teacher calls, prompt and written tokens by purpose (with its stage), and the totals SCoRe and the plain
+    baseline spent (cold start counts for both: both start from it)."""
+    spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in rl_steps),
+                      *((e.get("teacher_spend") or {}) for e in evals.values()))
+    by_purpose = {purpose: {"stage": PURPOSE_STAGE[purpose], **spent[purpose].model_dump()}
+                  for purpose in TEACHER_PURPOSES if purpose in spent}
+    return {"by_purpose": by_purpose, "score": _sum(spent, SCORE_PURPOSES),
+            "baseline": _sum(spent, ("cold_start_trajectories", "baseline_trajectories"))}
+
+
+def _sum(spent: dict, purposes) -> dict:
+    out = TeacherSpend()
+    for purpose in purposes:
+        if purpose in spent:
+            out = out.add(spent[purpose])
+    return out.model_dump()
 
 
 # --- text --------------------------------------------------------------------------------------
@@ -128,14 +156,18 @@ def _rows(metrics: dict) -> list[list[str]]:
     for label in _labels(metrics):
         result = metrics["eval"][label]
         solved, n = result.get("solved"), result.get("n")
-        rows.append([label, _fmt(result.get("success"), ".1%"),
+        interval = "-"
+        if solved is not None and n:
+            lo, hi = wilson(int(solved), int(n))
+            interval = f"[{lo:.1%}, {hi:.1%}]"
+        rows.append([label, _fmt(result.get("success"), ".1%"), interval,
                      f"{_fmt(solved, 'd')}/{_fmt(n, 'd')}" if solved is not None or n is not None else "-",
                      _fmt(result.get("answered"), ".1%"), _fmt(result.get("mean_turns"), ".2f"),
                      _fmt(result.get("mean_tokens"), ".1f")])
     return rows
 
 
-TABLE_HEADER = ["policy", "held-out success", "solved/n", "answered", "mean turns", "mean tokens"]
+TABLE_HEADER = ["policy", "held-out success", "95% CI (Wilson)", "solved/n", "answered", "mean turns", "mean tokens"]
 
 
 def results_table(metrics: dict) -> str:
@@ -156,6 +188,23 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def _teacher_cost_section(cost: dict) -> list[str]:
+    rows = [[purpose, part["stage"], str(part["calls"]), str(part["prompt_tokens"]), str(part["written_tokens"])]
+            for purpose, part in (cost.get("by_purpose") or {}).items()]
+    if not rows:
+        return ["No teacher tokens were recorded.", ""]
+    out = ["## Teacher cost", "",
+           "Every teacher call by purpose: prompt tokens read and tokens written. The scripted expert reports what "
+           "a model teacher would have spent for the same steps, counted in the teacher's tokenizer.", ""]
+    out += _markdown_table(["purpose", "stage", "calls", "prompt tokens", "written tokens"], rows) + [""]
+    for name, title in (("score", "SCoRe (cold start, corrections, rollouts, judgements)"),
+                        ("baseline", "plain distillation (cold start and baseline trajectories)")):
+        part = cost.get(name) or {}
+        out += [f"- {title}: {part.get('prompt_tokens', 0)} prompt + {part.get('written_tokens', 0)} written tokens "
+                f"in {part.get('calls', 0)} calls."]
+    return out + [""]
+
+
 def render_markdown(metrics: dict, plots: list[str]) -> str:
     """`report.md`: what was measured, in tables; `plots` are paths relative to the run directory."""
     title = metrics.get("run_id", "run")
@@ -167,8 +216,10 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     out += ["## Held-out results", ""]
     rows = _rows(metrics)
     if rows:
-        out += ["Each policy was evaluated on the same held-out tasks. `answered` is the share of episodes that gave "
-                "a final answer; turns and tokens are means per episode.", ""]
+        out += ["Each policy was evaluated on the same held-out tasks. The interval is the 95% Wilson score interval "
+                "of the success rate over those tasks (one seed: it shows sampling noise over tasks, not over "
+                "training runs). `answered` is the share of episodes that gave a final answer; turns and tokens "
+                "are means per episode.", ""]
         out += _markdown_table(TABLE_HEADER, rows) + [""]
         out += [f"- `{label}`: {LABEL_TITLES.get(label, label)}" for label in _labels(metrics)] + [""]
     else:
@@ -184,6 +235,7 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
             f"Teacher tokens (train pool): {mps.get('teacher_tokens', 0)}.", ""]
     teacher = metrics.get("teacher_tokens") or {}
     out += ["Teacher tokens by stage: " + ", ".join(f"{k}: {v}" for k, v in teacher.items()) + ".", ""]
+    out += _teacher_cost_section(metrics.get("teacher_cost") or {})
     datasets = metrics.get("datasets") or {}
     out += ["Training rows: " + ", ".join(f"{k}: {v}" for k, v in datasets.items()) + ".", ""]
 

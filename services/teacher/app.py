@@ -46,7 +46,9 @@ def app_from_args(args, settings) -> FastAPI:
 
 def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) -> TeacherBackend:
     if config.engine == "expert":
-        return ExpertBackend(executor)
+        # No model runs, but its steps are counted in the built-in teacher's tokenizer (see ExpertBackend).
+        path, _ = resolve_model(None, home=config.settings.home, default_role="teacher")
+        return ExpertBackend(executor, load_tokenizer(path))
     try:
         path, label = resolve_model(config.model, home=config.settings.home, default_role="teacher")
     except KeyError as exc:

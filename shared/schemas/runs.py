@@ -184,6 +184,10 @@ class KeyStepRewards(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     correct: float = Field(default=1.0, description="The final answer is correct.", examples=[1.0])
+    wrong_final: float = Field(
+        default=0.0, description="The first new step itself gives a wrong final answer (0 in the official reward).",
+        examples=[0.0],
+    )
     equivalent: float = Field(
         default=0.5, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step.",
         examples=[0.5],
@@ -209,8 +213,10 @@ class RLParams(BaseModel):
     )
     group_size: int = Field(default=16, ge=2, le=64, description="Samples per prefix (16 in the paper).", examples=[4])
     max_turns: int = Field(
-        default=4, ge=1, le=32, description="Turns the student may take after the prefix (short horizon).",
-        examples=[4],
+        default=8, ge=1, le=32,
+        description="Turns the student may take after the prefix (8 in the paper); raised, for built-in tasks, to the "
+        "longest remaining gold horizon of a step's prefixes so every episode can reach the answer.",
+        examples=[8],
     )
     temperature: float = Field(
         default=1.0, ge=0.0, le=2.0, description="Student sampling temperature for groups.", examples=[0.8],
@@ -377,6 +383,24 @@ class DeadLetterList(BaseModel):
     dead_letters: list[DeadLetter] = Field(description="Items that ended in a dead-letter stream, oldest first.")
 
 
+TeacherPurpose = Literal["cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
+                         "baseline_trajectories", "eval_trajectories"]
+TEACHER_PURPOSES: tuple[str, ...] = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements",
+                                     "rl_judgements", "baseline_trajectories", "eval_trajectories")
+
+
+class TeacherSpend(BaseModel):
+    """Teacher tokens spent for one purpose (the scripted expert: what a model teacher would have spent)."""
+
+    calls: int = Field(default=0, description="Teacher calls (generations).", examples=[3])
+    prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher read.", examples=[2100])
+    written_tokens: int = Field(default=0, description="Tokens the teacher wrote.", examples=[180])
+
+    def add(self, other: "TeacherSpend") -> "TeacherSpend":
+        return TeacherSpend(calls=self.calls + other.calls, prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                            written_tokens=self.written_tokens + other.written_tokens)
+
+
 class Repair(BaseModel):
     """One teacher intervention in a mentored episode."""
 
@@ -389,6 +413,7 @@ class Repair(BaseModel):
         examples=["no teacher step from this prefix reached the gold answer"],
     )
     teacher_tokens: int = Field(default=0, description="Tokens the teacher generated for it.", examples=[184])
+    teacher_prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher read for it.", examples=[1800])
     teacher_calls: int = Field(default=0, description="Teacher model calls.", examples=[2])
 
 
@@ -415,7 +440,12 @@ class TrajectoryRecord(BaseModel):
     )
     rejected_step: Step | None = Field(default=None, description="The student's step at the first critical error.")
     chosen_step: Step | None = Field(default=None, description="The teacher's corrected step there.")
-    teacher_tokens: int = Field(default=0, description="Teacher tokens spent on this task.", examples=[184])
+    teacher_tokens: int = Field(default=0, description="Teacher tokens written for this task.", examples=[184])
+    teacher_prompt_tokens: int = Field(default=0, description="Teacher prompt tokens read for this task.",
+                                       examples=[1800])
+    teacher_spend: dict[TeacherPurpose, TeacherSpend] = Field(
+        default_factory=dict, description="The task's teacher spend by purpose (prompt and written tokens).",
+    )
     policy_version: int | None = Field(default=None, description="Student policy version that acted.", examples=[3])
     student_tokens: int = Field(default=0, description="Tokens the student generated.", examples=[312])
 
