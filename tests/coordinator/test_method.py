@@ -217,3 +217,35 @@ def test_exact_mcnemar_and_paired_bootstrap():
     assert discordant(a, b) == (1, 2)
     lo, hi = paired_bootstrap([1] * 30 + [0] * 70, samples=500)
     assert 0.2 < lo < 0.3 < hi < 0.4
+
+
+# --- a skipped RL stage reports nothing under `rl` -----------------------------------------------------------
+
+
+def test_skipped_rl_is_not_evaluated_under_its_name(redis_url, tmp_path):
+    import redis.asyncio as aioredis
+
+    from services.coordinator.context import RunContext
+    from services.coordinator.pipeline import BY_NAME, enter
+    from services.coordinator.queue import StageQueue
+    from services.coordinator.store import RunStore
+    from shared.schemas.runs import RunConfig
+
+    async def scenario():
+        client = aioredis.Redis.from_url(redis_url)
+        store = RunStore(client, tmp_path)
+        await store.create("norl", RunConfig())
+        ctx = RunContext(run_id="norl", config=RunConfig(), store=store, queue=StageQueue(client, "t"),
+                         services=None, run_dir=tmp_path)
+        # No MPS results: the RL pool has no corrected prefix, so RL and its evaluation are skipped.
+        await enter(ctx, BY_NAME["rl"])
+        await enter(ctx, BY_NAME["eval_rl"])
+        progress = [await store.stage("norl", name) for name in ("rl", "eval_rl")]
+        info = await store.info("norl")
+        await client.aclose()
+        return progress, info
+
+    (rl, eval_rl), info = asyncio.run(scenario())
+    assert rl.state == "skipped" and "no corrected prefixes" in rl.detail
+    assert eval_rl.state == "skipped" and eval_rl.detail == "rl did not run"
+    assert "rl" not in info.eval and info.counters.get("rl_prefixes") == 0
