@@ -16,7 +16,7 @@ from services.coordinator import keys
 from services.coordinator.context import RunContext
 from services.coordinator.queue import StageQueue, WorkItem
 from services.coordinator.stages.base import Stage
-from services.coordinator.stages.cold_start import BaselineStage, BCInitStage
+from services.coordinator.stages.cold_start import BaselineStage, BaselineTokensStage, BCInitStage, ControlStage
 from services.coordinator.stages.evaluation import EvalStage
 from services.coordinator.stages.mentor import MPSStage
 from services.coordinator.stages.report import ReportStage
@@ -27,7 +27,10 @@ from shared.schemas.runs import STAGES, RunState
 PIPELINE: list[Stage] = [
     BCInitStage(), EvalStage("bc_init"), MPSStage(), SFTStage(), EvalStage("sft"),
     RLStage(), EvalStage("rl", after="rl"),
-    BaselineStage(), EvalStage("baseline", after="baseline"), EvalStage("teacher"), ReportStage(),
+    BaselineStage(), EvalStage("baseline", after="baseline"),
+    BaselineTokensStage(), EvalStage("baseline_tokens", after="baseline_tokens"),
+    ControlStage(), EvalStage("control", after="control"),
+    EvalStage("teacher"), ReportStage(),
 ]
 BY_NAME = {stage.name: stage for stage in PIPELINE}
 assert tuple(BY_NAME) == STAGES, "the pipeline and the schema's stage list must agree"

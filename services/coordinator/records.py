@@ -12,7 +12,7 @@ from shared.schemas.teacher import Cost
 
 # The purpose a teacher-solved trajectory's tokens count under, by stage.
 TRAJECTORY_PURPOSE = {"bc_init": "cold_start_trajectories", "baseline": "baseline_trajectories",
-                      "eval_teacher": "eval_trajectories"}
+                      "baseline_tokens": "reserve_trajectories", "eval_teacher": "eval_trajectories"}
 
 
 def spend(calls: int, prompt: int, written: int) -> TeacherSpend:

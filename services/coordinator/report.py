@@ -106,6 +106,7 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
         "teacher_tokens": {stage: sum(r.teacher_tokens for r in records if r.stage == stage)
                            for stage in ("bc_init", "mps", "baseline")},
         "teacher_cost": teacher_cost(records, rl_steps, info.eval),
+        "arms": arms(info, records, rl_steps),
         "datasets": {"bc_init": bc_init_correct, "sft": _sft_rows(info, records),
                      "baseline": bc_init_correct + baseline_correct},
         "timing": timing,
@@ -116,7 +117,16 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
 # Which stage each purpose's tokens are spent in; evaluation of the teacher is not training spend.
 PURPOSE_STAGE = {"cold_start_trajectories": "bc_init", "corrections": "mps", "verify_rollouts": "mps",
                  "judgements": "mps", "rl_judgements": "rl", "baseline_trajectories": "baseline",
-                 "eval_trajectories": "eval_teacher"}
+                 "reserve_trajectories": "baseline_tokens", "eval_trajectories": "eval_teacher"}
+# Arms of a comparison: the evaluated policy's label, and the teacher purposes whose spend it needed.
+ARMS = {
+    "cold_start": ("bc_init", ("cold_start_trajectories",)),
+    "score_sft": ("sft", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements")),
+    "score_rl": ("rl", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")),
+    "baseline_equal_tasks": ("baseline", ("cold_start_trajectories", "baseline_trajectories")),
+    "baseline_equal_tokens": ("baseline_tokens", ("cold_start_trajectories",)),
+    "control": ("control", ("cold_start_trajectories",)),
+}
 SCORE_PURPOSES = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")
 
 
@@ -129,6 +139,31 @@ def teacher_cost(records: list[TrajectoryRecord], rl_steps: list[dict], evals: d
                   for purpose in TEACHER_PURPOSES if purpose in spent}
     return {"by_purpose": by_purpose, "score": _sum(spent, SCORE_PURPOSES),
             "baseline": _sum(spent, ("cold_start_trajectories", "baseline_trajectories"))}
+
+
+def arms(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict]) -> dict:
+    """Each evaluated arm's cost: teacher tokens (prompt + written; cold start included, every arm starts from
+    it), training rows and optimizer steps after cold start (the cold-start arm: its own)."""
+    spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in rl_steps))
+    counters = info.counters
+    steps_of = {"bc_init": ("bc_init",), "sft": ("sft",), "rl": ("sft",), "baseline": ("baseline",),
+                "baseline_tokens": ("baseline_tokens",), "control": ("control",)}
+    out = {}
+    for arm, (label, purposes) in ARMS.items():
+        if label not in info.eval:
+            continue
+        cost = TeacherSpend.model_validate(_sum(spent, purposes))
+        if arm == "baseline_equal_tokens":  # only the reserve trajectories within the budget were used
+            cost = cost.add(TeacherSpend(prompt_tokens=int(counters.get("baseline_tokens_prompt_tokens", 0)),
+                                         written_tokens=int(counters.get("baseline_tokens_written_tokens", 0))))
+        steps = sum(int(counters.get(f"{stage}_optimizer_steps", 0)) for stage in steps_of[label])
+        if label == "rl":
+            steps += int(counters.get("rl_steps", 0))
+        out[arm] = {"label": label, "teacher_tokens": cost.prompt_tokens + cost.written_tokens,
+                    "teacher_prompt_tokens": cost.prompt_tokens, "teacher_written_tokens": cost.written_tokens,
+                    "train_rows": int(counters.get(f"{steps_of[label][0]}_train_rows", 0)),
+                    "optimizer_steps": steps}
+    return out
 
 
 def _sum(spent: dict, purposes) -> dict:

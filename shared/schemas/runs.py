@@ -44,9 +44,10 @@ RUN_TRANSITIONS: dict[RunState, set[RunState]] = {
 
 # The stage graph, in order. `eval_*` stages measure the policy the previous stage produced.
 STAGES = ("bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline", "eval_baseline",
-          "eval_teacher", "report")
+          "baseline_tokens", "eval_baseline_tokens", "control", "eval_control", "eval_teacher", "report")
 StageName = Literal["bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline",
-                    "eval_baseline", "eval_teacher", "report"]
+                    "eval_baseline", "baseline_tokens", "eval_baseline_tokens", "control", "eval_control",
+                    "eval_teacher", "report"]
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -93,6 +94,23 @@ class TaskSource(BaseModel):
     )
     n_eval: int = Field(
         default=64, ge=1, le=100_000, description="Held-out tasks every policy is evaluated on.", examples=[2],
+    )
+    n_reserve: int = Field(
+        default=0, ge=0, le=100_000,
+        description="Further training tasks (disjoint from the others) the equal-teacher-token baseline draws "
+        "teacher trajectories from until SCoRe's teacher spend is used up (`baseline.equal_tokens`).",
+        examples=[512],
+    )
+    eval_seed: int | None = Field(
+        default=None,
+        description="Seeds the choice of held-out tasks apart from `seed` (null: `seed`), so runs with different "
+        "training seeds are evaluated on one fixed held-out set.", examples=[0],
+    )
+    eval_split: Literal["heldout", "validation"] = Field(
+        default="heldout",
+        description="`validation`: evaluate on tasks of the training split that no pool uses (disjoint from the "
+        "held-out split), for choosing hyperparameters without touching held-out tasks.",
+        examples=["heldout"],
     )
 
     @model_validator(mode="after")
@@ -249,6 +267,30 @@ class BaselineParams(BaseModel):
 
     enabled: bool = Field(default=True, description="Train and evaluate the baseline.", examples=[True])
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
+    start: Literal["base", "cold_start"] = Field(
+        default="base",
+        description="`base`: fine-tune the base student on the cold-start and training-task trajectories. "
+        "`cold_start`: fine-tune the cold-start checkpoint SCoRe starts from on teacher trajectories of the tasks "
+        "SCoRe used (SFT and RL pools), replaying cold-start rows as SCoRe-SFT does: the fair comparison.",
+        examples=["cold_start"],
+    )
+    equal_tokens: bool = Field(
+        default=False,
+        description="Also train `baseline_tokens`: from the cold-start checkpoint, on teacher trajectories of "
+        "reserve tasks (`tasks.n_reserve`) taken in order until SCoRe's teacher spend after cold start (prompt "
+        "plus written tokens) is used up.", examples=[True],
+    )
+
+
+class ControlParams(BaseModel):
+    """A control: the cold-start checkpoint trained further on the cold-start data only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=False, description="Train and evaluate the control, for as many optimizer steps as SCoRe-SFT "
+        "and SCoRe-RL took together (the SFT stage's hyperparameters otherwise).", examples=[True],
+    )
 
 
 class RunConfig(BaseModel):
@@ -273,6 +315,7 @@ class RunConfig(BaseModel):
     rl: RLParams = Field(default_factory=RLParams, description="SCoRe-RL.")
     eval: EvalParams = Field(default_factory=EvalParams, description="Held-out evaluation.")
     baseline: BaselineParams = Field(default_factory=BaselineParams, description="Plain-distillation baseline.")
+    control: ControlParams = Field(default_factory=ControlParams, description="Cold-start-only control.")
     max_attempts: int = Field(
         default=3, ge=1, le=20,
         description="Deliveries of a work item before it goes to the stage's dead-letter stream.",
@@ -384,9 +427,10 @@ class DeadLetterList(BaseModel):
 
 
 TeacherPurpose = Literal["cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
-                         "baseline_trajectories", "eval_trajectories"]
+                         "baseline_trajectories", "reserve_trajectories", "eval_trajectories"]
 TEACHER_PURPOSES: tuple[str, ...] = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements",
-                                     "rl_judgements", "baseline_trajectories", "eval_trajectories")
+                                     "rl_judgements", "baseline_trajectories", "reserve_trajectories",
+                                     "eval_trajectories")
 
 
 class TeacherSpend(BaseModel):
@@ -445,6 +489,7 @@ class TrajectoryRecord(BaseModel):
                                        examples=[1800])
     teacher_spend: dict[TeacherPurpose, TeacherSpend] = Field(
         default_factory=dict, description="The task's teacher spend by purpose (prompt and written tokens).",
+        examples=[{"corrections": {"calls": 3, "prompt_tokens": 2100, "written_tokens": 180}}],
     )
     policy_version: int | None = Field(default=None, description="Student policy version that acted.", examples=[3])
     student_tokens: int = Field(default=0, description="Tokens the student generated.", examples=[312])

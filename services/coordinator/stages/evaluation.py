@@ -28,13 +28,22 @@ class EvalStage(Stage):
             return ctx.config.baseline.enabled
         if self.label == "rl":
             return ctx.config.rl.steps > 0
+        if self.label == "baseline_tokens":
+            return ctx.config.baseline.equal_tokens
+        if self.label == "control":
+            return ctx.config.control.enabled
         return True
 
     async def skip_reason(self, ctx: RunContext) -> str | None:
         # A policy is measured only if its stage ran: a skipped RL stage leaves the SFT policy, which must not be
         # reported again under the name `rl`.
-        if self.after is not None and (await ctx.store.stage(ctx.run_id, self.after)).state == "skipped":
+        if self.after is None:
+            return None
+        if (await ctx.store.stage(ctx.run_id, self.after)).state == "skipped":
             return f"{self.after} did not run"
+        trains = self.after not in ("rl",)  # every other measured stage publishes its policy through an SFT job
+        if trains and f"{self.after}_optimizer_steps" not in (await ctx.store.info(ctx.run_id)).counters:
+            return f"{self.after} trained nothing"
         return None
 
     async def plan(self, ctx: RunContext) -> list[WorkItem]:
