@@ -73,7 +73,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     metrics = ServiceMetrics("teacher")
     totals = ScrapedCounter(
         "score_teacher_total", "Teacher counters since start, by counter: corrections, hard, teacher_calls, "
-        "teacher_tokens, full_rollouts, episodes (from /v1/rollouts).", ["service", "counter"], metrics.registry)
+        "teacher_tokens (the expert: what a model teacher would have written), full_rollouts, episodes (from "
+        "/v1/rollouts).", ["service", "counter"], metrics.registry)
     generated = ScrapedCounter(
         "score_generated_tokens_total", "Tokens the teacher model generated for corrections and rollouts since "
         "start (0 for the expert engine: no model).", ["service"], metrics.registry)
@@ -111,7 +112,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         if serving is not None:
             for name, value in serving.totals.items():
                 totals.set(("teacher", name), value)
-            generated.set(("teacher",), serving.totals["teacher_tokens"])
+            # The expert's `teacher_tokens` are what a model would have written; no model generated them.
+            generated.set(("teacher",), serving.totals["teacher_tokens"] if serving.backend.has_model else 0)
             for kind, value in serving.judgements.totals.items():
                 judgements.set(("teacher", kind), value)
             cache_hits.set(("teacher",), serving.judgements.cache.hits)
