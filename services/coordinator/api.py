@@ -110,8 +110,8 @@ def runs_router(auth) -> APIRouter:
     @router.get("/runs/{run_id}/trajectories", response_model=TrajectoryList, responses=NOT_FOUND)
     async def trajectories(
         run_id: RunId, request: Request,
-        stage: Literal["bc_init", "mps", "baseline"] | None = Query(default=None, description="Only this stage.",
-                                                                    examples=["mps"]),
+        stage: Literal["bc_init", "mps", "baseline", "baseline_tokens"] | None = Query(
+            default=None, description="Only this stage.", examples=["mps"]),
         outcome: Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"] | None =
         Query(default=None, description="Only trajectories with this outcome.", examples=["repaired"]),
         offset: int = Query(default=0, ge=0, description="Skip this many.", examples=[0]),

@@ -16,13 +16,15 @@ from shared.schemas.runs import TEACHER_PURPOSES, DeadLetter, RunInfo, TeacherSp
 from shared.stats import wilson
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.
-EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "teacher")
+EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "baseline_tokens", "control", "teacher")
 STUDENT_LABELS = ("bc_init", "sft", "rl")
 LABEL_TITLES = {
     "bc_init": "student after cold start (bc_init)",
     "sft": "student after SCoRe-SFT (sft)",
     "rl": "student after SCoRe-RL (rl)",
     "baseline": "plain-distillation baseline (baseline)",
+    "baseline_tokens": "plain distillation at SCoRe's teacher tokens (baseline_tokens)",
+    "control": "cold-start data only, SCoRe's optimizer steps (control)",
     "teacher": "teacher (teacher)",
 }
 REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
@@ -333,7 +335,8 @@ def _no_data(ax, title: str) -> None:
 def _plot_success(ax, metrics: dict) -> None:
     results = metrics.get("eval") or {}
     students = [label for label in STUDENT_LABELS if results.get(label, {}).get("success") is not None]
-    refs = [label for label in ("baseline", "teacher") if results.get(label, {}).get("success") is not None]
+    refs = [label for label in ("baseline", "baseline_tokens", "control", "teacher")
+            if results.get(label, {}).get("success") is not None]
     title = "Held-out success by stage"
     if not students and not refs:
         _no_data(ax, title)
@@ -345,7 +348,8 @@ def _plot_success(ax, metrics: dict) -> None:
         for bar, value in zip(bars, values):
             ax.annotate(f"{value:.1%}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
                         xytext=(0, 3), textcoords="offset points")
-    for label, color, style in (("baseline", "tab:orange", "--"), ("teacher", "tab:green", ":")):
+    for label, color, style in (("baseline", "tab:orange", "--"), ("baseline_tokens", "tab:red", "--"),
+                                ("control", "tab:gray", "-."), ("teacher", "tab:green", ":")):
         if label in refs:
             value = results[label]["success"]
             ax.axhline(value, color=color, linestyle=style, label=f"{label}: {value:.1%}")

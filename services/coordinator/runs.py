@@ -18,7 +18,7 @@ from services.coordinator.store import IllegalTransition, RunNotFound, RunStore
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.schemas.runs import RunConfig, RunEvent, RunInfo, RunState, TrajectoryRecord
 
-RECORD_STAGES = ("bc_init", "mps", "baseline")
+RECORD_STAGES = ("bc_init", "mps", "baseline", "baseline_tokens")
 
 
 def new_run_id() -> str:

@@ -471,7 +471,9 @@ class TrajectoryRecord(BaseModel):
     stage: str = Field(
         description="`bc_init` (teacher), `mps` (student + teacher repairs) or `baseline` (teacher).", examples=["mps"],
     )
-    pool: Literal["bc_init", "train", "rl"] = Field(description="The task pool it came from.", examples=["train"])
+    pool: Literal["bc_init", "train", "rl", "reserve"] = Field(
+        description="The task pool it came from (`reserve`: the equal-teacher-token baseline's).", examples=["train"],
+    )
     task: Task = Field(description="The task.")
     outcome: Outcome = Field(description="How the task ended.", examples=["repaired"])
     steps: list[Step] = Field(description="The final trajectory (the last attempt's steps, prefixes included).")
