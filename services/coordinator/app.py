@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from prometheus_client import Gauge
 
-from services.coordinator.api import ops_router, runs_router
+from services.coordinator.api import experiments_router, ops_router, runs_router
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.queue import StageQueue
+from services.coordinator.experiments import ExperimentManager
 from services.coordinator.runs import RunManager
 from services.coordinator.store import RunStore
 from services.coordinator.supervisor import WorkerSupervisor
@@ -97,6 +98,7 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         app.state.store = RunStore(client, settings.runs_dir)
         app.state.queue = StageQueue(client, consumer="api")
         app.state.runs = RunManager(app.state.store, app.state.queue, settings.runs_dir, settings)
+        app.state.experiments = ExperimentManager(app.state.runs, settings.home / "experiments", settings.runs_dir)
         app.state.health = None
         with contextlib.suppress(Exception):  # Redis may come up after us; the workers and /ready wait for it
             await app.state.queue.ensure_groups()
@@ -106,11 +108,13 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         app.state.supervisor = supervisor
         await supervisor.start()
         watcher = asyncio.create_task(watch_health(app))
+        experiments = asyncio.create_task(app.state.experiments.watch())
         log.info("coordinator ready redis=%s workers=%d home=%s", settings.redis_url, config.workers, settings.home)
         try:
             yield
         finally:
             watcher.cancel()
+            experiments.cancel()
             await supervisor.stop()
             await client.aclose()
 
@@ -133,5 +137,5 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=settings.api_token,
                   max_body_bytes=settings.max_body_bytes,
-                  routers=[ops_router, runs_router])
+                  routers=[ops_router, runs_router, experiments_router])
     return app

@@ -19,6 +19,10 @@ from shared.settings import Settings, is_configured_service_url
 logger = logging.getLogger("score.coordinator")
 
 
+# Policies trained only to be compared with SCoRe: the run never ends on them.
+REFERENCE_ARMS = ("baseline", "baseline_tokens", "control")
+
+
 @dataclass
 class RunContext:
     run_id: str
@@ -57,7 +61,7 @@ class RunContext:
         info = await self.services.student.load(path=path, version=version)
         checkpoint = json.dumps({"path": path, "version": version, "label": label})
         fields = {"student_checkpoint": checkpoint, "policy_version": info.policy_version}
-        if label != "baseline":  # the SCoRe policy the run ends on (the baseline is only evaluated)
+        if label not in REFERENCE_ARMS:  # the SCoRe policy the run ends on (reference arms are only evaluated)
             fields["score_checkpoint"] = checkpoint
         await self.store.set_fields(self.run_id, **fields)
         await self.store.event(self.run_id, "log", f"student now serves {label} (policy version {version})",

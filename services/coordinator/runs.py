@@ -19,7 +19,7 @@ from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.schemas.runs import RunConfig, RunEvent, RunInfo, RunState, TrajectoryRecord
 from shared.settings import Settings, is_configured_service_url
 
-RECORD_STAGES = ("bc_init", "mps", "baseline")
+RECORD_STAGES = ("bc_init", "mps", "baseline", "baseline_tokens")
 
 
 def check_service_urls(config: RunConfig, settings: Settings) -> None:

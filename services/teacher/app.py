@@ -48,7 +48,9 @@ def app_from_args(args, settings) -> FastAPI:
 
 def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) -> TeacherBackend:
     if config.engine == "expert":
-        return ExpertBackend(executor)
+        # No model runs, but its steps are counted in the built-in teacher's tokenizer (see ExpertBackend).
+        path, _ = resolve_model(None, home=config.settings.home, default_role="teacher")
+        return ExpertBackend(executor, load_tokenizer(path))
     try:
         path, label = resolve_model(config.model, home=config.settings.home, default_role="teacher")
     except KeyError as exc:
@@ -75,7 +77,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     metrics = ServiceMetrics("teacher")
     totals = ScrapedCounter(
         "score_teacher_total", "Teacher counters since start, by counter: corrections, hard, teacher_calls, "
-        "teacher_tokens, full_rollouts, episodes (from /v1/rollouts).", ["service", "counter"], metrics.registry)
+        "teacher_tokens (the expert: what a model teacher would have written), full_rollouts, episodes (from "
+        "/v1/rollouts).", ["service", "counter"], metrics.registry)
     generated = ScrapedCounter(
         "score_generated_tokens_total", "Tokens the teacher model generated for corrections and rollouts since "
         "start (0 for the expert engine: no model).", ["service"], metrics.registry)
@@ -117,7 +120,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         if serving is not None:
             for name, value in serving.totals.items():
                 totals.set(("teacher", name), value)
-            generated.set(("teacher",), serving.totals["teacher_tokens"])
+            # The expert's `teacher_tokens` are what a model would have written; no model generated them.
+            generated.set(("teacher",), serving.totals["teacher_tokens"] if serving.backend.has_model else 0)
             for kind, value in serving.judgements.totals.items():
                 judgements.set(("teacher", kind), value)
             cache_hits.set(("teacher",), serving.judgements.cache.hits)

@@ -130,5 +130,6 @@ class JudgementService:
         verdict, reason = parse_equivalence(reply.text)
         if verdict is None:
             detail = f"teacher reply unreadable ({reason}); programmatic verdict"
-            return fallback.model_copy(update={"detail": detail}), reply.cost
-        return fallback.model_copy(update={"equivalent": verdict, "method": "teacher", "detail": reason}), reply.cost
+            return fallback.model_copy(update={"detail": detail}), reply.cost.as_judgement()
+        return (fallback.model_copy(update={"equivalent": verdict, "method": "teacher", "detail": reason}),
+                reply.cost.as_judgement())

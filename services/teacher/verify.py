@@ -86,7 +86,7 @@ class VerifyStrategy:
                 )
             except BackendError as exc:
                 return hard(prepared, "verify", str(exc), cost)
-            cost = cost.add(continuation.cost).add(Cost(full_rollouts=1))
+            cost = cost.add(continuation.cost.as_rollout()).add(Cost(full_rollouts=1))
             answer = continuation.final_answer
             if answer is not None and (await score_answer_async(answer, task.true_answer)).correct:
                 corrected = continuation.steps[k] if len(continuation.steps) > k else teacher

@@ -48,6 +48,12 @@ class Message(BaseModel):
         description="The message text.",
         examples=["<thought>Start from 747: add 822.</thought>\n<code>a = 747 + 822\nprint(a)</code>"],
     )
+    weight: Literal[0, 1] = Field(
+        default=1,
+        description="OpenAI fine-tuning's per-message weight: an assistant turn with weight 0 stays in the context "
+        "but carries no loss (a malformed or unchecked turn that must not be learnt as if it were right).",
+        examples=[1],
+    )
 
 
 class Conversation(BaseModel):
@@ -57,13 +63,14 @@ class Conversation(BaseModel):
 
     messages: list[Message] = Field(
         min_length=1,
-        description="The conversation; it needs at least one assistant turn (every assistant turn is trained on).",
+        description="The conversation; it needs at least one assistant turn of weight 1 (every such turn is "
+        "trained on).",
     )
 
     @model_validator(mode="after")
     def _has_assistant_turn(self) -> "Conversation":
-        if not any(message.role == "assistant" for message in self.messages):
-            raise ValueError("has no assistant turn (nothing to train on); add one or drop the example")
+        if not any(message.role == "assistant" and message.weight == 1 for message in self.messages):
+            raise ValueError("has no assistant turn of weight 1 (nothing to train on); add one or drop the example")
         return self
 
 

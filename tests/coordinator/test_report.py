@@ -110,7 +110,7 @@ def test_metrics_counts(records):
     assert mps["correction_step_histogram"] == {"0": 0, "1": 4, "2": 3, "3": 1}
     assert mps["teacher_tokens"] == 10 * 7 and mps["student_tokens"] == 40 + 50 + 60 + 30 + 70
     assert m["rl"]["prefixes"] == 2 and m["rl"]["steps"] == RL_STEPS
-    assert m["key_step_rewards"] == {"correct": 9, "equivalent": 9, "repeat": 9, "other": 15, "no_answer": 6}
+    assert m["key_step_rewards"] == {"correct": 9, "wrong_final": 0, "equivalent": 9, "repeat": 9, "other": 15, "no_answer": 6}
     assert m["teacher_tokens"] == {"bc_init": 310, "mps": 100, "baseline": 150}
     assert m["datasets"]["bc_init"] == 2 and m["datasets"]["baseline"] == 3
     assert m["timing"] == TIMING
@@ -181,7 +181,7 @@ def test_partial_eval_and_recovered_rl_step(tmp_path, records):
     write_report(tmp_path, metrics)
     report = (tmp_path / "report.md").read_text()
     assert "| bc_init |" in report and "| teacher |" not in report
-    assert metrics["key_step_rewards"] == dict.fromkeys(("correct", "equivalent", "repeat", "other", "no_answer"), 0)
+    assert metrics["key_step_rewards"] == dict.fromkeys(("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer"), 0)
     table = results_table(metrics)
     assert "bc_init" in table and "1/10" in table and table.count("\n") == 2
 

@@ -55,6 +55,9 @@ async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list
                 "tokens_per_s": job.metrics.tokens_per_s, "eta_s": job.eta_s})
     if job.state != JobState.succeeded or job.checkpoint is None:
         raise TrainingFailed(f"SFT job {job_id} {job.state.value}: {job.error or 'no checkpoint'}")
+    # What each arm cost in training, for comparisons at equal optimizer steps.
+    await ctx.store.set_counters(ctx.run_id, **{f"{stage}_optimizer_steps": int(job.total_steps or job.step),
+                                                f"{stage}_train_rows": len(rows)})
     await ctx.store.event(ctx.run_id, "log", f"{stage}: published {job.checkpoint.name}/v{job.checkpoint.version}",
                           stage=stage, data={"checkpoint": job.checkpoint.model_dump(), "loss": job.metrics.loss})
     return job.checkpoint
