@@ -27,7 +27,7 @@ def _unbounded_numbers(spec: dict, node: dict, where: str, found: set[str], seen
     if kind in ("integer", "number"):
         has_min = "minimum" in node or "exclusiveMinimum" in node
         has_max = "maximum" in node or "exclusiveMaximum" in node
-        if not (has_min and has_max):
+        if not (has_min and has_max) and "enum" not in node and "const" not in node:  # a listed value is bounded
             found.add(where)
     if kind == "array" and "items" in node:
         _unbounded_numbers(spec, node["items"], f"{where}[]", found, seen)

@@ -7,7 +7,7 @@ run trains all arms from its own cold-start checkpoint and evaluates them on the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,12 +28,12 @@ class ExperimentConfig(BaseModel):
     }]})
 
     name: str | None = Field(default=None, description="A label for listings.", examples=["score-vs-distill"])
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
         default_factory=lambda: [0, 1, 2], min_length=1, max_length=16,
         description="Training seeds: each seeds its run's training task pools and sampling.", examples=[[0, 1, 2]],
     )
     eval_seed: int = Field(
-        default=0, description="Seeds the held-out tasks, the same for every seed's run.", examples=[0],
+        default=0, ge=0, le=2**32 - 1, description="Seeds the held-out tasks, the same for every seed's run.", examples=[0],
     )
     run: RunConfig = Field(
         default_factory=RunConfig,

@@ -104,7 +104,7 @@ class GRPOHyperparameters(LoRASettings):
     )
 
     max_logprob_diff: float | None = Field(
-        default=0.5, gt=0.0,
+        default=0.5, gt=0.0, le=1000.0,
         description="Trust bound on the behaviour log-probabilities. For samples from the weights being trained "
         "(`policy_version` equal to the session's), the step recomputes each generated token's log-probability; a "
         "sample whose mean |behaviour - recomputed| exceeds this (nats per token) is dropped from the loss and "

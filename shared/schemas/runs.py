@@ -104,7 +104,7 @@ class TaskSource(BaseModel):
         examples=[512],
     )
     eval_seed: int | None = Field(
-        default=None,
+        default=None, ge=0, le=2**32 - 1,
         description="Seeds the choice of held-out tasks apart from `seed` (null: `seed`), so runs with different "
         "training seeds are evaluated on one fixed held-out set.", examples=[0],
     )
