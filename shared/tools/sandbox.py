@@ -594,7 +594,9 @@ def sandbox_report(*, unconfined: bool = False) -> dict[str, Any]:
         boundary = boundary_module.check(_base_python())
     report: dict[str, Any] = {"ok": boundary.ok, "boundary": "bwrap" if boundary.mode != "none" else "none",
                               "mode": "unconfined" if unconfined else boundary.mode,
-                              "bwrap": boundary.bwrap_version, "problem": None if boundary.ok else
+                              "bwrap": boundary.bwrap_version,
+                              "nested_userns_blocked_by": boundary.nested_userns_blocked_by,
+                              "problem": None if boundary.ok else
                               f"{boundary.problem}; {boundary_module.UNCONFINED_HINT}"}
     layers: tuple[str, ...] = ()
     if boundary.ok:

@@ -34,7 +34,7 @@ from shared.tools.sandbox import (
     SandboxLimits,
     sandbox_report,
 )
-from tests.tools.hostile_runner import FAST, ROOMY, SLOW_CASES, run_benign, run_hostile
+from tests.tools.hostile_runner import FAST, ROOMY, run_benign, run_hostile
 from tests.tools.hostile_snippets import (
     BENIGN_CASES,
     CANARY_PATH,
