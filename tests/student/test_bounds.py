@@ -119,6 +119,8 @@ def test_a_student_process_refuses_a_huge_seed_keeps_generating_and_stops_on_sig
         assert httpx.post(url, json={**CHAT, "seed": 2**63 - 1}, timeout=60).status_code == 200
         assert httpx.get(f"{student.url}/ready", timeout=30).status_code == 200
         student.process.send_signal(signal.SIGTERM)
-        assert student.process.wait(60) == 0, student.log_tail()
+        # uvicorn shuts down, then ends by the signal it caught; what matters is that nothing waits forever.
+        assert student.process.wait(60) in (0, -signal.SIGTERM), student.log_tail()
+        assert "Application shutdown complete" in student.log_tail()
     finally:
         student.stop()
