@@ -25,6 +25,10 @@ def client(score_home):
         yield client
 
 
+# The samples below are made up, not sampled (their logprobs are not the model's): no behaviour-logprob bound.
+MADE_UP = {"max_logprob_diff": None}
+
+
 def new_id(prefix="s") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -52,7 +56,7 @@ def batch(version: int = 0, rewards=((1.0, 0.0, 0.5), (0.0, 1.0)), **extra) -> d
 
 def create(client, **body) -> dict:
     body.setdefault("session_id", new_id())
-    body.setdefault("hyperparameters", {"learning_rate": 1e-2})
+    body.setdefault("hyperparameters", {**MADE_UP, "learning_rate": 1e-2})
     response = client.post("/v1/rl/sessions", json=body)
     assert response.status_code == 201, response.text
     return response.json()
@@ -67,7 +71,7 @@ def assert_error(response, status: int, param: str, text: str = "") -> None:
 
 def test_create_is_idempotent_on_the_caller_id(client):
     session_id = new_id()
-    body = {"session_id": session_id, "hyperparameters": {"learning_rate": 1e-3, "max_staleness": 0}}
+    body = {"session_id": session_id, "hyperparameters": {**MADE_UP, "learning_rate": 1e-3, "max_staleness": 0}}
     first = client.post("/v1/rl/sessions", json=body)
     again = client.post("/v1/rl/sessions", json=body)
     assert (first.status_code, again.status_code) == (201, 200)
@@ -126,7 +130,7 @@ def test_report_to_tensorboard_writes_each_steps_metrics(client, score_home):
 
 
 def test_stale_and_future_samples_are_refused_naming_the_sample(client):
-    info = create(client, hyperparameters={"learning_rate": 1e-3, "max_staleness": 0})
+    info = create(client, hyperparameters={**MADE_UP, "learning_rate": 1e-3, "max_staleness": 0})
     url = f"/v1/rl/sessions/{info['id']}/steps"
     assert client.post(url, json=batch(version=0)).status_code == 200  # now at version 1
     stale = batch(version=1)
@@ -213,8 +217,8 @@ def test_unknown_and_closed_sessions(client):
 
 # Full weights, and a LoRA adapter (AdamW then holds the adapter's tensors only, and the adapter is published).
 RESTART_CASES = {
-    "full": ({"learning_rate": 1e-2}, "model.safetensors"),
-    "lora": ({"learning_rate": 1e-2, "lora": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj"]},
+    "full": ({**MADE_UP, "learning_rate": 1e-2}, "model.safetensors"),
+    "lora": ({**MADE_UP, "learning_rate": 1e-2, "lora": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj"]},
              "adapter_model.safetensors"),
 }
 
