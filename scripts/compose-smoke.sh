@@ -131,7 +131,7 @@ for service in student teacher; do
     echo "$ready" | "$PYTHON_HOST" -c '
 import json, os, sys
 name, ready = sys.argv[1], json.load(sys.stdin)
-layers = ready.get("sandbox") or {}
+layers = (ready.get("sandbox") or {}).get("layers") or {}   # /ready: sandbox = {ok, boundary, mode, layers, ...}
 on = sorted(k for k, v in layers.items() if v)
 off = sorted(k for k, v in layers.items() if not v)
 print(f"{name} /ready: sandbox layers on ({len(on)}): {on}; off ({len(off)}): {off}")
