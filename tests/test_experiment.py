@@ -42,8 +42,9 @@ def test_experiment_quick_compares_every_arm_on_one_held_out_set(score_home, tmp
     for seed in ("0", "1"):
         arms = {arm: results["arms"][arm]["seeds"][seed] for arm in ARMS}
         assert arms["control"]["teacher_tokens"] == arms["cold_start"]["teacher_tokens"]
-        assert arms["baseline_equal_tokens"]["teacher_tokens"] >= arms["score_rl"]["teacher_tokens"] or \
-            arms["baseline_equal_tokens"]["train_rows"] > 0
+        # (--quick's 64 reserve tasks may run out before SCoRe's spend is matched: never more than it, then.)
+        assert arms["cold_start"]["teacher_tokens"] < arms["baseline_equal_tokens"]["teacher_tokens"]
+        assert arms["baseline_equal_tokens"]["train_rows"] > 0
         sft_steps = arms["score_sft"]["optimizer_steps"]
         assert arms["control"]["optimizer_steps"] == arms["score_rl"]["optimizer_steps"] >= sft_steps
     pairs = {(c["arm"], c["versus"], c["seed"]) for c in results["comparisons"]}

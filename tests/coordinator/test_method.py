@@ -251,3 +251,22 @@ def test_skipped_rl_is_not_evaluated_under_its_name(redis_url, tmp_path):
     assert rl.state == "skipped" and "no corrected prefixes" in rl.detail
     assert eval_rl.state == "skipped" and eval_rl.detail == "rl did not run"
     assert "rl" not in info.eval and info.counters.get("rl_prefixes") == 0
+
+
+def test_equal_token_baseline_takes_trajectories_until_the_budget_is_spent():
+    from services.coordinator.records import teacher_record
+    from services.coordinator.stages.cold_start import within_budget
+    from shared.schemas.teacher import TeacherEpisode
+
+    steps = [PLAN, act("final_answer_print(5)", "5")]
+    records = []
+    for i in range(5):
+        cost = Cost(teacher_calls=2, teacher_tokens=10, teacher_prompt_tokens=90)  # 100 tokens each
+        solved = TeacherEpisode(task_id=f"t{i}", steps=steps, final_answer="5", finished=True, cost=cost)
+        records.append(teacher_record("r", "baseline_tokens", "reserve", Task(id=f"t{i}", question="q", true_answer=5),
+                                      solved, True))
+    assert records[0].teacher_spend["reserve_trajectories"].written_tokens == 10
+    assert within_budget(records, 250) == (records[:3], 300)  # the third crosses the budget and is the last
+    assert within_budget(records, 200) == (records[:2], 200)
+    assert within_budget(records, 10_000) == (records, 500)  # the reserve runs out
+    assert within_budget(records, 0) == ([], 0)

@@ -102,6 +102,18 @@ def score_teacher_spend(mps_records, rl_results: dict) -> int:
     return sum(part.prompt_tokens + part.written_tokens for part in spent.values())
 
 
+def within_budget(records, budget: int) -> tuple[list, int]:
+    """Records in order until their teacher tokens (prompt + written) reach `budget`; the one that crosses it is
+    the last taken. (records, tokens used)."""
+    used, chosen = 0, []
+    for record in records:
+        if used >= budget:
+            break
+        chosen.append(record)
+        used += sum(p.prompt_tokens + p.written_tokens for p in record.teacher_spend.values())
+    return chosen, used
+
+
 class BaselineTokensStage(TeacherSolveStage):
     """Plain trajectory distillation at equal teacher tokens: reserve tasks' teacher trajectories, in order, until
     SCoRe's teacher spend after cold start is used up (the trajectory that crosses the budget is the last one)."""
@@ -117,14 +129,9 @@ class BaselineTokensStage(TeacherSolveStage):
     async def finish(self, ctx: RunContext) -> None:
         budget = score_teacher_spend(records_of(await ctx.store.results(ctx.run_id, "mps")),
                                      await ctx.store.results(ctx.run_id, "rl"))
-        used, chosen = 0, []
-        for record in records_of(await ctx.store.results(ctx.run_id, self.name)):
-            if used >= budget:
-                break
-            chosen.append(record)
-            used += sum(p.prompt_tokens + p.written_tokens for p in record.teacher_spend.values())
+        chosen, used = within_budget(records_of(await ctx.store.results(ctx.run_id, self.name)), budget)
         spend = add_spend(*(r.teacher_spend for r in chosen))
-        part = spend.get("baseline_trajectories")
+        part = spend.get("reserve_trajectories")
         await ctx.store.set_counters(ctx.run_id, baseline_tokens_budget=budget, baseline_tokens_used=used,
                                      baseline_tokens_tasks=len(chosen),
                                      baseline_tokens_prompt_tokens=part.prompt_tokens if part else 0,
