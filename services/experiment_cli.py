@@ -8,24 +8,30 @@ import sys
 import time
 from pathlib import Path
 
-# `--quick` caps every size so the whole comparison runs in a few minutes (CI): two seeds, small pools. It checks
-# the machinery, not the method: a 256-task cold start leaves the tiny student near 0%.
+# `--quick` caps every size so the whole comparison runs in a few minutes (CI): two seeds, small pools, a few
+# optimizer steps per training job, one RL step on small groups. It checks the machinery (every arm trained and
+# evaluated on one held-out set, every figure recomputable), not the method: the student stays near 0%.
 QUICK_SEEDS = 2
-QUICK_CAPS = {"n_bc_init": 256, "n_train": 16, "n_rl": 8, "n_eval": 32, "n_reserve": 64}
-QUICK_RL_STEPS = 2
+QUICK_CAPS = {"n_bc_init": 64, "n_train": 8, "n_rl": 4, "n_eval": 16, "n_reserve": 16}
+QUICK_SFT_STEPS = 4          # per SFT job (cold start, SCoRe-SFT, baselines)
+QUICK_RL = {"steps": 1, "prompts_per_step": 2, "group_size": 2}
 POLL_S = 3.0
 
 
 def quick_config(config: dict) -> dict:
-    """The same comparison, smaller: fewer seeds, tasks and RL steps; everything else as configured."""
+    """The same comparison, smaller: fewer seeds, tasks, optimizer and RL steps; everything else as configured."""
     config = json.loads(json.dumps(config))
     config["seeds"] = (config.get("seeds") or [0, 1, 2])[:QUICK_SEEDS]
     run = config.setdefault("run", {})
     tasks = run.setdefault("tasks", {})
     for field, cap in QUICK_CAPS.items():
         tasks[field] = min(int(tasks.get(field, cap)), cap)
+    for stage in ("bc_init", "sft", "baseline"):  # the control trains for SCoRe's step count
+        hyperparameters = run.setdefault(stage, {}).setdefault("hyperparameters", {})
+        hyperparameters["max_steps"] = min(int(hyperparameters.get("max_steps") or QUICK_SFT_STEPS), QUICK_SFT_STEPS)
     rl = run.setdefault("rl", {})
-    rl["steps"] = min(int(rl.get("steps", QUICK_RL_STEPS)), QUICK_RL_STEPS)
+    for field, cap in QUICK_RL.items():
+        rl[field] = min(int(rl.get(field, cap)), cap)
     return config
 
 
