@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PROJECT="${SCORE_SMOKE_PROJECT:-score-smoke}"
 CONFIG="${SCORE_SMOKE_CONFIG:-configs/compose-smoke.yaml}"
 HEALTH_TIMEOUT="${SCORE_SMOKE_HEALTH_TIMEOUT:-600}"
-RUN_TIMEOUT="${SCORE_SMOKE_RUN_TIMEOUT:-1500}"
+RUN_TIMEOUT="${SCORE_SMOKE_RUN_TIMEOUT:-2700}"
 export SCORE_IMAGE="${SCORE_IMAGE:-score-distill:smoke}"
 PYTHON_HOST="$(command -v python3.11 || command -v python3)"
 
@@ -86,8 +86,10 @@ if [ "$offline" = 1 ]; then
 fi
 
 # --- build ------------------------------------------------------------------------------------------------------
-# The four services share one image: the first build does the work, the other three hit its cache.
-compose build >/tmp/score-smoke-build.$$.log 2>&1 || { tail -40 /tmp/score-smoke-build.$$.log >&2; exit 1; }
+# The four services share one image (one `image:` tag, one build section): building it for one service builds
+# it for all, and `up --no-build` below starts all four from it.
+compose build coordinator >/tmp/score-smoke-build.$$.log 2>&1 \
+    || { tail -40 /tmp/score-smoke-build.$$.log >&2; exit 1; }
 rm -f /tmp/score-smoke-build.$$.log
 if [ -n "$index_pid" ]; then kill "$index_pid" 2>/dev/null || true; index_pid=""; fi
 echo "image $SCORE_IMAGE: $(docker image inspect --format '{{.Size}}' "$SCORE_IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')"
