@@ -52,6 +52,8 @@ ARG SCORE_UID=10001
 ARG SCORE_GID=10001
 # 1: build the built-in tiny models into SCORE_HOME now (about a minute), so the first start is fast.
 ARG PREBUILD_MODELS=1
+# bubblewrap: the boundary around model-written code (docs/sandbox.md); setpriv comes with util-linux.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid "${SCORE_GID}" score \
     && useradd --system --uid "${SCORE_UID}" --gid score --create-home --home-dir /home/score --shell /usr/sbin/nologin score \
     && mkdir -p /data \

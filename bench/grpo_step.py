@@ -58,7 +58,7 @@ def main() -> None:
         model, _ = load_causal_lm(ensure_builtin_model(role, home), dtype=torch.float32)
         params = sum(p.numel() for p in model.parameters())
         for mini_batch_size in (8, 32, 64):
-            hp = GRPOHyperparameters(learning_rate=1e-4, mini_batch_size=mini_batch_size)
+            hp = GRPOHyperparameters(learning_rate=1e-4, mini_batch_size=mini_batch_size, max_logprob_diff=None)
             policy = copy.deepcopy(model)
             optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=0.0)
             grpo_step(policy, optimizer, groups, hp, pad_id=0)  # warm-up: allocator, kernels

@@ -1,11 +1,12 @@
-"""Student rollouts: agent episodes per second through the service, and where the time goes.
+"""Student rollouts with the engine's prefix cache on and off: the same episodes, side by side.
 
-Runs built-in tasks through `POST /v1/rollouts` on the built-in tiny student
-(untrained: it mostly writes malformed turns, which still exercises generation,
-parsing and the sandbox each turn), then the same number of expert prefixes
-replayed with `max_turns: 0` (sandbox only, no model), side by side.
+Two student services on the built-in tiny student, one with the prefix cache (`prefix_cache_mb`, the
+default) and one without (`SCORE_STUDENT_PREFIX_CACHE_MB=0`), get the same seeded `POST /v1/rollouts`
+requests in interleaved rounds. Per arm: episodes/s, and prefill tokens per episode (the prompt tokens
+that ran through the model, from the engine's counters) against the episode's length. The episodes
+themselves must be token for token the same in both arms (seeded sampling does not depend on the cache).
 
-    .venv/bin/python bench/student_rollouts.py [--items 16] [--n 4] [--max-turns 4] [--max-tokens 64]
+    .venv/bin/python bench/student_rollouts.py [--items 16] [--n 4] [--max-turns 6] [--max-tokens 48] [--repeats 3]
 
 Prints a table and writes bench/results/student_rollouts.json.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -27,89 +29,108 @@ sys.path.insert(0, str(ROOT))
 
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
-from shared.tasks.expert import expert_steps  # noqa: E402
 from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
+ARMS = {"cache_off": "0", "cache_on": ""}  # SCORE_STUDENT_PREFIX_CACHE_MB; empty = the default
 
-def timed_post(url: str, body: dict) -> tuple[float, dict]:
+
+def engine_counters(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(r'score_engine_total\{counter="(\w+)",service="student"\} (\S+)', text)
+    return {name: float(value) for name, value in found}
+
+
+def timed_round(url: str, body: dict) -> tuple[dict, list[list[int]]]:
+    before = engine_counters(url)
     started = time.perf_counter()
-    response = httpx.post(f"{url}/v1/rollouts", json=body, timeout=1200)
+    response = httpx.post(f"{url}/v1/rollouts", json=body, timeout=1800)
+    seconds = time.perf_counter() - started
     response.raise_for_status()
-    return time.perf_counter() - started, response.json()
+    after = engine_counters(url)
+    episodes = response.json()["episodes"]
+    lengths = [len(e["token_ids"]) for e in episodes]
+    delta = {k: after.get(k, 0.0) - v for k, v in before.items()}
+    return {
+        "seconds": seconds, "episodes": len(episodes), "episodes_per_s": len(episodes) / seconds,
+        "model_turns": sum(len(e["steps"]) for e in episodes),
+        "episode_tokens_mean": statistics.mean(lengths),
+        "prefill_tokens_per_episode": delta.get("prefill_tokens", 0.0) / len(episodes),
+        "cached_tokens_per_episode": delta.get("cached_tokens", 0.0) / len(episodes),
+        "generated_tokens_per_episode": delta.get("generated_tokens", 0.0) / len(episodes),
+    }, [e["token_ids"] for e in episodes]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--max-turns", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-turns", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "student_rollouts.json"))
     args = parser.parse_args()
 
     home = Path(os.environ.get("SCORE_HOME") or tempfile.mkdtemp(prefix="score-bench-"))
     ensure_builtin_model("student", home)
     tasks = builtin_tasks(split="eval", n=args.items, seed=7)
-    model_body = {
+    body = {
         "items": [{"task": t.model_dump(mode="json")} for t in tasks], "n": args.n, "max_turns": args.max_turns,
         "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens, "seed": 0},
     }
-    replay_items = [
-        {"task": t.model_dump(mode="json"), "prefix_steps": [s.model_dump() for s in expert_steps(t)]} for t in tasks
-    ]
-    replay_body = {"items": replay_items * args.n, "max_turns": 0}
-
-    service = ServiceProcess("student", home=home, log_dir=Path(tempfile.mkdtemp()))
-    try:
-        service.wait_ready()
-        timed_post(service.url, {**model_body, "items": model_body["items"][:2], "n": 1})  # warm-up
-        model_rounds, replay_rounds = [], []
-        for _ in range(args.repeats):
-            seconds, data = timed_post(service.url, model_body)
-            episodes = data["episodes"]
-            model_rounds.append({
-                "seconds": seconds, "episodes": len(episodes),
-                "model_turns": sum(len(e["steps"]) for e in episodes),
-                "generated_tokens": sum(sum(e["loss_mask"]) for e in episodes),
-                "total_tokens": sum(len(e["token_ids"]) for e in episodes),
-            })
-            seconds, data = timed_post(service.url, replay_body)
-            replay_rounds.append({
-                "seconds": seconds, "episodes": len(data["episodes"]),
-                "executed_steps": sum(len(e["steps"]) - 1 for e in data["episodes"]),
-                "solved": sum(bool(e["finished"]) for e in data["episodes"]),
-            })
-    finally:
-        service.stop()
-
-    def median(rows, key):
-        return statistics.median(r[key] for r in rows)
-
-    result = {
-        "config": vars(args),
-        "model_rollouts": {
-            "episodes_per_s": statistics.median(r["episodes"] / r["seconds"] for r in model_rounds),
-            "model_turns_per_s": statistics.median(r["model_turns"] / r["seconds"] for r in model_rounds),
-            "generated_tokens_per_s": statistics.median(r["generated_tokens"] / r["seconds"] for r in model_rounds),
-            "seconds": median(model_rounds, "seconds"), "rounds": model_rounds,
-        },
-        "prefix_replays": {
-            "episodes_per_s": statistics.median(r["episodes"] / r["seconds"] for r in replay_rounds),
-            "executed_steps_per_s": statistics.median(r["executed_steps"] / r["seconds"] for r in replay_rounds),
-            "seconds": median(replay_rounds, "seconds"), "rounds": replay_rounds,
-        },
+    logs = Path(tempfile.mkdtemp())
+    services = {
+        # One torch thread each, as `score up` gives its services: two full thread pools on the same cores slow
+        # each other several-fold, and the arms would measure that instead of the cache.
+        arm: ServiceProcess("student", home=home, log_dir=logs,
+                            env={"SCORE_STUDENT_PREFIX_CACHE_MB": value, "OMP_NUM_THREADS": "1"})
+        for arm, value in ARMS.items()
     }
-    m, r = result["model_rollouts"], result["prefix_replays"]
+    rounds: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    same_episodes = []
+    try:
+        for service in services.values():
+            service.wait_ready()
+            timed_round(service.url, {**body, "items": body["items"][:2], "n": 1})  # warm-up
+        for _ in range(args.repeats):  # interleaved, so both arms see the same machine noise
+            tokens = {}
+            for arm, service in services.items():
+                measured, tokens[arm] = timed_round(service.url, body)
+                rounds[arm].append(measured)
+            same_episodes.append(sum(a == b for a, b in zip(tokens["cache_off"], tokens["cache_on"])))
+    finally:
+        for service in services.values():
+            service.stop()
+
+    def median(arm: str, key: str) -> float:
+        return statistics.median(r[key] for r in rounds[arm])
+
+    summary = {
+        arm: {key: median(arm, key) for key in (
+            "seconds", "episodes_per_s", "episode_tokens_mean", "prefill_tokens_per_episode",
+            "cached_tokens_per_episode", "generated_tokens_per_episode", "model_turns")}
+        for arm in ARMS
+    }
+    for arm in ARMS:
+        summary[arm]["prefill_per_episode_length"] = (
+            summary[arm]["prefill_tokens_per_episode"] / summary[arm]["episode_tokens_mean"])
+    on, off = summary["cache_on"], summary["cache_off"]
+    result = {
+        "config": vars(args), "summary": summary, "rounds": rounds,
+        "speedup_episodes_per_s": on["episodes_per_s"] / off["episodes_per_s"],
+        "identical_episodes_per_round": same_episodes, "episodes_per_round": len(tasks) * args.n,
+        "targets": {"prefill_per_episode_length_with_cache": 1.2, "speedup_episodes_per_s": 2.0},
+    }
     report([
-        (f"model rollouts: {args.items} items x n={args.n}, {args.max_turns} turns (s)", f"{m['seconds']:.2f}"),
-        ("  episodes/s", f"{m['episodes_per_s']:.2f}"),
-        ("  model turns/s", f"{m['model_turns_per_s']:.2f}"),
-        ("  generated tokens/s", f"{m['generated_tokens_per_s']:.1f}"),
-        ("expert prefix replays, same episode count (s)", f"{r['seconds']:.2f}"),
-        ("  episodes/s (sandbox start + steps, no model)", f"{r['episodes_per_s']:.2f}"),
-        ("  executed steps/s", f"{r['executed_steps_per_s']:.2f}"),
+        (f"{args.items} tasks x n={args.n}, <= {args.max_turns} turns of <= {args.max_tokens} tokens", "off | on"),
+        ("round (s)", f"{off['seconds']:.2f} | {on['seconds']:.2f}"),
+        ("episodes/s", f"{off['episodes_per_s']:.2f} | {on['episodes_per_s']:.2f}"),
+        ("episode length (tokens)", f"{off['episode_tokens_mean']:.0f} | {on['episode_tokens_mean']:.0f}"),
+        ("prefill tokens per episode", f"{off['prefill_tokens_per_episode']:.0f} | {on['prefill_tokens_per_episode']:.0f}"),
+        ("prefill / episode length (target on <= 1.2)",
+         f"{off['prefill_per_episode_length']:.2f} | {on['prefill_per_episode_length']:.2f}"),
+        ("episodes/s on / off (target >= 2)", f"{result['speedup_episodes_per_s']:.2f}"),
+        ("identical episodes per round", f"{min(same_episodes)} of {len(tasks) * args.n}"),
     ], result, args.out)
 
 

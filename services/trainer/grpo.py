@@ -11,6 +11,13 @@ equals one full-batch step whatever the mini-batch size. `num_iterations` repeat
 same batch. Target alignment: position t of the (T-1)-long per-token tensors scores token t+1 given
 tokens 0..t, so `completion_mask = loss_mask[1:]` and `old_per_token_logps = logprobs[1:]`; positions
 before the mini-batch's first generated token are dropped before the vocabulary projection.
+
+Behaviour check: for samples the caller marks `on_policy` (sampled by the very weights being trained),
+the first pass's recomputed log-probabilities must equal the behaviour ones up to numerical noise; the
+step reports the mean and max |difference| (`logprob_diff/*`) and drops a sample whose mean difference
+exceeds `hp.max_logprob_diff` from the loss (`logprob_diff/dropped_samples`): such a sample was scored
+on other tokens or by another model than the trainer's, so its importance ratio means nothing. Its
+gradient is never applied: the accumulated gradients are rescaled to the kept samples' normaliser.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class MiniBatch:
     old_per_token_logps: torch.Tensor  # (B, K) behaviour log-probabilities of the targets
     advantages: torch.Tensor           # (B,)
     start: int = 0                     # first position whose logits are needed (it predicts token start + 1)
+    checked: torch.Tensor | None = None  # (B,) bool: samples whose behaviour logprobs are checked (on-policy)
     ref_per_token_logps: torch.Tensor | None = None  # (B, K), filled when beta > 0
 
     @property
@@ -58,7 +66,9 @@ class MiniBatch:
         return self.input_ids.shape[1] - self.start  # the model's last K + 1 positions
 
 
-def pad_mini_batch(samples: Sequence[Sample], advantages: torch.Tensor, *, pad_id: int, device) -> MiniBatch:
+def pad_mini_batch(
+    samples: Sequence[Sample], advantages: torch.Tensor, *, pad_id: int, device, checked: Sequence[bool] | None = None
+) -> MiniBatch:
     """Right-pad `samples` to the longest one; padding is masked out of attention and loss."""
     width = max(len(s.token_ids) for s in samples)
     rows = len(samples)
@@ -82,6 +92,7 @@ def pad_mini_batch(samples: Sequence[Sample], advantages: torch.Tensor, *, pad_i
         old_per_token_logps=logprobs[:, start + 1 :].to(device),
         advantages=advantages.to(device),
         start=start,
+        checked=torch.tensor(list(checked) if checked is not None else [False] * rows, dtype=torch.bool, device=device),
     )
 
 
@@ -101,6 +112,25 @@ def per_token_logps(model, batch: MiniBatch, *, with_entropy: bool = False) -> t
     return logps, entropy
 
 
+def _check_behaviour(batch: MiniBatch, logps: torch.Tensor, bound: float | None, check: dict[str, float]) -> None:
+    """Compare recomputed (B, K) and behaviour log-probabilities of the checked samples; zero the completion mask
+    of those whose mean |difference| exceeds `bound`, adding to the step's sums in `check`."""
+    mask = batch.completion_mask * batch.checked.unsqueeze(-1)                # (B, K)
+    diff = (logps.float() - batch.old_per_token_logps).abs() * mask          # (B, K)
+    tokens = mask.sum(-1)                                                    # (B,)
+    per_sample = diff.sum(-1) / tokens.clamp(min=1.0)                        # (B,)
+    check["diff_sum"] += diff.sum().item()
+    check["tokens"] += tokens.sum().item()
+    check["max"] = max(check["max"], diff.max().item() if diff.numel() else 0.0)
+    check["samples"] += float(((tokens > 0) & batch.checked).sum().item())
+    if bound is None:
+        return
+    drop = (per_sample > bound) & (tokens > 0)                               # (B,)
+    if bool(drop.any()):
+        check["dropped"] += float(drop.sum().item())
+        batch.completion_mask = batch.completion_mask * (~drop).unsqueeze(-1).to(batch.completion_mask.dtype)
+
+
 def _autocast(device: torch.device):
     # bf16 matmuls on GPU with fp32 master weights and fp32 loss math; plain fp32 on CPU (bf16 is slow there).
     if device.type == "cuda":
@@ -116,8 +146,12 @@ def grpo_step(
     *,
     pad_id: int,
     ref_model=None,
+    on_policy: Sequence[bool] | None = None,
 ) -> dict[str, float]:
-    """Update `policy` in place on `groups` (one list of samples per prompt); returns step metrics."""
+    """Update `policy` in place on `groups` (one list of samples per prompt); returns step metrics.
+
+    `on_policy`: per sample in group order, True when it was sampled by exactly the weights of `policy`
+    (its behaviour logprobs are checked); None = all of them."""
     started = time.perf_counter()
     device = next(policy.parameters()).device
     samples = [sample for group in groups for sample in group]
@@ -129,8 +163,10 @@ def grpo_step(
     # batch's normaliser and the optimizer steps once after all of them.
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].token_ids))
     size = hp.mini_batch_size
+    on_policy = list(on_policy) if on_policy is not None else [True] * len(samples)
     batches = [
-        pad_mini_batch([samples[i] for i in chunk], advantages[chunk], pad_id=pad_id, device=device)
+        pad_mini_batch([samples[i] for i in chunk], advantages[chunk], pad_id=pad_id, device=device,
+                       checked=[on_policy[i] for i in chunk])
         for chunk in (order[start : start + size] for start in range(0, len(order), size))
     ]
     # Normalisers of the whole batch, so accumulated mini-batch gradients equal one full-batch mean.
@@ -147,14 +183,18 @@ def grpo_step(
     params = [p for p in policy.parameters() if p.requires_grad]
     totals = {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "clip_low": 0.0, "clip_high": 0.0, "clip_region": 0.0}
     first = {"entropy": 0.0, "ppo_kl": 0.0, "ratio_sum": 0.0, "ratio_max": 0.0}
+    check = {"diff_sum": 0.0, "tokens": 0.0, "max": 0.0, "samples": 0.0, "dropped": 0.0}
     policy.train()
     try:
         for iteration in range(hp.num_iterations):
             optimizer.zero_grad(set_to_none=True)
+            iteration_loss = 0.0
             for batch in batches:
-                mask = batch.completion_mask
                 with _autocast(device):
                     logps, entropy = per_token_logps(policy, batch, with_entropy=iteration == 0)
+                if iteration == 0:
+                    _check_behaviour(batch, logps.detach(), hp.max_logprob_diff, check)
+                mask = batch.completion_mask
                 per_token_loss, ratio = losses.clipped_surrogate(
                     logps, batch.old_per_token_logps, batch.advantages, epsilon_low=eps_low, epsilon_high=eps_high
                 )
@@ -167,7 +207,7 @@ def grpo_step(
                 else:
                     loss = losses.sequence_mean(per_token_loss, mask, num_sequences)
                 loss.backward()
-                totals["loss"] += loss.item()  # mini-batch losses sum to the batch loss (shared normaliser)
+                iteration_loss += loss.item()  # mini-batch losses sum to the batch loss (shared normaliser)
                 clipped = losses.clip_fractions(
                     ratio.detach(), batch.advantages, mask, epsilon_low=eps_low, epsilon_high=eps_high
                 )
@@ -179,6 +219,20 @@ def grpo_step(
                     first["ppo_kl"] += ((batch.old_per_token_logps - logps.detach()) * mask).sum().item()
                     first["ratio_sum"] += (ratio * mask).sum().item()
                     first["ratio_max"] = max(first["ratio_max"], (ratio * mask).max().item())
+            if iteration == 0 and check["dropped"]:
+                # Dropped samples' masks were zeroed before their loss, so the gradients hold the kept samples only,
+                # but divided by the whole batch's normaliser: rescale to the kept one (exact, the loss is linear in it).
+                kept_tokens = float(sum(b.completion_mask.sum().item() for b in batches))
+                kept_sequences = num_sequences - check["dropped"]
+                old, new = (num_tokens, kept_tokens) if hp.loss_type == "token_mean" else (num_sequences, kept_sequences)
+                num_tokens, num_sequences = kept_tokens or 1.0, kept_sequences or 1.0
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(old / new if new else 0.0)
+                iteration_loss = iteration_loss * old / new if new else 0.0
+                if not new:
+                    break  # every sample dropped: nothing to learn from, and AdamW would still move the weights
+            totals["loss"] += iteration_loss
             max_norm = hp.max_grad_norm if hp.max_grad_norm is not None else math.inf
             totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             optimizer.step()
@@ -215,6 +269,10 @@ def grpo_step(
         "update_time_s": elapsed,
         "tokens_per_s": real_tokens * iterations / elapsed,
         "learning_rate": hp.learning_rate,
+        "logprob_diff/mean": check["diff_sum"] / check["tokens"] if check["tokens"] else 0.0,
+        "logprob_diff/max": check["max"],
+        "logprob_diff/checked_samples": check["samples"],
+        "logprob_diff/dropped_samples": check["dropped"],
     }
     if hp.beta > 0.0:
         metrics["kl"] = totals["kl"] / (num_tokens * iterations)

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from services.trainer.grpo import grpo_step
+from services.trainer.tracking import MetricsTracker, tensorboard_dir
 from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.fsutil import write_json_atomic
@@ -79,9 +80,13 @@ class _Live:
     tokenizer: object = None
     optimizer: torch.optim.Optimizer | None = None
     ref_model: object = None
+    tracker: MetricsTracker | None = None
 
     def unload(self) -> None:
         self.policy = self.tokenizer = self.optimizer = self.ref_model = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 class RLSessions:
@@ -112,7 +117,8 @@ class RLSessions:
                 return self._info(existing), False
             try:
                 # off the event loop: the built-in student is built on first use on a fresh machine
-                base_path, base_label = await asyncio.to_thread(resolve_model, body.base, home=self.settings.home)
+                base_path, base_label = await asyncio.to_thread(resolve_model, body.base, home=self.settings.home,
+                                                               roots=self.settings.path_roots)
                 checkpoint_dir(base_path)
             except (KeyError, ValueError, FileNotFoundError) as exc:
                 raise UnprocessableError(str(exc).strip("'\""), param="body.base") from exc
@@ -210,8 +216,11 @@ class RLSessions:
         self._check_tokens(live, body)
         groups = [group.samples for group in body.groups]
         pad_id = live.tokenizer.pad_token_id if live.tokenizer.pad_token_id is not None else 0
-        metrics = grpo_step(live.policy, live.optimizer, groups, hp, pad_id=pad_id, ref_model=live.ref_model)
         samples = [s for group in groups for s in group]
+        # Samples from the version the trainer holds were scored by these very weights: their logprobs are checked.
+        on_policy = [s.policy_version == record.policy_version for s in samples]
+        metrics = grpo_step(live.policy, live.optimizer, groups, hp, pad_id=pad_id, ref_model=live.ref_model,
+                            on_policy=on_policy)
         version = record.policy_version + 1
         metrics["policy_version"] = float(version)
         metrics["staleness/mean"] = sum(record.policy_version - s.policy_version for s in samples) / len(samples)
@@ -227,6 +236,9 @@ class RLSessions:
                 "policy_version": version, "optimizer": live.optimizer.state_dict(),
             })
         metrics["publish_time_s"] = time.perf_counter() - started
+        if live.tracker is None:
+            live.tracker = MetricsTracker(hp.report_to, tensorboard_dir(self.settings.home, record.output_name, "rl"))
+        live.tracker.log(record.steps + 1, metrics)
 
         checkpoint = CheckpointInfo(name=ref.name, version=ref.version, path=ref.path)
         response = RLStepResponse(

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.errors import UnavailableError
 from shared.schemas.sampling import SamplingParams
 
 
@@ -22,12 +23,17 @@ class GenerationOutput:
     text: str                     # decoded text without special tokens, stop string removed
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int = 0
+    cached_tokens: int = 0        # prompt tokens whose KV states came from the prefix cache, not a prefill
     policy_version: int = 0
     extra: dict = field(default_factory=dict)
 
 
 class PromptTooLongError(ValueError):
     """The prompt leaves no room for a single new token in the model's context."""
+
+
+class EngineStoppedError(UnavailableError):
+    """The engine cannot generate any more (its worker stopped): 503, and the service's /ready says so."""
 
 
 class Engine(ABC):
@@ -57,3 +63,7 @@ class Engine(ABC):
     def stats(self) -> dict[str, float]:
         """Counters for /metrics (tokens generated, batches, ...)."""
         return {}
+
+    def failure(self) -> str | None:
+        """Why the engine can no longer generate (its `/ready` then answers 503), or None while it can."""
+        return None

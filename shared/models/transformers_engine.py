@@ -6,6 +6,13 @@ stays open while more keep arriving (bounded), then the batch runs
 left-padded with a KV cache, each row with its own temperature, top-p, token
 budget, stop strings and seed. Rows that finish are dropped from the cache so
 long tails do not pay for short ones.
+
+With a prefix cache (`prefix_cache_mb` > 0), a finished row's KV states are
+kept (`shared/models/prefix_cache.py`), and a later prompt that starts with
+the same tokens (the episode's next turn) prefills only the rest: its cached
+states are placed in the batch's KV cache and only the new tokens run through
+the model. Sampling does not change: a row's logits are those of the same
+tokens at the same positions, whether its prefix was computed now or before.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from shared.models.engine import Engine, GenerationOutput, PromptTooLongError
+from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
+from shared.models.prefix_cache import CachedPrefix, PrefixCache
 from shared.models.sampling import sample_next
 from shared.schemas.sampling import SamplingParams
 
@@ -47,6 +55,8 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     stop_cut: int | None = None  # text length to keep when a stop string matched
+    source: CachedPrefix | None = None  # the prefix cache entry its prefill reused
+    reused: int = 0                     # prompt tokens taken from that entry instead of prefilled
 
 
 @dataclass
@@ -80,6 +90,13 @@ class _LiveBatch:
         )
         self.logits = out.logits[:, -1, :].float()
         self.next_pos = self.next_pos + 1
+
+    def row_states(self, i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Row i's KV states per layer without its padding: (heads, tokens seen, head_dim) each."""
+        columns = self.attention_mask[i].nonzero().squeeze(-1)
+        keys = [layer.keys[i].index_select(1, columns) for layer in self.cache.layers]
+        values = [layer.values[i].index_select(1, columns) for layer in self.cache.layers]
+        return keys, values
 
     def merge(self, other: "_LiveBatch") -> "_LiveBatch":
         """Join two batches: left-pad the shorter cache (masked out) and stack the rows."""
@@ -121,6 +138,7 @@ class TransformersEngine(Engine):
         gather_gap_ms: float = 4.0,
         gather_max_ms: float = 40.0,
         policy_version: int = 0,
+        prefix_cache_mb: float = 0.0,
     ) -> None:
         self.weights_path = str(model_path)
         self.model_name = model_name or "score-model"
@@ -134,11 +152,14 @@ class TransformersEngine(Engine):
         self._model_lock = threading.Lock()  # the worker holds it for a batch; weight swaps wait for it
         self._worker: threading.Thread | None = None
         self._current: list[_Row] = []  # rows of the batch being decoded (to fail them if it crashes)
+        self._failure: str | None = None  # why the worker stopped, once it has
         self.model = None
         self.tokenizer = None
+        # Only the worker thread touches the prefix cache, except load_weights' clear under the model lock.
+        self._prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self._stats = {
             "generated_tokens": 0.0, "prompt_tokens": 0.0, "batches": 0.0, "batched_requests": 0.0,
-            "joined_requests": 0.0,
+            "joined_requests": 0.0, "prefill_tokens": 0.0, "cached_tokens": 0.0, "prefix_cache_evictions": 0.0,
         }
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -164,10 +185,20 @@ class TransformersEngine(Engine):
         with self._model_lock:
             self.model, self.tokenizer = model, tokenizer
             self.weights_path, self.policy_version = str(path), version
+            if self._prefix_cache is not None:  # KV states belong to the weights that computed them
+                self._prefix_cache.clear()
         log.info("weights loaded version=%d path=%s", version, path)
 
     def stats(self) -> dict[str, float]:
-        return dict(self._stats)
+        stats = dict(self._stats)
+        if self._prefix_cache is not None:
+            stats["prefix_cache_evictions"] = float(self._prefix_cache.evictions)
+        return stats
+
+    def failure(self) -> str | None:
+        if self._failure is None and self._worker is not None and not self._worker.is_alive():
+            return "the generation worker stopped"
+        return self._failure
 
     # ---- requests --------------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationOutput:
@@ -178,26 +209,64 @@ class TransformersEngine(Engine):
             )
         if self._worker is None:
             raise RuntimeError("engine not started")
+        if self.failure() is not None:
+            raise EngineStoppedError(f"engine cannot generate: {self.failure()}")
         loop = asyncio.get_running_loop()
         request = _Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room))
         self._queue.put(request)
+        if not self._worker.is_alive():  # it stopped between the check and the put: nobody will answer
+            self._fail_waiting(EngineStoppedError("engine cannot generate: the generation worker stopped"))
         return await request.future
 
     # ---- worker ----------------------------------------------------------------------------------
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = self._gather(first)
-            self._current = [_Row(r, self._generator(r.sampling.seed)) for r in batch]
+        """Serve batches until shutdown. Whatever one request holds (a seed torch refuses, a prompt the model
+        chokes on) fails that request or its batch, never this thread; should the thread end anyway, every
+        waiting request is failed and `failure()` makes `/ready` answer 503 instead of hanging callers."""
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                self._current = self._rows(self._gather(first))
+                if not self._current:
+                    continue
+                try:
+                    with self._model_lock:
+                        self._run_batch(self._current)
+                except Exception as exc:  # a failed batch fails its requests, never the worker
+                    log.exception("generation batch of %d failed", len(self._current))
+                    for row in self._current:
+                        self._resolve(row.request, exc)  # no-op for rows already answered
+        except BaseException as exc:
+            self._failure = f"the generation worker stopped: {type(exc).__name__}: {exc}"
+            log.exception("generation worker stopped")
+            for row in self._current:
+                self._resolve(row.request, EngineStoppedError(self._failure))
+            raise
+        finally:
+            if self._failure is None:
+                self._failure = "the engine was closed"
+            self._fail_waiting(EngineStoppedError(f"engine cannot generate: {self._failure}"))
+
+    def _rows(self, requests: list[_Request]) -> list[_Row]:
+        """Rows for `requests`; a request whose sampling cannot be set up is failed on its own."""
+        rows = []
+        for request in requests:
             try:
-                with self._model_lock:
-                    self._run_batch(self._current)
-            except Exception as exc:  # a failed batch fails its requests, never the worker
-                log.exception("generation batch of %d failed", len(self._current))
-                for row in self._current:
-                    self._resolve(row.request, exc)  # no-op for rows already answered
+                rows.append(_Row(request, self._generator(request.sampling.seed)))
+            except Exception as exc:
+                self._resolve(request, ValueError(f"cannot sample with {request.sampling!r}: {exc}"))
+        return rows
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._resolve(item, exc)
 
     def _gather(self, first: _Request) -> list[_Request]:
         """Collect requests while they keep arriving (gap-bounded) up to the batch size and a time cap."""
@@ -227,7 +296,10 @@ class TransformersEngine(Engine):
             else:
                 request.future.set_result(result)
 
-        request.loop.call_soon_threadsafe(_set)
+        try:
+            request.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # its event loop is closed: nobody is waiting any more
+            pass
 
     @torch.inference_mode()
     def _run_batch(self, rows: list[_Row]) -> None:
@@ -239,9 +311,10 @@ class TransformersEngine(Engine):
             logp = torch.log_softmax(live.logits, dim=-1)
             tokens = sample_next(live.logits, live.temperature, live.top_p, [r.generator for r in live.rows])
             chosen_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-            for row, token, token_logp in zip(live.rows, tokens.tolist(), chosen_logp.tolist()):
+            for i, (row, token, token_logp) in enumerate(zip(live.rows, tokens.tolist(), chosen_logp.tolist())):
                 self._append(row, token, token_logp, eos_ids)
                 if row.finish_reason is not None:
+                    self._keep_prefix(live, i)
                     self._resolve(row.request, self._output(row))
             keep = [pos for pos, row in enumerate(live.rows) if row.finish_reason is None]
             if len(keep) < len(live.rows):
@@ -250,8 +323,8 @@ class TransformersEngine(Engine):
             if live.rows:
                 live.step(self.model, tokens)
             joining = self._take_waiting(self.max_batch_size - len(live.rows))
-            if joining:
-                joined = [_Row(r, self._generator(r.sampling.seed)) for r in joining]
+            joined = self._rows(joining)
+            if joined:
                 rows.extend(joined)
                 live = live.merge(self._prefill(joined)) if live.rows else self._prefill(joined)
                 self._stats["joined_requests"] += len(joined)
@@ -277,28 +350,85 @@ class TransformersEngine(Engine):
         return taken
 
     def _prefill(self, rows: list[_Row]) -> "_LiveBatch":
-        """Run the prompts of `rows` (left-padded) through the model, filling a fresh KV cache."""
+        """Run the prompts of `rows` through the model into a fresh KV cache, reusing cached prefixes.
+
+        Rows with a cached prefix and rows without are prefilled apart and merged: a short new segment
+        (an observation turn) is not padded to the width of a whole new prompt."""
+        if self._prefix_cache is not None:
+            for row in rows:
+                row.source, row.reused = self._prefix_cache.lookup(row.request.prompt_ids)
+        groups = [group for group in ([r for r in rows if not r.reused], [r for r in rows if r.reused]) if group]
+        live = self._prefill_group(groups[0])
+        for group in groups[1:]:
+            live = live.merge(self._prefill_group(group))
+        self._stats["cached_tokens"] += sum(row.reused for row in rows)
+        self._stats["prefill_tokens"] += sum(len(row.request.prompt_ids) - row.reused for row in rows)
+        return live
+
+    def _prefill_group(self, rows: list[_Row]) -> "_LiveBatch":
+        """One forward over the uncached part of each prompt.
+
+        Layout per row: [pad | cached prefix (c tokens) | pad | new tokens (n)] in C + N columns, C and N
+        the widest cached and new parts. The cached states fill the first C columns of the KV cache, the
+        new tokens are the input; padding is masked out and every token keeps its true position id, so
+        each row computes exactly what a prefill of its whole prompt would."""
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(row.request.prompt_ids) for row in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        cached_width = max(row.reused for row in rows)
+        new_width = max(len(row.request.prompt_ids) - row.reused for row in rows)
+        input_ids = torch.full((len(rows), new_width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), cached_width + new_width), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), new_width), dtype=torch.long)
         for i, row in enumerate(rows):  # left padding keeps every row's last token in the last column
-            prompt = row.request.prompt_ids
-            input_ids[i, width - len(prompt):] = torch.tensor(prompt)
-            attention_mask[i, width - len(prompt):] = 1
+            prompt, reused = row.request.prompt_ids, row.reused
+            new = len(prompt) - reused
+            input_ids[i, new_width - new:] = torch.tensor(prompt[reused:])
+            attention_mask[i, cached_width - reused: cached_width] = 1
+            attention_mask[i, cached_width + new_width - new:] = 1
+            position_ids[i, new_width - new:] = torch.arange(reused, len(prompt))
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        position_ids = position_ids.to(self.device)
+        cache = DynamicCache() if cached_width == 0 else DynamicCache(ddp_cache_data=self._cached_states(rows))
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         )
         return _LiveBatch(
-            rows=list(rows), cache=cache, attention_mask=attention_mask, next_pos=position_ids[:, -1] + 1,
+            rows=list(rows), cache=cache, attention_mask=attention_mask,
+            next_pos=torch.tensor([len(r.request.prompt_ids) for r in rows], device=self.device),
             logits=out.logits[:, -1, :].float(),
             temperature=torch.tensor([r.request.sampling.temperature for r in rows], device=self.device),
             top_p=torch.tensor([r.request.sampling.top_p for r in rows], device=self.device),
         )
+
+    @staticmethod
+    def _cached_states(rows: list[_Row]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, (keys, values) of shape (B, heads, C, head_dim): each row's reused states right-aligned."""
+        width = max(row.reused for row in rows)
+        template = next(row.source for row in rows if row.reused)
+        states = []
+        for layer, (k, v) in enumerate(zip(template.keys, template.values)):
+            keys = k.new_zeros((len(rows), k.shape[0], width, k.shape[2]))
+            values = v.new_zeros((len(rows), v.shape[0], width, v.shape[2]))
+            for i, row in enumerate(rows):
+                if row.reused:
+                    keys[i, :, width - row.reused:] = row.source.keys[layer][:, : row.reused]
+                    values[i, :, width - row.reused:] = row.source.values[layer][:, : row.reused]
+            states.append((keys, values))
+        return states
+
+    def _keep_prefix(self, live: "_LiveBatch", i: int) -> None:
+        """Store finished row i's states: prompt + generated[:-1] (the last token was sampled, never fed)."""
+        if self._prefix_cache is None:
+            return
+        row = live.rows[i]
+        keys, values = live.row_states(i)
+        tokens = row.request.prompt_ids + row.token_ids[:-1]
+        if keys[0].shape[1] != len(tokens):  # the cache layout is not what this code assumes: keep nothing
+            log.warning("prefix cache skipped a row: %d states for %d tokens", keys[0].shape[1], len(tokens))
+            return
+        if row.source is not None and row.reused == len(row.source.tokens):
+            self._prefix_cache.remove(row.source.id)  # the new entry extends it: same reuse, no second copy
+        self._prefix_cache.insert(tokens, keys, values)
 
     def _append(self, row: _Row, token: int, token_logp: float, eos_ids: set[int]) -> None:
         row.token_ids.append(token)
@@ -327,7 +457,7 @@ class TransformersEngine(Engine):
         return GenerationOutput(
             token_ids=row.token_ids, logprobs=row.logprobs, text=text,
             finish_reason=row.finish_reason or "length", prompt_tokens=len(row.request.prompt_ids),
-            policy_version=self.policy_version,
+            cached_tokens=row.reused, policy_version=self.policy_version,
         )
 
     def _eos_ids(self) -> set[int]:

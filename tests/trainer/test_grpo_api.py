@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from services.trainer.app import create_app
 from services.trainer.config import TrainerConfig
 from shared.settings import Settings
+from tests.trainer.sft_jobs import tensorboard_scalars
 
 
 def trainer_app(score_home, **settings):
@@ -22,6 +23,10 @@ def trainer_app(score_home, **settings):
 def client(score_home):
     with TestClient(trainer_app(score_home)) as client:
         yield client
+
+
+# The samples below are made up, not sampled (their logprobs are not the model's): no behaviour-logprob bound.
+MADE_UP = {"max_logprob_diff": None}
 
 
 def new_id(prefix="s") -> str:
@@ -51,7 +56,7 @@ def batch(version: int = 0, rewards=((1.0, 0.0, 0.5), (0.0, 1.0)), **extra) -> d
 
 def create(client, **body) -> dict:
     body.setdefault("session_id", new_id())
-    body.setdefault("hyperparameters", {"learning_rate": 1e-2})
+    body.setdefault("hyperparameters", {**MADE_UP, "learning_rate": 1e-2})
     response = client.post("/v1/rl/sessions", json=body)
     assert response.status_code == 201, response.text
     return response.json()
@@ -66,7 +71,7 @@ def assert_error(response, status: int, param: str, text: str = "") -> None:
 
 def test_create_is_idempotent_on_the_caller_id(client):
     session_id = new_id()
-    body = {"session_id": session_id, "hyperparameters": {"learning_rate": 1e-3, "max_staleness": 0}}
+    body = {"session_id": session_id, "hyperparameters": {**MADE_UP, "learning_rate": 1e-3, "max_staleness": 0}}
     first = client.post("/v1/rl/sessions", json=body)
     again = client.post("/v1/rl/sessions", json=body)
     assert (first.status_code, again.status_code) == (201, 200)
@@ -112,8 +117,20 @@ def test_a_step_publishes_the_next_checkpoint_version(client, score_home):
     assert parent["parent"] == f"{info['output_name']}/v1"
 
 
+def test_report_to_tensorboard_writes_each_steps_metrics(client, score_home):
+    info = create(client, hyperparameters={"learning_rate": 1e-2, "report_to": ["tensorboard"]})
+    steps = [client.post(f"/v1/rl/sessions/{info['id']}/steps", json=batch(version=v)).json() for v in (0, 1)]
+    log_dir = score_home / "tensorboard" / info["output_name"] / "rl"
+    for name in ("reward/mean", "loss", "grad_norm"):
+        curve = tensorboard_scalars(log_dir, f"train/{name}")
+        assert curve == [(s["step"], pytest.approx(s["metrics"][name], rel=1e-6)) for s in steps], name
+    quiet = create(client)  # report_to empty: no event files
+    client.post(f"/v1/rl/sessions/{quiet['id']}/steps", json=batch())
+    assert not (score_home / "tensorboard" / quiet["output_name"]).exists()
+
+
 def test_stale_and_future_samples_are_refused_naming_the_sample(client):
-    info = create(client, hyperparameters={"learning_rate": 1e-3, "max_staleness": 0})
+    info = create(client, hyperparameters={**MADE_UP, "learning_rate": 1e-3, "max_staleness": 0})
     url = f"/v1/rl/sessions/{info['id']}/steps"
     assert client.post(url, json=batch(version=0)).status_code == 200  # now at version 1
     stale = batch(version=1)
@@ -200,8 +217,8 @@ def test_unknown_and_closed_sessions(client):
 
 # Full weights, and a LoRA adapter (AdamW then holds the adapter's tensors only, and the adapter is published).
 RESTART_CASES = {
-    "full": ({"learning_rate": 1e-2}, "model.safetensors"),
-    "lora": ({"learning_rate": 1e-2, "lora": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj"]},
+    "full": ({**MADE_UP, "learning_rate": 1e-2}, "model.safetensors"),
+    "lora": ({**MADE_UP, "learning_rate": 1e-2, "lora": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj"]},
              "adapter_model.safetensors"),
 }
 

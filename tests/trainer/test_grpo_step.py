@@ -138,3 +138,60 @@ def test_per_token_logps_skip_the_prompt_but_match_a_full_forward(student):
             got = logps[row, : len(expected)].tolist()
             assert got == pytest.approx(expected, abs=1e-5)
     assert entropy.shape == logps.shape
+
+
+def test_on_policy_samples_report_their_logprob_difference(student):
+    model = copy.deepcopy(student[0])
+    samples = behaviour_samples(model, [1.0, 0.0, 0.5, 0.0])
+    metrics = grpo_step(model, adamw(model), [samples[:2], samples[2:]], GRPOHyperparameters(), pad_id=0)
+    assert metrics["logprob_diff/checked_samples"] == 4
+    assert metrics["logprob_diff/mean"] <= 1e-5 and metrics["logprob_diff/max"] <= 1e-4
+    assert metrics["logprob_diff/dropped_samples"] == 0
+
+
+def _mislabelled(sample, shift=-1.0):
+    """The same tokens with behaviour logprobs from some other model: every generated token off by `shift`."""
+    return sample.model_copy(update={"logprobs": [lp + shift if bit else 0.0 for lp, bit in zip(sample.logprobs, sample.loss_mask)]})
+
+
+@pytest.mark.parametrize("loss_type", ["token_mean", "sequence_mean"])
+def test_a_sample_beyond_the_bound_is_dropped_as_if_it_had_no_generated_tokens(student, loss_type):
+    base = student[0]
+    samples = behaviour_samples(base, [1.0, 0.0, 0.25, 0.75])
+    bad = [samples[0], samples[1], _mislabelled(samples[2]), samples[3]]
+    silenced = [samples[0], samples[1], samples[2].model_copy(update={"loss_mask": [0] * len(samples[2].loss_mask)}),
+                samples[3]]
+    hp = GRPOHyperparameters(max_grad_norm=None, loss_type=loss_type, mini_batch_size=2, max_logprob_diff=0.5)
+    updates, all_metrics = [], []
+    for batch in (bad, silenced):
+        model = copy.deepcopy(base)
+        before = snapshot(model)
+        all_metrics.append(grpo_step(model, torch.optim.SGD(model.parameters(), lr=1.0), [batch[:2], batch[2:]], hp, pad_id=0))
+        updates.append({name: before[name] - p.detach() for name, p in model.named_parameters()})
+    for name, grad in updates[0].items():
+        assert torch.allclose(grad, updates[1][name], atol=1e-6, rtol=1e-4), name
+    metrics = all_metrics[0]
+    assert metrics["logprob_diff/dropped_samples"] == 1 and metrics["logprob_diff/checked_samples"] == 4
+    assert metrics["logprob_diff/max"] == pytest.approx(1.0, abs=1e-3)
+    assert metrics["loss"] == pytest.approx(all_metrics[1]["loss"], rel=1e-4, abs=1e-7)
+
+
+def test_stale_samples_are_not_checked_and_no_bound_drops_nothing(student):
+    model = copy.deepcopy(student[0])
+    samples = [_mislabelled(s) for s in behaviour_samples(model, [1.0, 0.0])]
+    stale = grpo_step(copy.deepcopy(model), adamw(model), [samples], GRPOHyperparameters(), pad_id=0,
+                      on_policy=[False, False])
+    assert stale["logprob_diff/checked_samples"] == 0 and stale["logprob_diff/dropped_samples"] == 0
+    unbounded = grpo_step(copy.deepcopy(model), adamw(model), [samples], GRPOHyperparameters(max_logprob_diff=None),
+                          pad_id=0)
+    assert unbounded["logprob_diff/checked_samples"] == 2 and unbounded["logprob_diff/dropped_samples"] == 0
+    assert unbounded["logprob_diff/mean"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_when_every_sample_is_dropped_the_weights_stay(student):
+    model = copy.deepcopy(student[0])
+    samples = [_mislabelled(s) for s in behaviour_samples(model, [1.0, 0.0])]
+    before = snapshot(model)
+    metrics = grpo_step(model, adamw(model), [samples], GRPOHyperparameters(learning_rate=1e-3), pad_id=0)
+    assert metrics["logprob_diff/dropped_samples"] == 2
+    assert changed(model, before) == []
