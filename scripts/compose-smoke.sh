@@ -133,14 +133,17 @@ for service in student teacher; do
     echo "$ready" | "$PYTHON_HOST" -c '
 import json, os, sys
 name, ready = sys.argv[1], json.load(sys.stdin)
-layers = ready.get("sandbox") or {}
-on = sorted(k for k, v in layers.items() if v)
-off = sorted(k for k, v in layers.items() if not v)
-print(f"{name} /ready: sandbox layers on ({len(on)}): {on}; off ({len(off)}): {off}")
+sandbox = ready.get("sandbox") or {}
+# {"ok", "boundary", "problem", "layers": {layer: on}, ...}; older services reported the layers map alone
+layers = sandbox.get("layers") if isinstance(sandbox.get("layers"), dict) else sandbox
+on = sorted(k for k, v in layers.items() if v is True)
+off = sorted(k for k, v in layers.items() if v is False)
+print(f"{name} /ready: sandbox ok={sandbox.get('ok')} boundary={sandbox.get('boundary')}; "
+      f"layers on ({len(on)}): {on}; off ({len(off)}): {off}")
 required = os.environ.get("SCORE_SMOKE_REQUIRE_LAYERS", "").split()
 missing = [k for k in required if not layers.get(k)]
-if ready.get("status") != "ready" or not on or missing:
-    sys.exit(f"{name}: not ready, no sandbox layer on, or required layers off: {missing}")
+if ready.get("status") != "ready" or not on or missing or sandbox.get("ok") is False:
+    sys.exit(f"{name}: not ready, sandbox not ok ({sandbox.get('problem')}), or layers off: {missing or 'all'}")
 ' "$service"
 done
 if [ -f scripts/hostile_probe.py ]; then
