@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PROJECT="${SCORE_SMOKE_PROJECT:-score-smoke}"
 CONFIG="${SCORE_SMOKE_CONFIG:-configs/compose-smoke.yaml}"
 HEALTH_TIMEOUT="${SCORE_SMOKE_HEALTH_TIMEOUT:-600}"
-RUN_TIMEOUT="${SCORE_SMOKE_RUN_TIMEOUT:-1500}"
+RUN_TIMEOUT="${SCORE_SMOKE_RUN_TIMEOUT:-2700}"
 export SCORE_IMAGE="${SCORE_IMAGE:-score-distill:smoke}"
 PYTHON_HOST="$(command -v python3.11 || command -v python3)"
 
@@ -86,8 +86,10 @@ if [ "$offline" = 1 ]; then
 fi
 
 # --- build ------------------------------------------------------------------------------------------------------
-# The four services share one image: the first build does the work, the other three hit its cache.
-compose build >/tmp/score-smoke-build.$$.log 2>&1 || { tail -40 /tmp/score-smoke-build.$$.log >&2; exit 1; }
+# The four services share one image (one `image:` tag, one build section): building it for one service builds
+# it for all, and `up --no-build` below starts all four from it.
+compose build coordinator >/tmp/score-smoke-build.$$.log 2>&1 \
+    || { tail -40 /tmp/score-smoke-build.$$.log >&2; exit 1; }
 rm -f /tmp/score-smoke-build.$$.log
 if [ -n "$index_pid" ]; then kill "$index_pid" 2>/dev/null || true; index_pid=""; fi
 echo "image $SCORE_IMAGE: $(docker image inspect --format '{{.Size}}' "$SCORE_IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')"
@@ -131,14 +133,17 @@ for service in student teacher; do
     echo "$ready" | "$PYTHON_HOST" -c '
 import json, os, sys
 name, ready = sys.argv[1], json.load(sys.stdin)
-layers = (ready.get("sandbox") or {}).get("layers") or {}   # /ready: sandbox = {ok, boundary, mode, layers, ...}
-on = sorted(k for k, v in layers.items() if v)
-off = sorted(k for k, v in layers.items() if not v)
-print(f"{name} /ready: sandbox layers on ({len(on)}): {on}; off ({len(off)}): {off}")
+sandbox = ready.get("sandbox") or {}
+# {"ok", "boundary", "problem", "layers": {layer: on}, ...}; older services reported the layers map alone
+layers = sandbox.get("layers") if isinstance(sandbox.get("layers"), dict) else sandbox
+on = sorted(k for k, v in layers.items() if v is True)
+off = sorted(k for k, v in layers.items() if v is False)
+print(f"{name} /ready: sandbox ok={sandbox.get('ok')} boundary={sandbox.get('boundary')}; "
+      f"layers on ({len(on)}): {on}; off ({len(off)}): {off}")
 required = os.environ.get("SCORE_SMOKE_REQUIRE_LAYERS", "").split()
 missing = [k for k in required if not layers.get(k)]
-if ready.get("status") != "ready" or not on or missing:
-    sys.exit(f"{name}: not ready, no sandbox layer on, or required layers off: {missing}")
+if ready.get("status") != "ready" or not on or missing or sandbox.get("ok") is False:
+    sys.exit(f"{name}: not ready, sandbox not ok ({sandbox.get('problem')}), or layers off: {missing or 'all'}")
 ' "$service"
 done
 if [ -f scripts/hostile_probe.py ]; then

@@ -110,7 +110,8 @@ else
     "${PIP[@]}" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
         --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform linux_x86_64 --implementation cp \
-        -d "$OUT/wheels" -r "$OUT/requirements.plain.txt"
+        -d "$OUT/wheels" -r "$OUT/requirements.plain.txt" >"$OUT/pip-download.log" 2>&1 \
+        || { grep -v 'is neither a file nor a directory' "$OUT/pip-download.log" | tail -20 >&2; exit 1; }
     # PEP 503: /simple/<normalized name>/ links every file of that project, with its sha256.
     "${PIP[0]}" - "$OUT" <<'PY'
 import hashlib, html, pathlib, re, sys
