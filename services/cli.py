@@ -597,6 +597,12 @@ def _demo(args: argparse.Namespace) -> int:
             stack.stop()
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from services.experiment_cli import experiment
+
+    return experiment(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="score", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -644,6 +650,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="run config file (.yaml, .yml or .json)")
     run.add_argument("--follow", action="store_true", help="print the run's events until it ends")
     run.set_defaults(func=_run)
+
+    experiment = commands.add_parser("experiment", help="compare SCoRe with plain distillation and a control: "
+                                     "several seeds, one held-out set (starts the services on loopback)")
+    experiment.add_argument("config", help="experiment config (.yaml or .json; configs/experiment.yaml)")
+    experiment.add_argument("--quick", action="store_true", help="a small version for CI (2 seeds, small pools)")
+    experiment.add_argument("--home", default=None, help="data directory (default: SCORE_HOME)")
+    experiment.set_defaults(func=_experiment)
 
     status = commands.add_parser("status", help="list runs, or show one run's progress")
     status.add_argument("run_id", nargs="?", default=None)

@@ -121,12 +121,14 @@ class CheckpointStore:
         return self.publish(name, write, **lineage)
 
 
-def resolve_model(ref: str | None, *, home: Path, default_role: str = "student") -> tuple[Path, str]:
+def resolve_model(ref: str | None, *, home: Path, default_role: str = "student",
+                  roots: list[Path] | None = None) -> tuple[Path, str]:
     """A model reference -> (checkpoint directory, lineage label).
 
     Accepted: None/"" (the built-in tiny model of `default_role`), `builtin:<role>`, a published checkpoint
     (`name`, `name/vN`, `name@N`), or a local Hugging Face checkpoint or LoRA adapter directory. Unknown
-    references raise KeyError naming what was looked for.
+    references raise KeyError naming what was looked for. With `roots` (references from requests), a
+    directory must lie under one of them (`shared.paths`), else ValueError.
     """
     from shared.models.builtin import ROLES, ensure_builtin_model  # building pulls in the task suite
 
@@ -142,6 +144,10 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student")
     if published is not None:
         return Path(published.path), f"{published.name}/v{published.version}"
     path = Path(ref).expanduser()
+    if roots is not None:
+        from shared.paths import confined
+
+        path = confined(path, roots, what="checkpoint directory")  # PathRefused is a ValueError
     # adapter_config.json: a LoRA adapter directory (shared.models.loading loads it on its base).
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path, str(path)

@@ -99,6 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 ERROR_RESPONSES = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorResponse, "description": "Request body larger than SCORE_MAX_BODY_BYTES."},
     422: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."},
     500: {"model": ErrorResponse, "description": "Unexpected server error."},
 }

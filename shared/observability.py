@@ -258,14 +258,21 @@ def ops_router(auth, *, readiness, ready_doc: str, metrics_doc: str):
     return router
 
 
-def mount_service(app: FastAPI, *, metrics: ServiceMetrics, render_metrics, api_token: str | None, routers) -> None:
-    """What every service app shares after its own set-up: the error envelope, request metrics, bearer auth
-    and its routers. `routers` is a list of `factory(auth) -> APIRouter`; `render_metrics()` backs /metrics."""
+def mount_service(app: FastAPI, *, metrics: ServiceMetrics, render_metrics, api_token: str | None, routers,
+                  max_body_bytes: int) -> None:
+    """What every service app shares after its own set-up: the error envelope, bounded bodies, request metrics,
+    bearer auth, offline /docs and /redoc, and its routers. `routers` is a list of `factory(auth) -> APIRouter`;
+    `render_metrics()` backs /metrics."""
     from shared.auth import bearer_dependency
+    from shared.body_limit import BodyLimitMiddleware
+    from shared.docs_ui import attach_offline_docs
     from shared.errors import install_error_handlers
 
     app.state.render_metrics = render_metrics
+    attach_offline_docs(app)
     install_error_handlers(app)
+    # Added before the metrics middleware, so it runs inside it: refused bodies are counted too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, token=api_token)
     install_request_metrics(app, metrics)
     auth = bearer_dependency(api_token)
     for router in routers:

@@ -1,14 +1,20 @@
 """Answer scoring: math-verify for math answers, normalised exact match and F1 for short text answers.
 
-Used by the verify stage, the rewards and the eval, often from worker threads; math-verify's own timeouts
-use `signal.alarm`, which only works on the main thread, so they are switched off here and long inputs are
-refused instead (see `MAX_MATH_CHARS`).
+Used by the verify stage, the rewards and the eval, from event loops and worker threads, on answers that
+models (or callers) wrote. Scoring is bounded: plain numbers are compared here at once (the common case);
+anything math-verify must parse goes to a scorer process (`shared.scoring_pool`) that is killed when it
+runs past `SCORE_SCORING_TIMEOUT_S` and holds at most `SCORE_SCORING_MEMORY_BYTES`; an answer that cannot
+be compared in that time is not correct. Cheap shape checks (length, bracket depth) refuse the worst
+inputs before any process is involved. math-verify's own timeouts use `signal.alarm`, which only works on
+the main thread, so they stay off; the process boundary is the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import string
+from decimal import Decimal
 from collections import Counter
 from typing import Literal
 
@@ -16,8 +22,12 @@ from pydantic import BaseModel, Field
 
 ScoreMethod = Literal["math", "exact", "f1", "none"]
 
-# Without a timeout, parsing is the only unbounded cost: longer answers count only if they equal the gold exactly.
+# Longer answers (or gold answers) count only if they equal the gold exactly: math-verify is not asked.
 MAX_MATH_CHARS = 1000
+# Deeper bracket nesting than this is not a real answer, and recursive parsers pay for every level.
+MAX_MATH_NESTING = 32
+# Plain decimal numbers are compared exactly here, with no parser and no process.
+_PLAIN_NUMBER = re.compile(r"^[-+]?\d{1,40}(\.\d{1,40})?$")
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -67,10 +77,32 @@ def is_math_answer(gold: str) -> bool:
     return bool(_NUMBER.match(text) or _EXPRESSION.match(text)) or any(m in text for m in _LATEX_MARKERS)
 
 
-def math_equal(prediction: str, gold: str) -> bool:
-    """math-verify equivalence, safe to call from any thread (its signal-based timeouts are disabled)."""
-    if len(prediction) > MAX_MATH_CHARS:
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _plain_numbers_equal(prediction: str, gold: str) -> bool | None:
+    """Decided without math-verify when both are plain decimals: equal values are equal, and different
+    integers are different; None leaves the question to math-verify."""
+    pred, ref = prediction.strip(), gold.strip()
+    if not (_PLAIN_NUMBER.match(pred) and _PLAIN_NUMBER.match(ref)):
+        return None
+    if Decimal(pred) == Decimal(ref):
+        return True
+    if "." not in pred and "." not in ref:
         return False
+    return None
+
+
+def math_verify_equal(prediction: str, gold: str) -> bool:
+    """math-verify itself, unbounded: only for a process that can be killed (`shared._scoring_child`)."""
     # Imported here: sympy and latex2sympy add about a second to start-up, and many callers never score math.
     from math_verify import parse, verify
 
@@ -79,6 +111,18 @@ def math_equal(prediction: str, gold: str) -> bool:
     if not gold_parsed or not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def math_equal(prediction: str, gold: str) -> bool:
+    """math-verify equivalence, bounded in time and memory, safe to call from any thread."""
+    if max(len(prediction), len(gold)) > MAX_MATH_CHARS or max(_nesting(prediction), _nesting(gold)) > MAX_MATH_NESTING:
+        return False
+    plain = _plain_numbers_equal(prediction, gold)
+    if plain is not None:
+        return plain
+    from shared.scoring_pool import default_pool
+
+    return default_pool().equal(prediction, gold)
 
 
 def _gold_strings(true_answer) -> list[str]:
@@ -112,3 +156,25 @@ def score_answer(prediction: str | None, true_answer) -> AnswerScore:
     prediction = str(prediction)
     scores = [_score_one(prediction, gold) for gold in golds]
     return max(scores, key=lambda s: (s.correct, s.exact_match, s.f1))
+
+
+def _needs_scorer(prediction: str | None, golds: list[str]) -> bool:
+    """Whether scoring may wait on a scorer process (the rest is microseconds of string work)."""
+    if prediction is None:
+        return False
+    prediction = str(prediction)
+    for gold in golds:
+        if not is_math_answer(gold) or prediction.strip() == gold.strip():
+            continue
+        if max(len(prediction), len(gold)) > MAX_MATH_CHARS:
+            continue
+        if _plain_numbers_equal(prediction, gold) is None:
+            return True
+    return False
+
+
+async def score_answer_async(prediction: str | None, true_answer) -> AnswerScore:
+    """`score_answer` for event loops: when a scorer process is needed, the wait happens in a thread."""
+    if not _needs_scorer(prediction, _gold_strings(true_answer)):
+        return score_answer(prediction, true_answer)
+    return await asyncio.to_thread(score_answer, prediction, true_answer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,7 +46,37 @@ class Settings(BaseSettings):
         default=f"http://127.0.0.1:{DEFAULT_PORTS['trainer']}",
         description="Base URL of the trainer service, as the other services and the CLI reach it.",
     )
+    allowed_paths: list[Path] = Field(
+        default_factory=list,
+        description="Directories besides SCORE_HOME from which requests and run configs may name task files, "
+        "datasets and model checkpoints (JSON list, e.g. `[\"/datasets\"]`). Everything else is refused.",
+    )
+    max_body_bytes: int = Field(
+        default=32 * 2**20, ge=1024, le=2**31,
+        description="Largest request body any service reads (413 above it); checked after the bearer token and "
+        "before parsing.",
+    )
+    max_task_file_bytes: int = Field(
+        default=64 * 2**20, ge=1024, le=2**34,
+        description="Largest task file (JSONL) or dataset file a request may name (422 above it).",
+    )
+    scoring_workers: int = Field(
+        default=2, ge=1, le=64,
+        description="Scorer processes per service process for math answers (math-verify); one call each at a time.",
+    )
+    scoring_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        description="Longest one math-answer comparison may take; past it the scorer is killed and the answer "
+        "counts as not correct.",
+    )
+    scoring_memory_bytes: int = Field(
+        default=2**30, ge=256 * 2**20, le=2**36,
+        description="Address-space limit (RLIMIT_AS) of each scorer process.",
+    )
     log_level: str = Field(default="info", description="Logging level of the services.")
+    sandbox_unconfined: bool = Field(
+        default=False, description="Trusted development only: run model-written code WITHOUT the bubblewrap boundary "
+        "(in-process layers only) where the host cannot provide it. Logged loudly at start; never in production.")
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Service log lines: `text` (key=value: service, request_id, run_id, stage, item, logger, message) "
@@ -60,6 +91,11 @@ class Settings(BaseSettings):
         if value.lower() in {"changeme", "change-me", "secret", "token", "password"} or len(value) < 8:
             raise ValueError("SCORE_API_TOKEN is a placeholder or shorter than 8 characters; set a real secret")
         return value
+
+    @property
+    def path_roots(self) -> list[Path]:
+        """Where files named in requests may live: SCORE_HOME and the operator's `allowed_paths`."""
+        return [self.home, *self.allowed_paths]
 
     @property
     def models_dir(self) -> Path:
@@ -100,10 +136,32 @@ class ModelServiceConfig(BaseSettings):
     search_corpus: str | None = Field(
         default=None, description="JSONL file of {id, title, text} for the `search` tool; unset: the built-in "
         "knowledge base.")
+    episode_timeout_s: float = Field(
+        default=300.0, gt=0, le=86400,
+        description="Wall-clock limit of one agent episode, prefix replay included; an episode past it ends with "
+        "stop_reason `timeout` and what it has so far.",
+    )
     sandbox: SandboxLimits = Field(
         default_factory=SandboxLimits, description="Limits of the sandboxed interpreter (JSON object).")
     settings: Settings = Field(default_factory=Settings, description="Shared settings (SCORE_HOME, token, ...).",
                                exclude=True)
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:  # a port that is not a number
+        return None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def is_configured_service_url(url: str, settings: Settings) -> bool:
+    """Whether `url` has the origin (scheme, host, port) of one of the configured model service URLs: the
+    only places the coordinator sends the API token."""
+    configured = {_origin(u) for u in (settings.student_url, settings.teacher_url, settings.trainer_url)}
+    origin = _origin(url)
+    return origin is not None and origin in configured
 
 
 @lru_cache(maxsize=1)

@@ -9,8 +9,8 @@ from shared.tools.sandbox import SandboxLimits
 SERVICES = ("coordinator", "student", "teacher", "trainer")
 
 
-def build_app(service: str, home, redis_url: str | None = None, *, api_token: str | None = None):
-    settings = Settings(home=home, redis_url=redis_url, api_token=api_token)
+def build_app(service: str, home, redis_url: str | None = None, *, api_token: str | None = None, **settings):
+    settings = Settings(home=home, redis_url=redis_url, api_token=api_token, **settings)
     if service == "coordinator":
         from services.coordinator.app import create_app
         from services.coordinator.config import CoordinatorConfig

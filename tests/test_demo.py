@@ -67,6 +67,11 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path)
     assert metrics["mps"]["tasks"] == config["tasks"]["n_train"]
     assert len(metrics["rl"]["steps"]) == config["rl"]["steps"]
     assert metrics["timing"]["coordinator_overhead_s"] > 0
+    # Teacher cost is counted for the scripted expert too (what a model teacher would have spent), by purpose.
+    cost = metrics["teacher_cost"]
+    assert cost["by_purpose"]["cold_start_trajectories"]["written_tokens"] > 0
+    assert cost["score"]["prompt_tokens"] > cost["score"]["written_tokens"] > 0
+    assert "95% CI (Wilson)" in out
     report = (run_dir / "report.md").read_text()
     for plot in ("success_by_stage", "rl_reward", "correction_steps", "repairs_per_attempt", "key_step_rewards"):
         data = (run_dir / "plots" / f"{plot}.png").read_bytes()

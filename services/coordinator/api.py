@@ -8,11 +8,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, StreamingResponse
 
+from services.coordinator.report_html import render_report_html
 from services.coordinator.runs import RunManager
 from shared.errors import ERROR_RESPONSES, ErrorResponse, NotFoundError, UnprocessableError
 from shared.observability import ops_router as shared_ops_router
+from shared.schemas.experiments import ExperimentConfig, ExperimentInfo
 from shared.schemas.runs import DeadLetterList, RunConfig, RunInfo, RunList, TrajectoryList
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No run with this id (or the artifact is not written yet)."}}
@@ -109,11 +111,11 @@ def runs_router(auth) -> APIRouter:
     @router.get("/runs/{run_id}/trajectories", response_model=TrajectoryList, responses=NOT_FOUND)
     async def trajectories(
         run_id: RunId, request: Request,
-        stage: Literal["bc_init", "mps", "baseline"] | None = Query(default=None, description="Only this stage.",
-                                                                    examples=["mps"]),
+        stage: Literal["bc_init", "mps", "baseline", "baseline_tokens"] | None = Query(
+            default=None, description="Only this stage.", examples=["mps"]),
         outcome: Literal["self_solved", "repaired", "hard", "unsolved", "teacher_solved", "teacher_failed"] | None =
         Query(default=None, description="Only trajectories with this outcome.", examples=["repaired"]),
-        offset: int = Query(default=0, ge=0, description="Skip this many.", examples=[0]),
+        offset: int = Query(default=0, ge=0, le=2**31 - 1, description="Skip this many.", examples=[0]),
         limit: int = Query(default=100, ge=1, le=1000, description="Return at most this many.", examples=[20]),
     ) -> TrajectoryList:
         """Finished trajectories: teacher solutions (cold start, baseline) and mentored student episodes with
@@ -134,6 +136,13 @@ def runs_router(auth) -> APIRouter:
         """The run's report (markdown), written when the run finishes."""
         path = await _artifact(request, run_id, "report.md")
         return PlainTextResponse(path.read_text(), media_type="text/markdown")
+
+    @router.get("/runs/{run_id}/report.html", response_class=Response, responses={**NOT_FOUND, 200: {
+        "description": "The run's report as one HTML page, plots inlined.", "content": {"text/html": {}}}})
+    async def report_html(run_id: RunId, request: Request) -> HTMLResponse:
+        """The run's report as a self-contained HTML page (tables and plots inline), to open in a browser."""
+        path = await _artifact(request, run_id, "report.md")
+        return HTMLResponse(render_report_html(path.parent))
 
     @router.get("/runs/{run_id}/metrics", responses={**NOT_FOUND, 200: {"description": "metrics.json of the run."}})
     async def run_metrics(run_id: RunId, request: Request) -> dict:
@@ -183,3 +192,31 @@ async def _artifact(request: Request, run_id: str, relative: str):
     if not path.is_file():
         raise NotFoundError(f"run {run_id} has no {relative} yet (state {info.state.value})", param="run_id")
     return path
+
+
+ExperimentId = Annotated[str, PathParam(description="Id of the experiment, as `POST /v1/experiments` returned it.",
+                                        examples=["exp-20261203-101500-1a2b3c"])]
+
+
+def experiments_router(auth) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)], responses=ERROR_RESPONSES, tags=["experiments"])
+    not_found = {404: {"model": ErrorResponse, "description": "No experiment with this id (or no results yet)."}}
+
+    @router.post("/experiments", response_model=ExperimentInfo, status_code=201)
+    async def create_experiment(config: ExperimentConfig, request: Request) -> ExperimentInfo:
+        """Start an experiment: one run per seed, one after another, every arm from the seed's cold start and
+        evaluated on one fixed held-out set; results under `SCORE_HOME/experiments/<id>/`."""
+        return await request.app.state.experiments.create(config)
+
+    @router.get("/experiments/{experiment_id}", response_model=ExperimentInfo, responses=not_found)
+    async def get_experiment(experiment_id: ExperimentId, request: Request) -> ExperimentInfo:
+        """State, the run of each seed started so far, and once finished the pooled results and comparisons."""
+        return await request.app.state.experiments.get(experiment_id)
+
+    @router.get("/experiments/{experiment_id}/results", responses={
+        **not_found, 200: {"content": {"application/json": {}}, "description": "results.json"}})
+    async def get_experiment_results(experiment_id: ExperimentId, request: Request) -> FileResponse:
+        """`results.json`: per arm and seed the per-task outcomes and costs, and the comparisons."""
+        return FileResponse(await request.app.state.experiments.results(experiment_id), media_type="application/json")
+
+    return router

@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from prometheus_client import Gauge
 
-from services.coordinator.api import ops_router, runs_router
+from services.coordinator.api import experiments_router, ops_router, runs_router
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.queue import StageQueue
+from services.coordinator.experiments import ExperimentManager
 from services.coordinator.runs import RunManager
 from services.coordinator.store import RunStore
 from services.coordinator.supervisor import WorkerSupervisor
@@ -96,7 +97,8 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         app.state.redis = client
         app.state.store = RunStore(client, settings.runs_dir)
         app.state.queue = StageQueue(client, consumer="api")
-        app.state.runs = RunManager(app.state.store, app.state.queue, settings.runs_dir)
+        app.state.runs = RunManager(app.state.store, app.state.queue, settings.runs_dir, settings)
+        app.state.experiments = ExperimentManager(app.state.runs, settings.home / "experiments", settings.runs_dir)
         app.state.health = None
         with contextlib.suppress(Exception):  # Redis may come up after us; the workers and /ready wait for it
             await app.state.queue.ensure_groups()
@@ -106,15 +108,19 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
         app.state.supervisor = supervisor
         await supervisor.start()
         watcher = asyncio.create_task(watch_health(app))
+        experiments = asyncio.create_task(app.state.experiments.watch())
         log.info("coordinator ready redis=%s workers=%d home=%s", settings.redis_url, config.workers, settings.home)
         try:
             yield
         finally:
             watcher.cancel()
+            experiments.cancel()
             await supervisor.stop()
             await client.aclose()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe coordinator",
         version="0.1.0",
         description="Runs of the SCoRe pipeline (cold start, mentored problem solving, SCoRe-SFT, SCoRe-RL, "
@@ -130,5 +136,6 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
                                      "retry shortly", error_type="unavailable")
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=settings.api_token,
-                  routers=[ops_router, runs_router])
+                  max_body_bytes=settings.max_body_bytes,
+                  routers=[ops_router, runs_router, experiments_router])
     return app

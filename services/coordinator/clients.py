@@ -130,10 +130,13 @@ class TrainerClient(ServiceClient):
 class Services:
     """The three model services one run talks to."""
 
-    def __init__(self, *, student_url: str, teacher_url: str, trainer_url: str, token: str | None) -> None:
-        self.student = StudentClient("student", student_url, token=token)
-        self.teacher = TeacherClient("teacher", teacher_url, token=token)
-        self.trainer = TrainerClient("trainer", trainer_url, token=token)
+    def __init__(self, *, student_url: str, teacher_url: str, trainer_url: str, token: str | None = None,
+                 tokens: dict[str, str | None] | None = None) -> None:
+        """`token` for all three, or `tokens` by URL field name (`student_url`, ...) where they differ."""
+        tokens = tokens or {}
+        self.student = StudentClient("student", student_url, token=tokens.get("student_url", token))
+        self.teacher = TeacherClient("teacher", teacher_url, token=tokens.get("teacher_url", token))
+        self.trainer = TrainerClient("trainer", trainer_url, token=tokens.get("trainer_url", token))
 
     async def close(self) -> None:
         for client in (self.student, self.teacher, self.trainer):

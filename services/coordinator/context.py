@@ -14,9 +14,13 @@ from services.coordinator.pools import Pools, load_pools
 from services.coordinator.queue import StageQueue
 from services.coordinator.store import RunStore
 from shared.schemas.runs import RunConfig
-from shared.settings import Settings
+from shared.settings import Settings, is_configured_service_url
 
 logger = logging.getLogger("score.coordinator")
+
+
+# Policies trained only to be compared with SCoRe: the run never ends on them.
+REFERENCE_ARMS = ("baseline", "baseline_tokens", "control")
 
 
 @dataclass
@@ -49,13 +53,15 @@ class RunContext:
         """Load a checkpoint into the student and remember it, so a restarted student is brought back to it.
 
         Without `version`, the run's next policy version: versions only grow within a run, whatever series
-        the checkpoint was published in, so every sample's `policy_version` orders it in time."""
+        the checkpoint was published in, so every sample's `policy_version` orders it in time. The student's
+        versions only grow too (it refuses a lower one), so after another run it starts above that run's."""
         if version is None:
-            version = int(await self.store.field(self.run_id, "policy_version") or 0) + 1
+            run_next = int(await self.store.field(self.run_id, "policy_version") or 0) + 1
+            version = max(run_next, (await self.services.student.weights()).policy_version + 1)
         info = await self.services.student.load(path=path, version=version)
         checkpoint = json.dumps({"path": path, "version": version, "label": label})
         fields = {"student_checkpoint": checkpoint, "policy_version": info.policy_version}
-        if label != "baseline":  # the SCoRe policy the run ends on (the baseline is only evaluated)
+        if label not in REFERENCE_ARMS:  # the SCoRe policy the run ends on (reference arms are only evaluated)
             fields["score_checkpoint"] = checkpoint
         await self.store.set_fields(self.run_id, **fields)
         await self.store.event(self.run_id, "log", f"student now serves {label} (policy version {version})",
@@ -76,9 +82,13 @@ class RunContext:
 
 
 def services_for(config: RunConfig, settings: Settings) -> Services:
-    return Services(
-        student_url=config.services.student_url or settings.student_url,
-        teacher_url=config.services.teacher_url or settings.teacher_url,
-        trainer_url=config.services.trainer_url or settings.trainer_url,
-        token=settings.api_token,
-    )
+    """Clients of the run's model services. The API token goes only to the configured service URLs: run
+    creation refuses others while a token is set, and a URL that is not configured never gets the token."""
+    urls = {
+        "student_url": config.services.student_url or settings.student_url,
+        "teacher_url": config.services.teacher_url or settings.teacher_url,
+        "trainer_url": config.services.trainer_url or settings.trainer_url,
+    }
+    tokens = {name: settings.api_token if is_configured_service_url(url, settings) else None
+              for name, url in urls.items()}
+    return Services(**urls, tokens=tokens)

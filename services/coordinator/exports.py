@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.agent.format import episode_messages
+from services.coordinator.records import training_messages
 from shared.fsutil import atomic_write, write_text_atomic
 from shared.schemas.runs import TrajectoryRecord
 
@@ -31,8 +32,9 @@ VERL_SCHEMA = pa.schema([
 
 
 def export_messages(records: list[TrajectoryRecord]) -> list[dict]:
-    """OpenAI chat rows (`messages`) of the correct trajectories, with `task_id`, `outcome` and `stage`."""
-    return [{"messages": episode_messages(r.task, r.steps), "task_id": r.task.id, "outcome": r.outcome,
+    """OpenAI chat rows (`messages`) of the correct trajectories, with `task_id`, `outcome` and `stage`; assistant
+    turns carry OpenAI's `weight` (0: context only, as SCoRe-SFT trains them)."""
+    return [{"messages": training_messages(r), "task_id": r.task.id, "outcome": r.outcome,
              "stage": r.stage} for r in records if r.correct]
 
 

@@ -16,7 +16,7 @@ from services.coordinator import keys
 from services.coordinator.context import RunContext
 from services.coordinator.queue import StageQueue, WorkItem
 from services.coordinator.stages.base import Stage
-from services.coordinator.stages.cold_start import BaselineStage, BCInitStage
+from services.coordinator.stages.cold_start import BaselineStage, BaselineTokensStage, BCInitStage, ControlStage
 from services.coordinator.stages.evaluation import EvalStage
 from services.coordinator.stages.mentor import MPSStage
 from services.coordinator.stages.report import ReportStage
@@ -25,8 +25,12 @@ from services.coordinator.stages.score_sft import SFTStage
 from shared.schemas.runs import STAGES, RunState
 
 PIPELINE: list[Stage] = [
-    BCInitStage(), EvalStage("bc_init"), MPSStage(), SFTStage(), EvalStage("sft"), RLStage(), EvalStage("rl"),
-    BaselineStage(), EvalStage("baseline"), EvalStage("teacher"), ReportStage(),
+    BCInitStage(), EvalStage("bc_init"), MPSStage(), SFTStage(), EvalStage("sft"),
+    RLStage(), EvalStage("rl", after="rl"),
+    BaselineStage(), EvalStage("baseline", after="baseline"),
+    BaselineTokensStage(), EvalStage("baseline_tokens", after="baseline_tokens"),
+    ControlStage(), EvalStage("control", after="control"),
+    EvalStage("teacher"), ReportStage(),
 ]
 BY_NAME = {stage.name: stage for stage in PIPELINE}
 assert tuple(BY_NAME) == STAGES, "the pipeline and the schema's stage list must agree"
@@ -58,9 +62,12 @@ async def enter(ctx: RunContext, stage: Stage) -> None:
     if await ctx.store.state(ctx.run_id) == RunState.queued:
         await ctx.store.transition(ctx.run_id, RunState.running)
     await ctx.store.set_fields(ctx.run_id, stage=stage.name)
-    if not stage.enabled(ctx):
-        await ctx.store.update_stage(ctx.run_id, stage.name, state="skipped")
-        await ctx.store.event(ctx.run_id, "stage", f"{stage.name} skipped", stage=stage.name, data={"state": "skipped"})
+    reason = None if stage.enabled(ctx) else "disabled by the run config"
+    reason = reason or await stage.skip_reason(ctx)
+    if reason is not None:
+        await ctx.store.update_stage(ctx.run_id, stage.name, state="skipped", detail=reason)
+        await ctx.store.event(ctx.run_id, "stage", f"{stage.name} skipped: {reason}", stage=stage.name,
+                              data={"state": "skipped", "reason": reason})
         await _next(ctx, stage)
         return
     items = await stage.plan(ctx)

@@ -5,8 +5,46 @@ from __future__ import annotations
 import hashlib
 
 from shared.agent.format import episode_messages
-from shared.schemas.agent import Task
-from shared.schemas.runs import TrajectoryRecord
+from shared.schemas.agent import Step, Task
+from shared.schemas.runs import TeacherSpend, TrajectoryRecord
+from shared.schemas.teacher import Cost
+
+
+# The purpose a teacher-solved trajectory's tokens count under, by stage.
+TRAJECTORY_PURPOSE = {"bc_init": "cold_start_trajectories", "baseline": "baseline_trajectories",
+                      "baseline_tokens": "reserve_trajectories", "eval_teacher": "eval_trajectories"}
+
+
+def spend(calls: int, prompt: int, written: int) -> TeacherSpend:
+    return TeacherSpend(calls=calls, prompt_tokens=prompt, written_tokens=written)
+
+
+def trajectory_spend(stage: str, cost: Cost | None) -> dict[str, TeacherSpend]:
+    """A teacher-solved episode's cost under its stage's purpose."""
+    if cost is None:
+        return {}
+    return {TRAJECTORY_PURPOSE[stage]: spend(cost.teacher_calls, cost.teacher_prompt_tokens, cost.teacher_tokens)}
+
+
+def correction_spend(cost: Cost, *, purpose_of_judgements: str = "judgements") -> dict[str, TeacherSpend]:
+    """A correction's (or judgement's) cost split by purpose: full rollouts, judgements, and the rest (proposed and
+    corrected steps). Calls of rollouts and judgements are not itemised by the teacher: they count under
+    `corrections`."""
+    parts = {
+        "verify_rollouts": spend(0, cost.rollout_prompt_tokens, cost.rollout_tokens),
+        purpose_of_judgements: spend(0, cost.judge_prompt_tokens, cost.judge_tokens),
+        "corrections": spend(cost.teacher_calls, cost.teacher_prompt_tokens - cost.rollout_prompt_tokens
+                             - cost.judge_prompt_tokens, cost.teacher_tokens - cost.rollout_tokens - cost.judge_tokens),
+    }
+    return {k: v for k, v in parts.items() if v.calls or v.prompt_tokens or v.written_tokens}
+
+
+def add_spend(*spends: dict[str, TeacherSpend]) -> dict[str, TeacherSpend]:
+    total: dict[str, TeacherSpend] = {}
+    for each in spends:
+        for purpose, amount in each.items():
+            total[purpose] = total.get(purpose, TeacherSpend()).add(TeacherSpend.model_validate(amount))
+    return total
 
 
 def teacher_record(run_id: str, stage: str, pool: str, task: Task, episode, correct: bool) -> TrajectoryRecord:
@@ -15,6 +53,8 @@ def teacher_record(run_id: str, stage: str, pool: str, task: Task, episode, corr
         run_id=run_id, stage=stage, pool=pool, task=task, outcome="teacher_solved" if correct else "teacher_failed",
         steps=episode.steps, final_answer=episode.final_answer, correct=correct,
         teacher_tokens=cost.teacher_tokens if cost is not None else 0,
+        teacher_prompt_tokens=cost.teacher_prompt_tokens if cost is not None else 0,
+        teacher_spend=trajectory_spend(stage, cost),
     )
 
 
@@ -27,10 +67,38 @@ def records_of(results: dict[str, dict]) -> list[TrajectoryRecord]:
     return records
 
 
+def trained_on(record: TrajectoryRecord, step: Step) -> bool:
+    """Whether a step of a correct trajectory is an SFT target (weight 1) or context only (weight 0).
+
+    - A malformed turn (parse error, empty or missing code) is never a target: the episode went on past it,
+      but what was written is not what the model should learn to write.
+    - A plan the student wrote during mentored problem solving is never a target: no correction strategy checks
+      plans (`verify` compares act steps by their effect; when `judge` names the plan, the repair replaces the
+      first act step after it), so a wrong plan can survive in a repaired trajectory. Teacher-written plans
+      (cold start, baseline) are targets.
+    """
+    if step.parse_error is not None:
+        return False
+    return not (step.kind == "plan" and record.stage == "mps")
+
+
+def training_messages(record: TrajectoryRecord) -> list[dict]:
+    """The record as chat messages; assistant turns carry `weight` 0 or 1 (see `trained_on`)."""
+    messages = episode_messages(record.task, record.steps)
+    weights = iter([int(trained_on(record, step)) for step in record.steps])
+    return [{**m, "weight": next(weights)} if m["role"] == "assistant" else m for m in messages]
+
+
 def rows_for_sft(records: list[TrajectoryRecord]) -> list[dict]:
-    """Messages rows of the correct trajectories (loss falls on every assistant turn)."""
-    return [{"messages": episode_messages(r.task, r.steps), "task_id": r.task.id, "outcome": r.outcome}
-            for r in records if r.correct]
+    """Messages rows of the correct trajectories that have at least one turn to learn from."""
+    rows = []
+    for record in records:
+        if not record.correct:
+            continue
+        messages = training_messages(record)
+        if any(m.get("weight") for m in messages if m["role"] == "assistant"):
+            rows.append({"messages": messages, "task_id": record.task.id, "outcome": record.outcome})
+    return rows
 
 
 def keep_share(task_id: str, share: float, salt: str) -> bool:

@@ -10,21 +10,24 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from services.coordinator.records import keep_share
+from services.coordinator.records import add_spend, keep_share
 from shared.fsutil import atomic_write
-from shared.schemas.runs import DeadLetter, RunInfo, TrajectoryRecord
+from shared.schemas.runs import TEACHER_PURPOSES, DeadLetter, RunInfo, TeacherSpend, TrajectoryRecord
+from shared.stats import wilson
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.
-EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "teacher")
+EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "baseline_tokens", "control", "teacher")
 STUDENT_LABELS = ("bc_init", "sft", "rl")
 LABEL_TITLES = {
     "bc_init": "student after cold start (bc_init)",
     "sft": "student after SCoRe-SFT (sft)",
     "rl": "student after SCoRe-RL (rl)",
     "baseline": "plain-distillation baseline (baseline)",
+    "baseline_tokens": "plain distillation at SCoRe's teacher tokens (baseline_tokens)",
+    "control": "cold-start data only, SCoRe's optimizer steps (control)",
     "teacher": "teacher (teacher)",
 }
-REWARD_KINDS = ("correct", "equivalent", "repeat", "other", "no_answer")
+REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
 MPS_OUTCOMES = ("self_solved", "repaired", "hard", "unsolved")
 PLOTS = ("success_by_stage.png", "rl_reward.png", "correction_steps.png", "repairs_per_attempt.png",
          "key_step_rewards.png")
@@ -104,11 +107,73 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
         "key_step_rewards": key_step,
         "teacher_tokens": {stage: sum(r.teacher_tokens for r in records if r.stage == stage)
                            for stage in ("bc_init", "mps", "baseline")},
+        "teacher_cost": teacher_cost(records, rl_steps, info.eval),
+        "arms": arms(info, records, rl_steps),
         "datasets": {"bc_init": bc_init_correct, "sft": _sft_rows(info, records),
                      "baseline": bc_init_correct + baseline_correct},
         "timing": timing,
         "dead_letters": [dl.model_dump(mode="json") for dl in dead_letters],
     }
+
+
+# Which stage each purpose's tokens are spent in; evaluation of the teacher is not training spend.
+PURPOSE_STAGE = {"cold_start_trajectories": "bc_init", "corrections": "mps", "verify_rollouts": "mps",
+                 "judgements": "mps", "rl_judgements": "rl", "baseline_trajectories": "baseline",
+                 "reserve_trajectories": "baseline_tokens", "eval_trajectories": "eval_teacher"}
+# Arms of a comparison: the evaluated policy's label, and the teacher purposes whose spend it needed.
+ARMS = {
+    "cold_start": ("bc_init", ("cold_start_trajectories",)),
+    "score_sft": ("sft", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements")),
+    "score_rl": ("rl", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")),
+    "baseline_equal_tasks": ("baseline", ("cold_start_trajectories", "baseline_trajectories")),
+    "baseline_equal_tokens": ("baseline_tokens", ("cold_start_trajectories",)),
+    "control": ("control", ("cold_start_trajectories",)),
+}
+SCORE_PURPOSES = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")
+
+
+def teacher_cost(records: list[TrajectoryRecord], rl_steps: list[dict], evals: dict) -> dict:
+    """Teacher calls, prompt and written tokens by purpose (with its stage), and the totals SCoRe and the plain
+    baseline spent (cold start counts for both: both start from it)."""
+    spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in rl_steps),
+                      *((e.get("teacher_spend") or {}) for e in evals.values()))
+    by_purpose = {purpose: {"stage": PURPOSE_STAGE[purpose], **spent[purpose].model_dump()}
+                  for purpose in TEACHER_PURPOSES if purpose in spent}
+    return {"by_purpose": by_purpose, "score": _sum(spent, SCORE_PURPOSES),
+            "baseline": _sum(spent, ("cold_start_trajectories", "baseline_trajectories"))}
+
+
+def arms(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict]) -> dict:
+    """Each evaluated arm's cost: teacher tokens (prompt + written; cold start included, every arm starts from
+    it), training rows and optimizer steps after cold start (the cold-start arm: its own)."""
+    spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in rl_steps))
+    counters = info.counters
+    steps_of = {"bc_init": ("bc_init",), "sft": ("sft",), "rl": ("sft",), "baseline": ("baseline",),
+                "baseline_tokens": ("baseline_tokens",), "control": ("control",)}
+    out = {}
+    for arm, (label, purposes) in ARMS.items():
+        if label not in info.eval:
+            continue
+        cost = TeacherSpend.model_validate(_sum(spent, purposes))
+        if arm == "baseline_equal_tokens":  # only the reserve trajectories within the budget were used
+            cost = cost.add(TeacherSpend(prompt_tokens=int(counters.get("baseline_tokens_prompt_tokens", 0)),
+                                         written_tokens=int(counters.get("baseline_tokens_written_tokens", 0))))
+        steps = sum(int(counters.get(f"{stage}_optimizer_steps", 0)) for stage in steps_of[label])
+        if label == "rl":
+            steps += int(counters.get("rl_steps", 0))
+        out[arm] = {"label": label, "teacher_tokens": cost.prompt_tokens + cost.written_tokens,
+                    "teacher_prompt_tokens": cost.prompt_tokens, "teacher_written_tokens": cost.written_tokens,
+                    "train_rows": int(counters.get(f"{steps_of[label][0]}_train_rows", 0)),
+                    "optimizer_steps": steps}
+    return out
+
+
+def _sum(spent: dict, purposes) -> dict:
+    out = TeacherSpend()
+    for purpose in purposes:
+        if purpose in spent:
+            out = out.add(spent[purpose])
+    return out.model_dump()
 
 
 # --- text --------------------------------------------------------------------------------------
@@ -128,14 +193,18 @@ def _rows(metrics: dict) -> list[list[str]]:
     for label in _labels(metrics):
         result = metrics["eval"][label]
         solved, n = result.get("solved"), result.get("n")
-        rows.append([label, _fmt(result.get("success"), ".1%"),
+        interval = "-"
+        if solved is not None and n:
+            lo, hi = wilson(int(solved), int(n))
+            interval = f"[{lo:.1%}, {hi:.1%}]"
+        rows.append([label, _fmt(result.get("success"), ".1%"), interval,
                      f"{_fmt(solved, 'd')}/{_fmt(n, 'd')}" if solved is not None or n is not None else "-",
                      _fmt(result.get("answered"), ".1%"), _fmt(result.get("mean_turns"), ".2f"),
                      _fmt(result.get("mean_tokens"), ".1f")])
     return rows
 
 
-TABLE_HEADER = ["policy", "held-out success", "solved/n", "answered", "mean turns", "mean tokens"]
+TABLE_HEADER = ["policy", "held-out success", "95% CI (Wilson)", "solved/n", "answered", "mean turns", "mean tokens"]
 
 
 def results_table(metrics: dict) -> str:
@@ -156,6 +225,23 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def _teacher_cost_section(cost: dict) -> list[str]:
+    rows = [[purpose, part["stage"], str(part["calls"]), str(part["prompt_tokens"]), str(part["written_tokens"])]
+            for purpose, part in (cost.get("by_purpose") or {}).items()]
+    if not rows:
+        return ["No teacher tokens were recorded.", ""]
+    out = ["## Teacher cost", "",
+           "Every teacher call by purpose: prompt tokens read and tokens written. The scripted expert reports what "
+           "a model teacher would have spent for the same steps, counted in the teacher's tokenizer.", ""]
+    out += _markdown_table(["purpose", "stage", "calls", "prompt tokens", "written tokens"], rows) + [""]
+    for name, title in (("score", "SCoRe (cold start, corrections, rollouts, judgements)"),
+                        ("baseline", "plain distillation (cold start and baseline trajectories)")):
+        part = cost.get(name) or {}
+        out += [f"- {title}: {part.get('prompt_tokens', 0)} prompt + {part.get('written_tokens', 0)} written tokens "
+                f"in {part.get('calls', 0)} calls."]
+    return out + [""]
+
+
 def render_markdown(metrics: dict, plots: list[str]) -> str:
     """`report.md`: what was measured, in tables; `plots` are paths relative to the run directory."""
     title = metrics.get("run_id", "run")
@@ -167,8 +253,10 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     out += ["## Held-out results", ""]
     rows = _rows(metrics)
     if rows:
-        out += ["Each policy was evaluated on the same held-out tasks. `answered` is the share of episodes that gave "
-                "a final answer; turns and tokens are means per episode.", ""]
+        out += ["Each policy was evaluated on the same held-out tasks. The interval is the 95% Wilson score interval "
+                "of the success rate over those tasks (one seed: it shows sampling noise over tasks, not over "
+                "training runs). `answered` is the share of episodes that gave a final answer; turns and tokens "
+                "are means per episode.", ""]
         out += _markdown_table(TABLE_HEADER, rows) + [""]
         out += [f"- `{label}`: {LABEL_TITLES.get(label, label)}" for label in _labels(metrics)] + [""]
     else:
@@ -184,6 +272,7 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
             f"Teacher tokens (train pool): {mps.get('teacher_tokens', 0)}.", ""]
     teacher = metrics.get("teacher_tokens") or {}
     out += ["Teacher tokens by stage: " + ", ".join(f"{k}: {v}" for k, v in teacher.items()) + ".", ""]
+    out += _teacher_cost_section(metrics.get("teacher_cost") or {})
     datasets = metrics.get("datasets") or {}
     out += ["Training rows: " + ", ".join(f"{k}: {v}" for k, v in datasets.items()) + ".", ""]
 
@@ -246,7 +335,8 @@ def _no_data(ax, title: str) -> None:
 def _plot_success(ax, metrics: dict) -> None:
     results = metrics.get("eval") or {}
     students = [label for label in STUDENT_LABELS if results.get(label, {}).get("success") is not None]
-    refs = [label for label in ("baseline", "teacher") if results.get(label, {}).get("success") is not None]
+    refs = [label for label in ("baseline", "baseline_tokens", "control", "teacher")
+            if results.get(label, {}).get("success") is not None]
     title = "Held-out success by stage"
     if not students and not refs:
         _no_data(ax, title)
@@ -258,7 +348,8 @@ def _plot_success(ax, metrics: dict) -> None:
         for bar, value in zip(bars, values):
             ax.annotate(f"{value:.1%}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
                         xytext=(0, 3), textcoords="offset points")
-    for label, color, style in (("baseline", "tab:orange", "--"), ("teacher", "tab:green", ":")):
+    for label, color, style in (("baseline", "tab:orange", "--"), ("baseline_tokens", "tab:red", "--"),
+                                ("control", "tab:gray", "-."), ("teacher", "tab:green", ":")):
         if label in refs:
             value = results[label]["success"]
             ax.axhline(value, color=color, linestyle=style, label=f"{label}: {value:.1%}")

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from services.coordinator import pipeline
-from services.coordinator.pools import PoolError, draw_pools, save_pools
+from services.coordinator.pools import FileRules, PoolError, draw_pools, save_pools
 from services.coordinator.queue import StageQueue
 from services.coordinator.records import records_of
 from services.coordinator.stages.rl import rl_prefixes
@@ -17,8 +17,24 @@ from services.coordinator.stages.score_sft import sft_records
 from services.coordinator.store import IllegalTransition, RunNotFound, RunStore
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.schemas.runs import RunConfig, RunEvent, RunInfo, RunState, TrajectoryRecord
+from shared.settings import Settings, is_configured_service_url
 
-RECORD_STAGES = ("bc_init", "mps", "baseline")
+RECORD_STAGES = ("bc_init", "mps", "baseline", "baseline_tokens")
+
+
+def check_service_urls(config: RunConfig, settings: Settings) -> None:
+    """With an API token set, a run may only name the configured service URLs: the coordinator sends the
+    token with every call, so another URL would receive it (and turn the coordinator into a proxy)."""
+    if settings.api_token is None:
+        return
+    for field in ("student_url", "teacher_url", "trainer_url"):
+        url = getattr(config.services, field)
+        if url is not None and not is_configured_service_url(url, settings):
+            raise UnprocessableError(
+                f"services.{field} {url!r} is not one of the configured service URLs (SCORE_STUDENT_URL, "
+                "SCORE_TEACHER_URL, SCORE_TRAINER_URL); with SCORE_API_TOKEN set, runs cannot redirect the "
+                "coordinator's calls (and its token) elsewhere. Leave it out, or change the setting.",
+                param=f"body.services.{field}")
 
 
 def new_run_id() -> str:
@@ -26,13 +42,18 @@ def new_run_id() -> str:
 
 
 class RunManager:
-    def __init__(self, store: RunStore, queue: StageQueue, runs_dir: Path) -> None:
+    def __init__(self, store: RunStore, queue: StageQueue, runs_dir: Path, settings: Settings | None = None) -> None:
         self.store, self.queue, self.runs_dir = store, queue, runs_dir
+        self.settings = settings
 
     async def create(self, config: RunConfig) -> RunInfo:
         """Validate the tasks, write the pools, then register and start the run; a bad config leaves nothing."""
+        rules = None
+        if self.settings is not None:
+            check_service_urls(config, self.settings)
+            rules = FileRules(roots=self.settings.path_roots, max_bytes=self.settings.max_task_file_bytes)
         try:
-            pools = await asyncio.to_thread(draw_pools, config.tasks)
+            pools = await asyncio.to_thread(draw_pools, config.tasks, rules)
         except PoolError as exc:
             raise UnprocessableError(str(exc), param=exc.field) from exc
         run_id = new_run_id()

@@ -31,6 +31,7 @@ from services.coordinator import keys, pipeline
 from services.coordinator.context import RunContext, services_for
 from services.coordinator.queue import QUEUES, StageQueue, WorkItem
 from services.coordinator.store import RunNotFound, RunStore
+from shared import scoring_pool
 from shared.observability import configure_logging, log_context, new_request_id
 from shared.schemas.runs import RunState
 from shared.settings import Settings
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level, "coordinator", settings.log_format, pid=True)
+    scoring_pool.configure(settings)  # answers scored by the stages: bounded by these settings
     redis_url = args.redis_url or settings.redis_url
     if not redis_url:
         parser.error("no Redis: pass --redis-url or set SCORE_REDIS_URL")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.errors import ERROR_RESPONSES, ErrorResponse, UnavailableError
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.openai import (
     ChatCompletionRequest,
@@ -18,6 +18,7 @@ from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
 from services.student.serving import StudentServing
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown model or checkpoint."}}
+VERSION_CONFLICT = {409: {"model": ErrorResponse, "description": "The version is not above the one served."}}
 UNAVAILABLE = {503: {"model": ErrorResponse, "description": "The sandbox could not start an interpreter; retry later."}}
 
 
@@ -30,12 +31,18 @@ def ops_router(auth) -> APIRouter:
         serving = getattr(app.state, "serving", None)
         if serving is None:
             return None
+        if (failure := serving.engine.failure()) is not None:
+            raise UnavailableError(f"the model engine cannot generate: {failure}; restart the service")
+        if not app.state.sandbox["ok"]:   # fail closed: rollouts would be refused, so the service is not ready
+            raise UnavailableError(f"sandbox unavailable: {app.state.sandbox['problem']}")
         return {"model": serving.engine.model_name, "engine": serving.engine.kind,
-                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox_layers}
+                "policy_version": serving.engine.policy_version, "sandbox": app.state.sandbox}
 
     return shared_ops_router(
         auth, readiness=readiness,
-        ready_doc="The model is loaded and requests can be served; also reports the sandbox layers in force.",
+        ready_doc="The model is loaded and requests can be served; also reports the sandbox boundary and layers in "
+        "force. 503 while loading, or when the host cannot provide the sandbox boundary (the message says what is "
+        "missing).",
         metrics_doc="Request counts and latency, tokens generated, batches, episodes, policy version.",
     )
 
@@ -72,9 +79,10 @@ def api_router(auth) -> APIRouter:
         """The policy version and checkpoint currently served."""
         return _serving(request).weights()
 
-    @router.post("/weights", response_model=WeightsInfo, tags=["weights"], responses=NOT_FOUND)
+    @router.post("/weights", response_model=WeightsInfo, tags=["weights"], responses={**NOT_FOUND, **VERSION_CONFLICT})
     async def load_weights(body: LoadWeightsRequest, request: Request) -> WeightsInfo:
-        """Load a checkpoint without a restart; waits for requests in flight so none mixes two versions."""
+        """Load a checkpoint without a restart; waits for requests in flight so none mixes two versions.
+        Paths stay under SCORE_HOME (or SCORE_ALLOWED_PATHS); policy versions only grow."""
         return await _serving(request).load_weights(body)
 
     return router

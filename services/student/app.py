@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
@@ -11,13 +12,14 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from shared.agent.rollout import RolloutRunner
+from shared.checkpoints import resolve_model
 from shared.models.engine import Engine
-from shared.models.loading import load_tokenizer, resolve_model_path
+from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
-from shared.tools.sandbox import Sandbox, isolation_report
+from shared.tools.sandbox import Sandbox, prepare_service
 from shared.tools.search import BM25Search, agent_tools
 from services.student.api import api_router, ops_router
 from services.student.config import StudentConfig
@@ -27,8 +29,10 @@ log = logging.getLogger("score.student")
 
 
 def build_engine(config: StudentConfig) -> Engine:
-    path = resolve_model_path(config.model, "student", config.settings.home)
-    name = config.served_model_name or (Path(config.model).name if config.model else "score-student")
+    # Every model reference form: builtin:<role>, a checkpoint series `name` (latest) or `name/vN`, a directory.
+    path, label = resolve_model(config.model, home=config.settings.home, default_role="student")
+    name = config.served_model_name or (
+        "score-student" if not config.model else Path(label).name if Path(label).is_absolute() else label)
     if config.engine == "openai":
         if not config.base_url:
             raise ValueError("--engine openai needs --base-url (an OpenAI-compatible server, e.g. http://vllm:8000/v1)")
@@ -79,10 +83,11 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         await engine.start()
         tools = build_tools(config)
         runner = RolloutRunner(
-            engine, partial(Sandbox, tools=tools, limits=config.sandbox),
-            max_concurrent_episodes=config.max_concurrent_episodes,
+            engine, partial(Sandbox, tools=tools, limits=config.sandbox,
+                                  unconfined=config.settings.sandbox_unconfined),
+            max_concurrent_episodes=config.max_concurrent_episodes, episode_timeout_s=config.episode_timeout_s,
         )
-        app.state.sandbox_layers = isolation_report()
+        app.state.sandbox = await asyncio.to_thread(prepare_service, unconfined=config.settings.sandbox_unconfined)
         app.state.serving = StudentServing(engine=engine, runner=runner, settings=config.settings)
         log.info("student ready engine=%s model=%s", engine.kind, engine.model_name)
         try:
@@ -91,6 +96,8 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
             await engine.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe student service",
         version="0.1.0",
         description="The student policy: OpenAI-compatible generation, agent rollouts in sandboxed interpreters, "
@@ -110,5 +117,6 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         return metrics.render()
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  max_body_bytes=config.settings.max_body_bytes,
                   routers=[ops_router, api_router])
     return app

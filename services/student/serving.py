@@ -8,9 +8,10 @@ from pathlib import Path
 
 from shared.agent.rollout import RolloutRunner
 from shared.agent.tokens import chat_token_ids
-from shared.errors import NotFoundError, ServiceError, UnavailableError, UnprocessableError
+from shared.errors import ConflictError, NotFoundError, ServiceError, UnavailableError, UnprocessableError
 from shared.models.engine import Engine, PromptTooLongError
 from shared.models.loading import is_adapter_dir
+from shared.paths import PathRefused, confined
 from shared.schemas.openai import (
     ChatChoice,
     ChatCompletionRequest,
@@ -27,7 +28,7 @@ from shared.schemas.openai import (
     Usage,
 )
 from shared.schemas.rollout import RolloutRequest, RolloutResponse
-from shared.schemas.sampling import SamplingParams
+from shared.schemas.sampling import SamplingParams, offset_seed
 from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
 from shared.settings import Settings
 from shared.tools.sandbox import SandboxError
@@ -114,32 +115,55 @@ class StudentServing:
         )
 
     async def load_weights(self, request: LoadWeightsRequest) -> WeightsInfo:
-        path, version = self._resolve_checkpoint(request)
+        path = self._resolve_checkpoint(request)
         async with self.gate.swap():
+            # Checked under the swap: two loads racing cannot both pass and leave the lower one served.
+            version = self._next_version(request, path)
+            if version is None:
+                return self.weights()  # the same checkpoint at the same version: nothing to do
             try:
                 await self.engine.load_weights(str(path), version)
             except (OSError, ValueError) as exc:
                 raise UnprocessableError(f"cannot load weights from {path}: {exc}", param="body.path") from exc
         return self.weights()
 
-    def _resolve_checkpoint(self, request: LoadWeightsRequest) -> tuple[Path, int]:
+    def _next_version(self, request: LoadWeightsRequest, path: Path) -> int | None:
+        """The version to serve `path` as; None when it is already served at that version. Versions only
+        grow, so every sample's policy_version orders it in time and a stale one stays detectable."""
+        current = self.engine.policy_version
+        if request.version is None:
+            return current + 1
+        same = Path(self.engine.weights_path).resolve() == path.resolve()
+        if request.version == current and same:
+            return None
+        if request.version <= current:
+            raise ConflictError(
+                f"policy version {request.version} is not above the served version {current}"
+                f"{'' if same else ' (a different checkpoint)'}; versions only grow: load it as version "
+                f"{current + 1} or higher, or leave `version` out", param="body.version")
+        return request.version
+
+    def _resolve_checkpoint(self, request: LoadWeightsRequest) -> Path:
+        roots = self.settings.path_roots
         if request.path is not None:
-            path = Path(request.path)
-            version = request.version if request.version is not None else self.engine.policy_version + 1
+            try:
+                path = confined(request.path, roots, what="checkpoint directory")
+            except PathRefused as exc:
+                raise UnprocessableError(str(exc), param="body.path") from None
             param = "body.path"
         else:
             path = self.settings.checkpoints_dir / request.name / f"v{request.version}"
-            version, param = request.version, "body.name"
+            param = "body.name"
         if self.engine.kind == "transformers" and not ((path / "config.json").is_file() or is_adapter_dir(path)):
             raise NotFoundError(f"no checkpoint at {path} (neither config.json nor adapter_config.json)", param=param)
-        return path, version
+        return path
 
     # ---- helpers --------------------------------------------------------------------------------
     async def _sample(self, prompt: list[int], sampling: SamplingParams, n: int):
         async with self.gate.request():
             calls = [
                 self.engine.generate(
-                    prompt, sampling.model_copy(update={"seed": None if sampling.seed is None else sampling.seed + i})
+                    prompt, sampling.model_copy(update={"seed": offset_seed(sampling.seed, i)})
                 )
                 for i in range(n)
             ]

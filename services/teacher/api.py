@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from shared.errors import ERROR_RESPONSES, ErrorResponse
+from shared.errors import ERROR_RESPONSES, ErrorResponse, UnavailableError
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.teacher import (
     CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse, TeacherRolloutRequest,
@@ -25,11 +25,18 @@ def ops_router(auth) -> APIRouter:
         serving = getattr(app.state, "serving", None)
         if serving is None:
             return None
-        return {"engine": serving.backend.kind, "model": serving.backend.model_name, "sandbox": app.state.sandbox_layers}
+        engine = getattr(serving.backend, "engine", None)
+        if engine is not None and (failure := engine.failure()) is not None:
+            raise UnavailableError(f"the model engine cannot generate: {failure}; restart the service")
+        if not app.state.sandbox["ok"]:   # fail closed: corrections need the sandbox, so not ready
+            raise UnavailableError(f"sandbox unavailable: {app.state.sandbox['problem']}")
+        return {"engine": serving.backend.kind, "model": serving.backend.model_name, "sandbox": app.state.sandbox}
 
     return shared_ops_router(
         auth, readiness=readiness,
-        ready_doc="The teacher backend is loaded and corrections can be served; also reports the sandbox layers.",
+        ready_doc="The teacher backend is loaded and corrections can be served; also reports the sandbox boundary "
+        "and layers. 503 while loading, or when the host cannot provide the sandbox boundary (the message says what "
+        "is missing).",
         metrics_doc="Request counts and latency, corrections, hard trajectories, episodes, teacher calls, tokens and "
         "rollouts.",
     )

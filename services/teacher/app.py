@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
@@ -9,6 +10,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from shared.agent.rollout import RolloutRunner
+from shared import scoring_pool
 from shared.checkpoints import resolve_model
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
@@ -16,7 +18,7 @@ from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
-from shared.tools.sandbox import Sandbox, isolation_report
+from shared.tools.sandbox import Sandbox, prepare_service
 from services.student.app import build_tools
 from services.teacher.api import api_router, ops_router
 from services.teacher.backends import EngineBackend, ExpertBackend, OpenAIBackend, TeacherBackend
@@ -46,7 +48,9 @@ def app_from_args(args, settings) -> FastAPI:
 
 def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) -> TeacherBackend:
     if config.engine == "expert":
-        return ExpertBackend(executor)
+        # No model runs, but its steps are counted in the built-in teacher's tokenizer (see ExpertBackend).
+        path, _ = resolve_model(None, home=config.settings.home, default_role="teacher")
+        return ExpertBackend(executor, load_tokenizer(path))
     try:
         path, label = resolve_model(config.model, home=config.settings.home, default_role="teacher")
     except KeyError as exc:
@@ -56,13 +60,15 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
         engine = OpenAIEngine(config.base_url, tokenizer=load_tokenizer(path), model_name=config.served_model_name,
                               api_key=config.settings.api_token)
         runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
-                               max_concurrent_executions=config.max_concurrent_sandboxes)
+                               max_concurrent_executions=config.max_concurrent_sandboxes,
+                               episode_timeout_s=config.episode_timeout_s)
         return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
     engine = TransformersEngine(str(path), model_name=config.served_model_name or label, device=config.device,
                                 max_batch_size=config.max_batch_size, prefix_cache_mb=config.prefix_cache_mb)
     runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
-                           max_concurrent_executions=config.max_concurrent_sandboxes)
+                           max_concurrent_executions=config.max_concurrent_sandboxes,
+                           episode_timeout_s=config.episode_timeout_s)
     return EngineBackend(engine, runner, sampling=sampling, max_judge_tokens=config.max_judge_tokens)
 
 
@@ -71,7 +77,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     metrics = ServiceMetrics("teacher")
     totals = ScrapedCounter(
         "score_teacher_total", "Teacher counters since start, by counter: corrections, hard, teacher_calls, "
-        "teacher_tokens, full_rollouts, episodes (from /v1/rollouts).", ["service", "counter"], metrics.registry)
+        "teacher_tokens (the expert: what a model teacher would have written), full_rollouts, episodes (from "
+        "/v1/rollouts).", ["service", "counter"], metrics.registry)
     generated = ScrapedCounter(
         "score_generated_tokens_total", "Tokens the teacher model generated for corrections and rollouts since "
         "start (0 for the expert engine: no model).", ["service"], metrics.registry)
@@ -82,12 +89,14 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        scoring_pool.configure(config.settings)  # answer scoring bounded by this service's settings
         tools = build_tools(config)
-        sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox)
+        sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox,
+                                  unconfined=config.settings.sandbox_unconfined)
         executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)
         backend = build_backend(config, executor, sandbox_factory)
         await backend.start()
-        app.state.sandbox_layers = isolation_report()
+        app.state.sandbox = await asyncio.to_thread(prepare_service, unconfined=config.settings.sandbox_unconfined)
         app.state.serving = TeacherServing(backend=backend, executor=executor, config=config)
         log.info("teacher ready engine=%s model=%s", backend.kind, backend.model_name)
         try:
@@ -96,6 +105,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             await backend.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe teacher service",
         version="0.1.0",
         description="The teacher: locates a student trajectory's first critical error and writes the corrected "
@@ -109,12 +120,14 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         if serving is not None:
             for name, value in serving.totals.items():
                 totals.set(("teacher", name), value)
-            generated.set(("teacher",), serving.totals["teacher_tokens"])
+            # The expert's `teacher_tokens` are what a model would have written; no model generated them.
+            generated.set(("teacher",), serving.totals["teacher_tokens"] if serving.backend.has_model else 0)
             for kind, value in serving.judgements.totals.items():
                 judgements.set(("teacher", kind), value)
             cache_hits.set(("teacher",), serving.judgements.cache.hits)
         return metrics.render()
 
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  max_body_bytes=config.settings.max_body_bytes,
                   routers=[ops_router, api_router])
     return app

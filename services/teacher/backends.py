@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from shared.agent.execute import execute_step
+from shared.agent.format import episode_messages, render_step
 from shared.agent.rollout import RolloutRunner
 from shared.agent.tokens import chat_token_ids
 from shared.models.engine import Engine, PromptTooLongError
@@ -92,8 +93,27 @@ class ExpertBackend(TeacherBackend):
     model_name = "expert"
     has_model = False
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, tokenizer=None) -> None:
         self.executor = executor
+        # The tokenizer a model teacher would use: the expert's steps are counted in it, so its spend compares.
+        self.tokenizer = tokenizer
+
+    def step_cost(self, task: Task, prefix: list[Step], step: Step) -> Cost:
+        """What writing `step` after `prefix` would cost a model teacher: one call reading the whole episode so far
+        (the chat template with the generation prompt), writing the step's canonical text and its end-of-turn."""
+        if self.tokenizer is None:
+            return Cost()
+        prompt = chat_token_ids(self.tokenizer, episode_messages(task, prefix), add_generation_prompt=True)
+        written = len(self.tokenizer.encode(render_step(step), add_special_tokens=False)) + 1
+        return Cost(teacher_calls=1, teacher_tokens=written, teacher_prompt_tokens=len(prompt))
+
+    def text_cost(self, messages: list[dict], text: str) -> Cost:
+        """What answering a chat prompt with `text` would cost a model teacher."""
+        if self.tokenizer is None:
+            return Cost()
+        prompt = chat_token_ids(self.tokenizer, messages, add_generation_prompt=True)
+        written = len(self.tokenizer.encode(text, add_special_tokens=False)) + 1
+        return Cost(teacher_calls=1, teacher_tokens=written, teacher_prompt_tokens=len(prompt))
 
     def unsupported(self, task: Task) -> str | None:
         if getattr(task, "family", None) in ("arith", "kb") and isinstance(getattr(task, "meta", None), dict):
@@ -102,12 +122,17 @@ class ExpertBackend(TeacherBackend):
                 "(--engine transformers or openai) for other tasks")
 
     async def propose(self, jobs: list[tuple[Task, list[Step]]]) -> list[Proposal]:
-        return [Proposal(self._next(task, prefix)) for task, prefix in jobs]
+        proposals = []
+        for task, prefix in jobs:
+            step = self._next(task, prefix)
+            proposals.append(Proposal(step, self.step_cost(task, prefix, step) if step is not None else Cost()))
+        return proposals
 
     async def continue_from(self, task: Task, steps: list[Step], *, max_turns: int) -> Continuation:
         def act(sandbox, replayed: list[Step], final_answer: str | None) -> Continuation:
             episode = list(replayed)
             stop_reason = None
+            cost = Cost(sandbox_runs=1)
             for _ in range(max_turns):
                 if final_answer is not None:
                     break
@@ -115,12 +140,13 @@ class ExpertBackend(TeacherBackend):
                 if step is None:
                     stop_reason = "no_step"
                     break
+                cost = cost.add(self.step_cost(task, episode, step))
                 outcome = execute_step(step, sandbox)
                 episode.append(outcome.step)
                 final_answer = outcome.final_answer
             if final_answer is not None:
                 stop_reason = "final_answer"
-            return Continuation(episode, final_answer, Cost(sandbox_runs=1), stop_reason or "max_turns")
+            return Continuation(episode, final_answer, cost, stop_reason or "max_turns")
 
         return await self.executor.in_sandbox(steps, act)
 

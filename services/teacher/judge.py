@@ -15,6 +15,7 @@ the correction.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 from shared.agent.format import parse_act
@@ -22,7 +23,7 @@ from shared.schemas.agent import Step, Task
 from shared.schemas.teacher import Correction, Cost
 from shared.tasks.expert import expert_next_step, expert_progress
 from services.teacher import prompts
-from services.teacher.backends import BackendError, TeacherBackend
+from services.teacher.backends import BackendError, ExpertBackend, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor
 from services.teacher.parsing import ParseFailure, parse_judgement
@@ -89,12 +90,23 @@ class JudgeStrategy:
             what = "gave a wrong final answer" if gave_answer else "did not establish anything new"
             analysis = (f"Step {k} {what} (it printed {short(step.observation)!r}). "
                         f"The right step: {expected.thought}")
+            cost = cost.add(self._expert_cost(task, steps, k, analysis, expected))
             return Correction(
                 task_id=task.id, strategy="judge", answer_correct=False, first_error_step=k, analysis=analysis,
                 corrected_step=corrected, hard=False, cost=cost,
             )
         return hard(prepared, "judge", "every step advances the solution, but the trajectory ends before the gold "
                     "answer (it ran out of turns)", cost)
+
+    def _expert_cost(self, task, steps, k: int, analysis: str, expected) -> Cost:
+        """What a model judge would have spent for this verdict: the judge prompt and a JSON verdict, then the
+        corrected step after the prefix (counted in the teacher's tokenizer)."""
+        backend = self.backend
+        if not isinstance(backend, ExpertBackend):
+            return Cost()
+        verdict = json.dumps({"answer_correct": False, "first_error_step": k, "analysis": analysis, "suggestion": expected.thought})
+        return (backend.text_cost(prompts.judge_messages(task, steps), verdict).as_judgement()
+                .add(backend.step_cost(task, steps[:k], expected)))
 
     # ---- a teacher model ---------------------------------------------------------------------------------
     async def _model_judge(self, prepared: Prepared) -> Correction:
@@ -110,7 +122,7 @@ class JudgeStrategy:
         for attempt in range(self.config.judge_attempts):
             reply = await self.backend.chat(prompts.judge_messages(task, steps), max_tokens=self.config.max_judge_tokens,
                                             json_schema=prompts.JUDGE_SCHEMA, **self._sampling(attempt))
-            cost = cost.add(reply.cost)
+            cost = cost.add(reply.cost.as_judgement())
             parsed = parse_judgement(reply.text, len(steps))
             if isinstance(parsed, ParseFailure):
                 failures.append(parsed.reason)

@@ -20,7 +20,7 @@ from shared.schemas.teacher import (
     JudgementResponse,
     StepJudgementItem,
 )
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 from shared.errors import UnprocessableError
 from services.teacher import prompts
 from services.teacher.backends import BackendError, TeacherBackend
@@ -95,8 +95,8 @@ class JudgementService:
         return judgement, cost
 
     async def _answer(self, item: AnswerJudgementItem) -> tuple[Judgement, Cost]:
-        # math-verify can take a while on long expressions: keep it off the event loop.
-        score = await asyncio.to_thread(score_answer, item.prediction, item.true_answer)
+        # Bounded (a scorer process with a time limit) and off the event loop while it waits.
+        score = await score_answer_async(item.prediction, item.true_answer)
         programmatic = Judgement(kind="answer", equivalent=score.correct, method=score.method, f1=score.f1)
         if score.correct or not item.use_teacher or item.prediction is None:
             return programmatic, Cost()
@@ -130,5 +130,6 @@ class JudgementService:
         verdict, reason = parse_equivalence(reply.text)
         if verdict is None:
             detail = f"teacher reply unreadable ({reason}); programmatic verdict"
-            return fallback.model_copy(update={"detail": detail}), reply.cost
-        return fallback.model_copy(update={"equivalent": verdict, "method": "teacher", "detail": reason}), reply.cost
+            return fallback.model_copy(update={"detail": detail}), reply.cost.as_judgement()
+        return (fallback.model_copy(update={"equivalent": verdict, "method": "teacher", "detail": reason}),
+                reply.cost.as_judgement())

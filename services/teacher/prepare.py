@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from shared.schemas.teacher import CorrectionItem, Correction, Cost, Strategy
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 from services.teacher.execution import Executor, Replay
 
 
@@ -25,7 +25,8 @@ async def prepare(items: list[CorrectionItem], executor: Executor) -> list[Prepa
     replays = await asyncio.gather(*(executor.replay(item.steps) for item in items))
     prepared = []
     for item, replay in zip(items, replays):
-        correct = replay.final_answer is not None and score_answer(replay.final_answer, item.task.true_answer).correct
+        correct = (replay.final_answer is not None
+                   and (await score_answer_async(replay.final_answer, item.task.true_answer)).correct)
         prepared.append(Prepared(item, replay, correct))
     return prepared
 

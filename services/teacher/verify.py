@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from shared.schemas.agent import Step
 from shared.schemas.teacher import Correction, Cost
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 from services.teacher.backends import BackendError, Proposal, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor, same_code, same_effect
@@ -86,9 +86,9 @@ class VerifyStrategy:
                 )
             except BackendError as exc:
                 return hard(prepared, "verify", str(exc), cost)
-            cost = cost.add(continuation.cost).add(Cost(full_rollouts=1))
+            cost = cost.add(continuation.cost.as_rollout()).add(Cost(full_rollouts=1))
             answer = continuation.final_answer
-            if answer is not None and score_answer(answer, task.true_answer).correct:
+            if answer is not None and (await score_answer_async(answer, task.true_answer)).correct:
                 corrected = continuation.steps[k] if len(continuation.steps) > k else teacher
                 return self._found(prepared, k, student, corrected, matched, continuation.steps, cost)
         return hard(prepared, "verify", self._hard_reason(matched, unusable, tried), cost)

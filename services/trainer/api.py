@@ -74,7 +74,8 @@ def jobs_router(auth) -> APIRouter:
     })
     async def job_events(
         job_id: JobId, request: Request,
-        after: int = Query(-1, description="Only events with `seq` greater than this.", examples=[12]),
+        after: int = Query(-1, ge=-1, le=2**31 - 1, description="Only events with `seq` greater than this.",
+                           examples=[12]),
         stream: bool = Query(False, description="Server-Sent Events that follow the job until it ends.",
                              examples=[False]),
     ) -> Response:

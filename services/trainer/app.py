@@ -74,6 +74,7 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
         jobs = JobManager(
             jobs_dir=config.jobs_dir, home=config.settings.home, checkpoints_dir=config.settings.checkpoints_dir,
             max_running=config.max_running_jobs, poll_interval_s=config.poll_interval_s, device=config.device,
+            roots=config.settings.path_roots, max_file_bytes=config.settings.max_task_file_bytes,
         )
         await jobs.start()
         app.state.jobs = jobs
@@ -84,6 +85,8 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
             await jobs.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
+        redoc_url=None,
         title="SCoRe trainer service",
         version="0.1.0",
         description="Supervised fine-tuning jobs (loss on assistant turns only, packed sequences, resumable, "
@@ -110,5 +113,6 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
 
     app.state.config = config
     mount_service(app, metrics=metrics, render_metrics=render_metrics, api_token=config.settings.api_token,
+                  max_body_bytes=config.settings.max_body_bytes,
                   routers=[ops_router, jobs_router, rl_router])
     return app

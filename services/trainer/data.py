@@ -1,7 +1,8 @@
 """SFT data: read messages JSONL, tokenise with the chat template and an assistant-only loss mask, pack.
 
 Loss mask. A token carries loss iff the assistant wrote it: the content of every assistant turn and the
-end-of-turn token that closes it (the model must learn to stop). System, user and observation turns and
+end-of-turn token that closes it (the model must learn to stop), unless the turn has `weight: 0` (OpenAI's
+fine-tuning format): then it is context only. System, user and observation turns and
 the role headers never do. Templates with `{% generation %}` markers give the mask directly
 (`return_assistant_tokens_mask`); for templates without them the mask is re-derived from character
 spans: each assistant turn starts where the template's generation prompt for it ends.
@@ -123,9 +124,13 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     return text, spans
 
 
-def mask_from_char_spans(tokenizer, messages: list[dict]) -> TokenizedExample:
-    """The assistant mask re-derived from rendered text and token offsets (any chat template)."""
+def mask_from_char_spans(tokenizer, messages: list[dict], weights: list[int] | None = None) -> TokenizedExample:
+    """The assistant mask re-derived from rendered text and token offsets (any chat template).
+
+    `weights`, one per assistant turn in order: a turn of weight 0 keeps mask 0 (context, no loss)."""
     text, spans = assistant_char_spans(tokenizer, messages)
+    if weights is not None:
+        spans = [span for span, weight in zip(spans, weights) if weight]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [
         int(any(s <= lo and hi <= e and hi > lo for s, e in spans)) for lo, hi in encoded["offset_mapping"]
@@ -136,10 +141,12 @@ def mask_from_char_spans(tokenizer, messages: list[dict]) -> TokenizedExample:
 def tokenize_conversation(tokenizer, conversation: Conversation, max_seq_length: int) -> TokenizedExample:
     """Token ids and assistant-only loss mask of one conversation, truncated to `max_seq_length`."""
     messages = [{"role": m.role, "content": m.content} for m in conversation.messages]
-    if has_generation_markers(tokenizer):
+    weights = [m.weight for m in conversation.messages if m.role == "assistant"]
+    if all(weights) and has_generation_markers(tokenizer):
         example = mask_from_generation_markers(tokenizer, messages)
     else:
-        example = mask_from_char_spans(tokenizer, messages)
+        # Turns of weight 0 are masked out by span; the template's markers cannot tell turns apart.
+        example = mask_from_char_spans(tokenizer, messages, weights)
     return TokenizedExample(example.input_ids[:max_seq_length], example.loss_mask[:max_seq_length])
 
 

@@ -27,6 +27,7 @@ from shared.checkpoints import check_name, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.models.loading import checkpoint_dir
 from shared.fsutil import write_json_atomic
+from shared.paths import PathRefused, regular_file
 from shared.processes import die_with_parent
 from shared.schemas.training import (
     TERMINAL_STATES,
@@ -41,6 +42,7 @@ from shared.schemas.training import (
 )
 from services.trainer.data import DatasetError, read_conversations, write_conversations
 from services.trainer.spec import DATASET, EVENTS, PROGRESS, RESULT, SPEC, TRAIN_LOG, JobSpec
+from services.trainer.tracking import tensorboard_dir
 
 log = logging.getLogger("score.trainer.jobs")
 JOB_FILE = "job.json"
@@ -55,6 +57,16 @@ def training_command(job_dir: Path, nproc: int) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "services.trainer.sft", "--job-dir", str(job_dir),
     ]
+
+
+def machine_processes(device: str) -> tuple[int, str]:
+    """The most training processes this machine can run for `device`: one per visible GPU on CUDA, one per
+    CPU core this process may use on CPU. More only oversubscribe (or, on CUDA, cannot start)."""
+    import torch  # the service imports it anyway (RL sessions); not needed to read this module
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.device_count(), "visible GPUs"
+    return len(os.sched_getaffinity(0)), "CPU cores"
 
 
 class Job:
@@ -107,9 +119,13 @@ class JobManager:
     """Creates, runs, watches, cancels and resumes jobs; at most `max_running` train at once."""
 
     def __init__(self, *, jobs_dir: Path, home: Path, checkpoints_dir: Path, max_running: int = 1,
-                 poll_interval_s: float = 0.5, device: str | None = None) -> None:
+                 poll_interval_s: float = 0.5, device: str | None = None, roots: list[Path] | None = None,
+                 max_file_bytes: int = 64 * 2**20) -> None:
         self.jobs_dir = jobs_dir
         self.home = home
+        # Where dataset files and checkpoint directories named in requests may be (default: SCORE_HOME only).
+        self.roots = roots if roots is not None else [home]
+        self.max_file_bytes = max_file_bytes
         self.checkpoints_dir = checkpoints_dir
         self.max_running = max_running
         self.poll_interval_s = poll_interval_s
@@ -161,22 +177,27 @@ class JobManager:
         job_id = request.job_id or f"{request.kind}-{uuid.uuid4().hex[:12]}"
         output_name = request.output_name or f"{request.kind}-{job_id}"[:64]
         check_name(output_name)
+        hp = request.hyperparameters
+        if self.device is not None and hp.device == "auto":
+            hp = hp.model_copy(update={"device": self.device})
+        limit, unit = machine_processes(hp.device)
+        if hp.nproc > limit:
+            raise UnprocessableError(f"nproc {hp.nproc} exceeds this machine's {limit} {unit}; use at most {limit}",
+                                     param="body.hyperparameters.nproc")
         try:
-            base_path, base_label = resolve_model(request.base, home=self.home)
+            base_path, base_label = resolve_model(request.base, home=self.home, roots=self.roots)
             checkpoint_dir(base_path)  # a broken checkpoint or adapter base is a 422 now, not a failed job later
         except KeyError as exc:
             raise UnprocessableError(f"unknown base checkpoint: {exc.args[0]}", param="body.base") from None
         except (ValueError, FileNotFoundError) as exc:
             raise UnprocessableError(str(exc), param="body.base") from None
         conversations = self._conversations(request)
-        hp = request.hyperparameters
-        if self.device is not None and hp.device == "auto":
-            hp = hp.model_copy(update={"device": self.device})
         directory = self.jobs_dir / job_id
         directory.mkdir(parents=True, exist_ok=True)  # a create that crashed before job.json
         write_conversations(directory / DATASET, conversations)
         spec = JobSpec(job_id=job_id, base_path=str(base_path), base_label=base_label, output_name=output_name,
-                       checkpoints_dir=str(self.checkpoints_dir), hyperparameters=hp)
+                       checkpoints_dir=str(self.checkpoints_dir), hyperparameters=hp,
+                       tensorboard_dir=str(tensorboard_dir(self.home, output_name, "sft")))
         write_json_atomic(directory / SPEC, spec.model_dump(mode="json"))
         now = time.time()
         info = JobInfo(id=job_id, kind=request.kind, state=JobState.queued, base=base_label, output_name=output_name,
@@ -192,7 +213,11 @@ class JobManager:
         if request.dataset.rows is not None:
             return request.dataset.rows
         try:
-            return read_conversations(request.dataset.path)
+            path = regular_file(request.dataset.path, self.roots, max_bytes=self.max_file_bytes, what="dataset file")
+        except PathRefused as exc:
+            raise UnprocessableError(str(exc), param="body.dataset.path") from None
+        try:
+            return read_conversations(path)
         except DatasetError as exc:
             raise UnprocessableError(f"dataset {exc}", param="body.dataset.path") from None
 

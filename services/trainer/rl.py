@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from services.trainer.grpo import grpo_step
+from services.trainer.tracking import MetricsTracker, tensorboard_dir
 from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.fsutil import write_json_atomic
@@ -79,9 +80,13 @@ class _Live:
     tokenizer: object = None
     optimizer: torch.optim.Optimizer | None = None
     ref_model: object = None
+    tracker: MetricsTracker | None = None
 
     def unload(self) -> None:
         self.policy = self.tokenizer = self.optimizer = self.ref_model = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 class RLSessions:
@@ -112,7 +117,8 @@ class RLSessions:
                 return self._info(existing), False
             try:
                 # off the event loop: the built-in student is built on first use on a fresh machine
-                base_path, base_label = await asyncio.to_thread(resolve_model, body.base, home=self.settings.home)
+                base_path, base_label = await asyncio.to_thread(resolve_model, body.base, home=self.settings.home,
+                                                               roots=self.settings.path_roots)
                 checkpoint_dir(base_path)
             except (KeyError, ValueError, FileNotFoundError) as exc:
                 raise UnprocessableError(str(exc).strip("'\""), param="body.base") from exc
@@ -230,6 +236,9 @@ class RLSessions:
                 "policy_version": version, "optimizer": live.optimizer.state_dict(),
             })
         metrics["publish_time_s"] = time.perf_counter() - started
+        if live.tracker is None:
+            live.tracker = MetricsTracker(hp.report_to, tensorboard_dir(self.settings.home, record.output_name, "rl"))
+        live.tracker.log(record.steps + 1, metrics)
 
         checkpoint = CheckpointInfo(name=ref.name, version=ref.version, path=ref.path)
         response = RLStepResponse(

@@ -36,6 +36,7 @@ from services.trainer.data import (
 from services.trainer.optim import build_optimizer, build_scheduler
 from services.trainer.sft_loss import PackedCausalLMLoss
 from services.trainer.spec import DATASET, PROGRESS, RESULT, RUN_LOCK, STATE_DIR, JobSpec
+from services.trainer.tracking import MetricsTracker
 from services.trainer.train_state import latest_state_dir, load_state, rng_state, save_state
 
 log = logging.getLogger("score.trainer.sft")
@@ -223,6 +224,8 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
     )
     window_tokens, window_slots, window_time, window_loss, window_loss_tokens = 0, 0, 0.0, 0.0, 0
     metrics: dict = {}
+    log_dir = Path(spec.tensorboard_dir) if spec.tensorboard_dir else job_dir / "tensorboard"
+    tracker = MetricsTracker(hp.report_to if ctx.main else [], log_dir)  # rank 0 speaks for the job
     for step in range(start_step, total_steps):
         started = time.perf_counter()
         micro_batches = schedule[step]
@@ -257,6 +260,7 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
             }
             progress.emit("progress", step=done, total_steps=total_steps, metrics=metrics,
                           step_time_s=window_time / hp.log_every_steps)
+            tracker.log(done, metrics)
             window_tokens, window_slots, window_time, window_loss, window_loss_tokens = 0, 0, 0.0, 0.0, 0
         if done % hp.save_every_steps == 0 and done < total_steps:
             rng_states = ctx.gather(rng_state())
@@ -266,6 +270,7 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
                 progress.emit("checkpoint", step=done, path=str(path))
             ctx.barrier()
 
+    tracker.close()
     if ctx.main:
         final = {k: v for k, v in metrics.items() if v is not None}
         final.update(steps=total_steps, examples=len(examples), nproc=ctx.world)

@@ -35,6 +35,7 @@ class JobSpec(BaseModel):
     output_name: str        # checkpoint series of the result
     checkpoints_dir: str    # CheckpointStore root
     hyperparameters: SFTHyperparameters
+    tensorboard_dir: str | None = None  # where `report_to: [tensorboard]` writes (rank 0)
 
     @classmethod
     def load(cls, job_dir: Path) -> "JobSpec":

@@ -7,6 +7,7 @@ action's effect is.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from shared.agent.format import format_error_observation
@@ -30,11 +31,16 @@ def execute_step(step: Step, sandbox) -> StepOutcome:
     return StepOutcome(step.model_copy(update={"observation": result.observation}), result.final_answer)
 
 
-def replay_steps(steps: list[Step], sandbox) -> tuple[list[Step], str | None]:
-    """Re-execute steps in order (observations recomputed); returns them and the first final answer, if any."""
+def replay_steps(steps: list[Step], sandbox, *, deadline: float | None = None) -> tuple[list[Step], str | None]:
+    """Re-execute steps in order (observations recomputed); returns them and the first final answer, if any.
+
+    With a `deadline` (time.monotonic()), no step starts after it: the steps replayed so far are returned
+    (a step already running ends within the sandbox's own step timeout)."""
     replayed: list[Step] = []
     final_answer: str | None = None
     for step in steps:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         outcome = execute_step(step, sandbox)
         replayed.append(outcome.step)
         if final_answer is None and outcome.final_answer is not None:

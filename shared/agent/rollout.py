@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.agent.execute import execute_step, replay_steps
+from shared.agent.execute import StepOutcome, execute_step, replay_steps
 from shared.agent.format import episode_messages, parse_turn, tool_turn
 from shared.agent.tokens import chat_token_ids, closing_ids, tool_turn_ids
 from shared.models.engine import Engine, GenerationOutput, PromptTooLongError
@@ -23,6 +24,7 @@ from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
 
 log = logging.getLogger("score.rollout")
+_TIMEOUT_OBSERVATION = "Error: not run: the episode's time limit was reached."
 
 
 @dataclass
@@ -62,9 +64,14 @@ class RolloutRunner:
         *,
         max_concurrent_episodes: int = 64,
         max_concurrent_executions: int = 8,
+        episode_timeout_s: float | None = None,
     ) -> None:
         self.engine = engine
         self.sandbox_factory = sandbox_factory
+        # Wall-clock limit of one episode from its start, prefix replay included. Checked before every
+        # replayed step, model turn and code execution; a model turn waits at most until it. What overruns
+        # it is one code cell, bounded by the sandbox's step timeout.
+        self.episode_timeout_s = episode_timeout_s
         self._episodes = asyncio.Semaphore(max_concurrent_episodes)
         self._executions = asyncio.Semaphore(max_concurrent_executions)
 
@@ -91,14 +98,19 @@ class RolloutRunner:
 
     async def _play(self, item, sandbox, *, max_turns, sampling, seed_parts) -> Episode:
         tokenizer = self.engine.tokenizer
+        deadline = None if self.episode_timeout_s is None else time.monotonic() + self.episode_timeout_s
         async with self._executions:
-            steps, final_answer = await asyncio.to_thread(replay_steps, list(item.prefix_steps), sandbox)
+            steps, final_answer = await asyncio.to_thread(
+                replay_steps, list(item.prefix_steps), sandbox, deadline=deadline
+            )
         state = _State(task=item.task, steps=steps, n_prefix=len(steps), final_answer=final_answer)
         prompt = chat_token_ids(tokenizer, episode_messages(item.task, steps), add_generation_prompt=True)
         state.add(prompt, generated=False)
         state.prompt_length = len(prompt)
         if final_answer is not None:
             state.stop_reason = "final_answer"
+        elif len(steps) < len(item.prefix_steps):
+            state.stop_reason = "timeout"
         elif max_turns == 0:
             state.stop_reason = "prefix_only"
 
@@ -107,24 +119,36 @@ class RolloutRunner:
             if turn >= max_turns:
                 state.stop_reason = "max_turns"
                 break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                state.stop_reason = "timeout"
+                break
             turn_sampling = sampling.model_copy(update={"seed": _turn_seed(sampling.seed, *seed_parts, turn)})
             try:
-                output = await self.engine.generate(state.token_ids, turn_sampling)
+                output = await asyncio.wait_for(self.engine.generate(state.token_ids, turn_sampling), remaining)
             except PromptTooLongError:
                 state.stop_reason = "max_tokens"
                 break
+            except asyncio.TimeoutError:
+                state.stop_reason = "timeout"
+                break
             turn += 1
-            await self._take_turn(state, sandbox, output, last_turn=turn >= max_turns)
+            await self._take_turn(state, sandbox, output, last_turn=turn >= max_turns, deadline=deadline)
         return self._episode_of(state)
 
-    async def _take_turn(self, state: _State, sandbox, output: GenerationOutput, *, last_turn: bool) -> None:
+    async def _take_turn(self, state: _State, sandbox, output: GenerationOutput, *, last_turn: bool,
+                         deadline: float | None = None) -> None:
         tokenizer = self.engine.tokenizer
         state.versions.add(output.policy_version)
         state.add(output.token_ids, generated=True, logprobs=output.logprobs)
         emitted_eos = bool(output.token_ids) and output.token_ids[-1] == tokenizer.eos_token_id
         step = parse_turn(output.text, is_first=not state.steps)
         async with self._executions:
-            outcome = await asyncio.to_thread(execute_step, step, sandbox)
+            if deadline is not None and time.monotonic() >= deadline:  # waited too long for an execution slot
+                outcome = StepOutcome(step.model_copy(update={"observation": _TIMEOUT_OBSERVATION}), None)
+                state.stop_reason = "timeout"
+            else:
+                outcome = await asyncio.to_thread(execute_step, step, sandbox)
         state.steps.append(outcome.step)
         if outcome.final_answer is not None:
             state.final_answer, state.stop_reason = outcome.final_answer, "final_answer"

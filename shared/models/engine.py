@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.errors import UnavailableError
 from shared.schemas.sampling import SamplingParams
 
 
@@ -29,6 +30,10 @@ class GenerationOutput:
 
 class PromptTooLongError(ValueError):
     """The prompt leaves no room for a single new token in the model's context."""
+
+
+class EngineStoppedError(UnavailableError):
+    """The engine cannot generate any more (its worker stopped): 503, and the service's /ready says so."""
 
 
 class Engine(ABC):
@@ -58,3 +63,7 @@ class Engine(ABC):
     def stats(self) -> dict[str, float]:
         """Counters for /metrics (tokens generated, batches, ...)."""
         return {}
+
+    def failure(self) -> str | None:
+        """Why the engine can no longer generate (its `/ready` then answers 503), or None while it can."""
+        return None

@@ -202,15 +202,3 @@ def _warn_on_ignored_settings(directory: Path, config, settings: LoRASettings) -
         ignored["target_modules"] = (sorted(settings.lora_target_modules), sorted(config.target_modules or ()))
     if ignored:
         log.warning("continuing adapter %s with its own settings; ignored (asked, kept): %s", directory, ignored)
-
-
-def resolve_model_path(model: str | None, role: str, home: Path | None = None) -> Path:
-    """None -> the built-in model of `role` (built on first use); otherwise an existing local path."""
-    if model is None or str(model).strip() == "":
-        from shared.models.builtin import ensure_builtin_model  # building pulls in the task suite
-
-        return ensure_builtin_model(role, home)
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model path {str(path)!r} does not exist (only local checkpoints are loaded)")
-    return path

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from shared.models.engine import Engine, GenerationOutput, PromptTooLongError
+from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
 from shared.models.prefix_cache import CachedPrefix, PrefixCache
 from shared.models.sampling import sample_next
@@ -152,6 +152,7 @@ class TransformersEngine(Engine):
         self._model_lock = threading.Lock()  # the worker holds it for a batch; weight swaps wait for it
         self._worker: threading.Thread | None = None
         self._current: list[_Row] = []  # rows of the batch being decoded (to fail them if it crashes)
+        self._failure: str | None = None  # why the worker stopped, once it has
         self.model = None
         self.tokenizer = None
         # Only the worker thread touches the prefix cache, except load_weights' clear under the model lock.
@@ -194,6 +195,11 @@ class TransformersEngine(Engine):
             stats["prefix_cache_evictions"] = float(self._prefix_cache.evictions)
         return stats
 
+    def failure(self) -> str | None:
+        if self._failure is None and self._worker is not None and not self._worker.is_alive():
+            return "the generation worker stopped"
+        return self._failure
+
     # ---- requests --------------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationOutput:
         room = self.context_length - len(prompt_ids)
@@ -203,26 +209,64 @@ class TransformersEngine(Engine):
             )
         if self._worker is None:
             raise RuntimeError("engine not started")
+        if self.failure() is not None:
+            raise EngineStoppedError(f"engine cannot generate: {self.failure()}")
         loop = asyncio.get_running_loop()
         request = _Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room))
         self._queue.put(request)
+        if not self._worker.is_alive():  # it stopped between the check and the put: nobody will answer
+            self._fail_waiting(EngineStoppedError("engine cannot generate: the generation worker stopped"))
         return await request.future
 
     # ---- worker ----------------------------------------------------------------------------------
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = self._gather(first)
-            self._current = [_Row(r, self._generator(r.sampling.seed)) for r in batch]
+        """Serve batches until shutdown. Whatever one request holds (a seed torch refuses, a prompt the model
+        chokes on) fails that request or its batch, never this thread; should the thread end anyway, every
+        waiting request is failed and `failure()` makes `/ready` answer 503 instead of hanging callers."""
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                self._current = self._rows(self._gather(first))
+                if not self._current:
+                    continue
+                try:
+                    with self._model_lock:
+                        self._run_batch(self._current)
+                except Exception as exc:  # a failed batch fails its requests, never the worker
+                    log.exception("generation batch of %d failed", len(self._current))
+                    for row in self._current:
+                        self._resolve(row.request, exc)  # no-op for rows already answered
+        except BaseException as exc:
+            self._failure = f"the generation worker stopped: {type(exc).__name__}: {exc}"
+            log.exception("generation worker stopped")
+            for row in self._current:
+                self._resolve(row.request, EngineStoppedError(self._failure))
+            raise
+        finally:
+            if self._failure is None:
+                self._failure = "the engine was closed"
+            self._fail_waiting(EngineStoppedError(f"engine cannot generate: {self._failure}"))
+
+    def _rows(self, requests: list[_Request]) -> list[_Row]:
+        """Rows for `requests`; a request whose sampling cannot be set up is failed on its own."""
+        rows = []
+        for request in requests:
             try:
-                with self._model_lock:
-                    self._run_batch(self._current)
-            except Exception as exc:  # a failed batch fails its requests, never the worker
-                log.exception("generation batch of %d failed", len(self._current))
-                for row in self._current:
-                    self._resolve(row.request, exc)  # no-op for rows already answered
+                rows.append(_Row(request, self._generator(request.sampling.seed)))
+            except Exception as exc:
+                self._resolve(request, ValueError(f"cannot sample with {request.sampling!r}: {exc}"))
+        return rows
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._resolve(item, exc)
 
     def _gather(self, first: _Request) -> list[_Request]:
         """Collect requests while they keep arriving (gap-bounded) up to the batch size and a time cap."""
@@ -252,7 +296,10 @@ class TransformersEngine(Engine):
             else:
                 request.future.set_result(result)
 
-        request.loop.call_soon_threadsafe(_set)
+        try:
+            request.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # its event loop is closed: nobody is waiting any more
+            pass
 
     @torch.inference_mode()
     def _run_batch(self, rows: list[_Row]) -> None:
@@ -276,8 +323,8 @@ class TransformersEngine(Engine):
             if live.rows:
                 live.step(self.model, tokens)
             joining = self._take_waiting(self.max_batch_size - len(live.rows))
-            if joining:
-                joined = [_Row(r, self._generator(r.sampling.seed)) for r in joining]
+            joined = self._rows(joining)
+            if joined:
                 rows.extend(joined)
                 live = live.merge(self._prefill(joined)) if live.rows else self._prefill(joined)
                 self._stats["joined_requests"] += len(joined)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 StepKind = Literal["plan", "act"]
-TrueAnswer = Union[str, int, float, list[str]]
+
+# The most steps a request may ask a service to execute or replay for one trajectory (a plan and its act
+# steps). Replaying runs every step's code again, each up to the sandbox's step timeout, so the count is
+# bounded here and the time by the per-episode deadline (`SCORE_STUDENT_EPISODE_TIMEOUT_S`).
+MAX_TRAJECTORY_STEPS = 128
+# Upper bounds of counters that travel in requests (policy versions, token ids): 32-bit, like the engines'.
+MAX_POLICY_VERSION = 2**31 - 1
+MAX_TOKEN_ID = 2**31 - 1
+# Numbers given as gold answers: exact integers up to 10^18 and finite floats; larger values go as strings.
+AnswerInt = Annotated[int, Field(ge=-(10**18), le=10**18)]
+AnswerFloat = Annotated[float, Field(ge=-1e300, le=1e300)]
+TrueAnswer = Union[str, AnswerInt, AnswerFloat, list[str]]
 
 
 class Task(BaseModel):
@@ -91,7 +102,8 @@ class Episode(BaseModel):
     )
     stop_reason: str | None = Field(
         default=None,
-        description="Why the episode ended: `final_answer`, `max_turns`, `max_tokens` (context full) or `prefix_only`.",
+        description="Why the episode ended: `final_answer`, `max_turns`, `max_tokens` (context full), `prefix_only` "
+        "or `timeout` (the episode's wall-clock deadline passed).",
         examples=["final_answer"],
     )
     n_prefix_steps: int = Field(

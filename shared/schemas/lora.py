@@ -24,7 +24,7 @@ class LoRASettings(BaseModel):
         examples=[16],
     )
     lora_alpha: int = Field(
-        default=32, ge=1, description="LoRA scaling numerator of a new adapter (scale = lora_alpha / lora_r).",
+        default=32, ge=1, le=65536, description="LoRA scaling numerator of a new adapter (scale = lora_alpha / lora_r).",
         examples=[32],
     )
     lora_dropout: float = Field(

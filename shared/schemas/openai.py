@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.schemas.agent import MAX_TOKEN_ID
+from shared.schemas.sampling import MAX_SEED
 
 
 class ChatMessage(BaseModel):
@@ -35,7 +38,8 @@ class OpenAISampling(BaseModel):
         default=None, description="Stop strings (not included in the output).", examples=[["</code>"]],
     )
     seed: int | None = Field(
-        default=None, description="Seed for reproducible sampling; choice i uses seed + i.", examples=[7],
+        default=None, ge=0, le=MAX_SEED, description="Seed for reproducible sampling (0 to 2^63-1); choice i uses "
+        "seed + i.", examples=[7],
     )
 
 
@@ -123,7 +127,9 @@ class CompletionRequest(OpenAISampling):
         "stop": ["</code>"], "seed": 7, "logprobs": 1, "return_tokens_as_token_ids": True,
     }]})
 
-    prompt: list[int] | str = Field(description="Prompt as token ids (or text).", examples=[[12, 87, 301, 45]])
+    prompt: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]] | str = Field(
+        description="Prompt as token ids (or text).", examples=[[12, 87, 301, 45]],
+    )
     max_tokens: int = Field(default=16, ge=1, le=32768, description="Most new tokens.", examples=[64])
     logprobs: int | None = Field(
         default=None, ge=0, le=1, description="1 returns the sampled token's logprob.", examples=[1],

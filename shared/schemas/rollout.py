@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.schemas.agent import Episode, Step, Task
+from shared.schemas.agent import MAX_TRAJECTORY_STEPS, Episode, Step, Task
 from shared.schemas.sampling import SamplingParams
 
 MAX_ROLLOUT_EPISODES = 512  # items x n per request; larger batches should be split by the caller
@@ -18,9 +18,10 @@ class RolloutItem(BaseModel):
 
     task: Task = Field(description="The task; `true_answer` is not needed to generate.")
     prefix_steps: list[Step] = Field(
-        default_factory=list,
+        default_factory=list, max_length=MAX_TRAJECTORY_STEPS,
         description="Trusted beginning of the episode: its code is re-executed in the episode's fresh sandbox "
-        "(observations recomputed), then the model continues. The first step, if any, must be the `plan`.",
+        f"(observations recomputed), then the model continues. The first step, if any, must be the `plan`; at "
+        f"most {MAX_TRAJECTORY_STEPS} steps.",
     )
 
     @model_validator(mode="after")

@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.schemas.agent import Step, Task
 from shared.schemas.rl import GRPOHyperparameters
-from shared.schemas.training import SFTHyperparameters
+from shared.schemas.training import ReportTo, SFTHyperparameters
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FAMILIES = ("arith", "kb")
+REWARD_BOUND = 1000.0  # rewards are scores of one episode; GRPO normalises them per group anyway
 
 
 class RunState(StrEnum):
@@ -44,9 +45,10 @@ RUN_TRANSITIONS: dict[RunState, set[RunState]] = {
 
 # The stage graph, in order. `eval_*` stages measure the policy the previous stage produced.
 STAGES = ("bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline", "eval_baseline",
-          "eval_teacher", "report")
+          "baseline_tokens", "eval_baseline_tokens", "control", "eval_control", "eval_teacher", "report")
 StageName = Literal["bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline",
-                    "eval_baseline", "eval_teacher", "report"]
+                    "eval_baseline", "baseline_tokens", "eval_baseline_tokens", "control", "eval_control",
+                    "eval_teacher", "report"]
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -77,7 +79,8 @@ class TaskSource(BaseModel):
         examples=["/data/tasks/eval.jsonl"],
     )
     seed: int = Field(
-        default=0, description="Seeds task generation (built-in) and the order tasks are used in.", examples=[0],
+        default=0, ge=0, le=2**32 - 1, description="Seeds task generation (built-in) and the order tasks are used in.",
+        examples=[0],
     )
     n_bc_init: int = Field(
         default=32, ge=1, le=100_000, description="Training tasks the teacher solves for cold start.", examples=[2],
@@ -93,6 +96,23 @@ class TaskSource(BaseModel):
     )
     n_eval: int = Field(
         default=64, ge=1, le=100_000, description="Held-out tasks every policy is evaluated on.", examples=[2],
+    )
+    n_reserve: int = Field(
+        default=0, ge=0, le=100_000,
+        description="Further training tasks (disjoint from the others) the equal-teacher-token baseline draws "
+        "teacher trajectories from until SCoRe's teacher spend is used up (`baseline.equal_tokens`).",
+        examples=[512],
+    )
+    eval_seed: int | None = Field(
+        default=None, ge=0, le=2**32 - 1,
+        description="Seeds the choice of held-out tasks apart from `seed` (null: `seed`), so runs with different "
+        "training seeds are evaluated on one fixed held-out set.", examples=[0],
+    )
+    eval_split: Literal["heldout", "validation"] = Field(
+        default="heldout",
+        description="`validation`: evaluate on tasks of the training split that no pool uses (disjoint from the "
+        "held-out split), for choosing hyperparameters without touching held-out tasks.",
+        examples=["heldout"],
     )
 
     @model_validator(mode="after")
@@ -183,19 +203,24 @@ class KeyStepRewards(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    correct: float = Field(default=1.0, description="The final answer is correct.", examples=[1.0])
+    correct: float = Field(default=1.0, ge=-REWARD_BOUND, le=REWARD_BOUND, description="The final answer is correct.", examples=[1.0])
+    wrong_final: float = Field(
+        default=0.0, ge=-REWARD_BOUND, le=REWARD_BOUND,
+        description="The first new step itself gives a wrong final answer (0 in the official reward).",
+        examples=[0.0],
+    )
     equivalent: float = Field(
-        default=0.5, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step.",
+        default=0.5, ge=-REWARD_BOUND, le=REWARD_BOUND, description="Wrong answer, but the first new step is equivalent to the teacher's corrected step.",
         examples=[0.5],
     )
     repeat: float = Field(
-        default=0.0, description="Wrong answer, and the first new step repeats the student's original mistake.",
+        default=0.0, ge=-REWARD_BOUND, le=REWARD_BOUND, description="Wrong answer, and the first new step repeats the student's original mistake.",
         examples=[0.0],
     )
     other: float = Field(
-        default=0.1, description="Wrong answer, and the first new step is something else.", examples=[0.1],
+        default=0.1, ge=-REWARD_BOUND, le=REWARD_BOUND, description="Wrong answer, and the first new step is something else.", examples=[0.1],
     )
-    no_answer: float = Field(default=0.0, description="No final answer was given.", examples=[0.0])
+    no_answer: float = Field(default=0.0, ge=-REWARD_BOUND, le=REWARD_BOUND, description="No final answer was given.", examples=[0.0])
 
 
 class RLParams(BaseModel):
@@ -209,8 +234,10 @@ class RLParams(BaseModel):
     )
     group_size: int = Field(default=16, ge=2, le=64, description="Samples per prefix (16 in the paper).", examples=[4])
     max_turns: int = Field(
-        default=4, ge=1, le=32, description="Turns the student may take after the prefix (short horizon).",
-        examples=[4],
+        default=8, ge=1, le=32,
+        description="Turns the student may take after the prefix (8 in the paper); raised, for built-in tasks, to the "
+        "longest remaining gold horizon of a step's prefixes so every episode can reach the answer.",
+        examples=[8],
     )
     temperature: float = Field(
         default=1.0, ge=0.0, le=2.0, description="Student sampling temperature for groups.", examples=[0.8],
@@ -243,6 +270,30 @@ class BaselineParams(BaseModel):
 
     enabled: bool = Field(default=True, description="Train and evaluate the baseline.", examples=[True])
     hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
+    start: Literal["base", "cold_start"] = Field(
+        default="base",
+        description="`base`: fine-tune the base student on the cold-start and training-task trajectories. "
+        "`cold_start`: fine-tune the cold-start checkpoint SCoRe starts from on teacher trajectories of the tasks "
+        "SCoRe used (SFT and RL pools), replaying cold-start rows as SCoRe-SFT does: the fair comparison.",
+        examples=["cold_start"],
+    )
+    equal_tokens: bool = Field(
+        default=False,
+        description="Also train `baseline_tokens`: from the cold-start checkpoint, on teacher trajectories of "
+        "reserve tasks (`tasks.n_reserve`) taken in order until SCoRe's teacher spend after cold start (prompt "
+        "plus written tokens) is used up.", examples=[True],
+    )
+
+
+class ControlParams(BaseModel):
+    """A control: the cold-start checkpoint trained further on the cold-start data only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=False, description="Train and evaluate the control, for as many optimizer steps as SCoRe-SFT "
+        "and SCoRe-RL took together (the SFT stage's hyperparameters otherwise).", examples=[True],
+    )
 
 
 class RunConfig(BaseModel):
@@ -267,6 +318,13 @@ class RunConfig(BaseModel):
     rl: RLParams = Field(default_factory=RLParams, description="SCoRe-RL.")
     eval: EvalParams = Field(default_factory=EvalParams, description="Held-out evaluation.")
     baseline: BaselineParams = Field(default_factory=BaselineParams, description="Plain-distillation baseline.")
+    report_to: list[ReportTo] = Field(
+        default_factory=list,
+        description="Experiment trackers for every SFT job and the RL session of the run (added to their "
+        "hyperparameters' own `report_to`). `tensorboard`: event files under SCORE_HOME/tensorboard/<run id>-<stage>/.",
+        examples=[["tensorboard"]],
+    )
+    control: ControlParams = Field(default_factory=ControlParams, description="Cold-start-only control.")
     max_attempts: int = Field(
         default=3, ge=1, le=20,
         description="Deliveries of a work item before it goes to the stage's dead-letter stream.",
@@ -377,6 +435,25 @@ class DeadLetterList(BaseModel):
     dead_letters: list[DeadLetter] = Field(description="Items that ended in a dead-letter stream, oldest first.")
 
 
+TeacherPurpose = Literal["cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
+                         "baseline_trajectories", "reserve_trajectories", "eval_trajectories"]
+TEACHER_PURPOSES: tuple[str, ...] = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements",
+                                     "rl_judgements", "baseline_trajectories", "reserve_trajectories",
+                                     "eval_trajectories")
+
+
+class TeacherSpend(BaseModel):
+    """Teacher tokens spent for one purpose (the scripted expert: what a model teacher would have spent)."""
+
+    calls: int = Field(default=0, description="Teacher calls (generations).", examples=[3])
+    prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher read.", examples=[2100])
+    written_tokens: int = Field(default=0, description="Tokens the teacher wrote.", examples=[180])
+
+    def add(self, other: "TeacherSpend") -> "TeacherSpend":
+        return TeacherSpend(calls=self.calls + other.calls, prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                            written_tokens=self.written_tokens + other.written_tokens)
+
+
 class Repair(BaseModel):
     """One teacher intervention in a mentored episode."""
 
@@ -389,6 +466,7 @@ class Repair(BaseModel):
         examples=["no teacher step from this prefix reached the gold answer"],
     )
     teacher_tokens: int = Field(default=0, description="Tokens the teacher generated for it.", examples=[184])
+    teacher_prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher read for it.", examples=[1800])
     teacher_calls: int = Field(default=0, description="Teacher model calls.", examples=[2])
 
 
@@ -402,7 +480,9 @@ class TrajectoryRecord(BaseModel):
     stage: str = Field(
         description="`bc_init` (teacher), `mps` (student + teacher repairs) or `baseline` (teacher).", examples=["mps"],
     )
-    pool: Literal["bc_init", "train", "rl"] = Field(description="The task pool it came from.", examples=["train"])
+    pool: Literal["bc_init", "train", "rl", "reserve"] = Field(
+        description="The task pool it came from (`reserve`: the equal-teacher-token baseline's).", examples=["train"],
+    )
     task: Task = Field(description="The task.")
     outcome: Outcome = Field(description="How the task ended.", examples=["repaired"])
     steps: list[Step] = Field(description="The final trajectory (the last attempt's steps, prefixes included).")
@@ -415,7 +495,13 @@ class TrajectoryRecord(BaseModel):
     )
     rejected_step: Step | None = Field(default=None, description="The student's step at the first critical error.")
     chosen_step: Step | None = Field(default=None, description="The teacher's corrected step there.")
-    teacher_tokens: int = Field(default=0, description="Teacher tokens spent on this task.", examples=[184])
+    teacher_tokens: int = Field(default=0, description="Teacher tokens written for this task.", examples=[184])
+    teacher_prompt_tokens: int = Field(default=0, description="Teacher prompt tokens read for this task.",
+                                       examples=[1800])
+    teacher_spend: dict[TeacherPurpose, TeacherSpend] = Field(
+        default_factory=dict, description="The task's teacher spend by purpose (prompt and written tokens).",
+        examples=[{"corrections": {"calls": 3, "prompt_tokens": 2100, "written_tokens": 180}}],
+    )
     policy_version: int | None = Field(default=None, description="Student policy version that acted.", examples=[3])
     student_tokens: int = Field(default=0, description="Tokens the student generated.", examples=[312])
 

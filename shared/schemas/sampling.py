@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Seeds are signed 64-bit integers on every engine (torch generators, vLLM); an offset seed wraps inside this.
+MAX_SEED = 2**63 - 1
+
+
+def offset_seed(seed: int | None, offset: int) -> int | None:
+    """`seed + offset`, kept within 0..MAX_SEED (choice i of a request samples with seed + i)."""
+    return None if seed is None else (seed + offset) % (MAX_SEED + 1)
+
 
 class SamplingParams(BaseModel):
     """How to sample one model turn. Defaults follow vLLM's."""
@@ -17,4 +25,5 @@ class SamplingParams(BaseModel):
         default_factory=list, max_length=16, description="Strings that end a turn (not included).",
         examples=[["</code>"]],
     )
-    seed: int | None = Field(default=None, description="Per-request seed for reproducible sampling.", examples=[7])
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Per-request seed for reproducible "
+                             "sampling (0 to 2^63-1).", examples=[7])

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from shared.schemas.agent import Episode, Step, Task, TrueAnswer
+from shared.schemas.agent import MAX_TRAJECTORY_STEPS, Episode, Step, Task, TrueAnswer
 from shared.schemas.rollout import RolloutItem
 
 Strategy = Literal["verify", "judge"]
@@ -65,7 +65,7 @@ class CorrectionItem(BaseModel):
 
     task: GradedTask = Field(description="The task, with its gold answer (`true_answer`).")
     steps: list[Step] = Field(
-        min_length=1,
+        min_length=1, max_length=MAX_TRAJECTORY_STEPS,
         description="The student's trajectory: the plan, then act steps. Observations are recomputed by "
         "re-executing the code in a fresh sandbox, so those sent are only informative.",
     )
@@ -100,10 +100,32 @@ class Cost(BaseModel):
     """What the teacher's work (a correction, a judgement, an episode) cost."""
 
     teacher_calls: int = Field(
-        default=0, description="Teacher model calls (generations); 0 for the scripted expert.", examples=[2],
+        default=0, description="Teacher model calls (generations). The scripted expert counts the calls a model "
+        "teacher would make for the same steps.", examples=[2],
     )
-    teacher_tokens: int = Field(default=0, description="Tokens the teacher model generated.", examples=[184])
-    teacher_prompt_tokens: int = Field(default=0, description="Prompt tokens the teacher model read.", examples=[1260])
+    teacher_tokens: int = Field(
+        default=0, description="Tokens the teacher wrote. The scripted expert reports the tokens its steps would "
+        "take in the teacher's tokenizer (text and end-of-turn token), so budgets compare across backends.",
+        examples=[184],
+    )
+    teacher_prompt_tokens: int = Field(
+        default=0, description="Prompt tokens the teacher read (every call's whole prompt; the expert: what a model "
+        "teacher's prompts would hold).", examples=[1260],
+    )
+    rollout_tokens: int = Field(
+        default=0, description="Of `teacher_tokens`: written in full rollouts from a divergent prefix (verify).",
+        examples=[96],
+    )
+    rollout_prompt_tokens: int = Field(
+        default=0, description="Of `teacher_prompt_tokens`: read in full rollouts (verify).", examples=[900],
+    )
+    judge_tokens: int = Field(
+        default=0, description="Of `teacher_tokens`: written as judgements (the judge's verdicts, step and answer "
+        "equivalence by model).", examples=[60],
+    )
+    judge_prompt_tokens: int = Field(
+        default=0, description="Of `teacher_prompt_tokens`: read for judgements.", examples=[700],
+    )
     full_rollouts: int = Field(
         default=0, description="Teacher rollouts run to a final answer (verify only).", examples=[1],
     )
@@ -113,6 +135,16 @@ class Cost(BaseModel):
 
     def add(self, other: "Cost") -> "Cost":
         return Cost(**{name: getattr(self, name) + getattr(other, name) for name in Cost.model_fields})
+
+    def as_rollout(self) -> "Cost":
+        """This cost, its tokens marked as spent in a full rollout."""
+        return self.model_copy(update={"rollout_tokens": self.teacher_tokens,
+                                       "rollout_prompt_tokens": self.teacher_prompt_tokens})
+
+    def as_judgement(self) -> "Cost":
+        """This cost, its tokens marked as spent on a judgement."""
+        return self.model_copy(update={"judge_tokens": self.teacher_tokens,
+                                       "judge_prompt_tokens": self.teacher_prompt_tokens})
 
 
 class Correction(BaseModel):
@@ -191,9 +223,10 @@ class StepJudgementItem(BaseModel):
 
     kind: Literal["step"] = Field(description="Step equivalence.")
     task: Task = Field(description="The task the steps belong to.")
-    steps: list[Step] = Field(min_length=1, description="A trajectory holding the reference step at `index`.")
+    steps: list[Step] = Field(min_length=1, max_length=MAX_TRAJECTORY_STEPS,
+                              description="A trajectory holding the reference step at `index`.")
     index: int = Field(
-        ge=0, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.",
+        ge=0, lt=MAX_TRAJECTORY_STEPS, description="0-based index of the reference step in `steps`; `steps[:index]` is the prefix.",
         examples=[1],
     )
     candidate: Step = Field(description="The step to compare with `steps[index]`.")

@@ -48,6 +48,12 @@ class Message(BaseModel):
         description="The message text.",
         examples=["<thought>Start from 747: add 822.</thought>\n<code>a = 747 + 822\nprint(a)</code>"],
     )
+    weight: Literal[0, 1] = Field(
+        default=1,
+        description="OpenAI fine-tuning's per-message weight: an assistant turn with weight 0 stays in the context "
+        "but carries no loss (a malformed or unchecked turn that must not be learnt as if it were right).",
+        examples=[1],
+    )
 
 
 class Conversation(BaseModel):
@@ -57,13 +63,14 @@ class Conversation(BaseModel):
 
     messages: list[Message] = Field(
         min_length=1,
-        description="The conversation; it needs at least one assistant turn (every assistant turn is trained on).",
+        description="The conversation; it needs at least one assistant turn of weight 1 (every such turn is "
+        "trained on).",
     )
 
     @model_validator(mode="after")
     def _has_assistant_turn(self) -> "Conversation":
-        if not any(message.role == "assistant" for message in self.messages):
-            raise ValueError("has no assistant turn (nothing to train on); add one or drop the example")
+        if not any(message.role == "assistant" and message.weight == 1 for message in self.messages):
+            raise ValueError("has no assistant turn of weight 1 (nothing to train on); add one or drop the example")
         return self
 
 
@@ -85,6 +92,10 @@ class DatasetSpec(BaseModel):
         return self
 
 
+# Experiment trackers a training job can write to (TRL's `report_to`).
+ReportTo = Literal["tensorboard"]
+
+
 class SFTHyperparameters(LoRASettings):
     """Supervised fine-tuning settings. Every field has a default; unknown fields are refused."""
 
@@ -97,7 +108,7 @@ class SFTHyperparameters(LoRASettings):
         examples=[3.0],
     )
     max_steps: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=10_000_000,
         description="Optimizer steps to run; overrides `num_epochs`. Useful for fixed-budget runs and tests.",
         examples=[200],
     )
@@ -121,14 +132,14 @@ class SFTHyperparameters(LoRASettings):
         examples=[0.1],
     )
     weight_decay: float = Field(
-        default=0.0, ge=0, description="AdamW decoupled weight decay on matrices (not on norms and biases).",
+        default=0.0, ge=0, le=10.0, description="AdamW decoupled weight decay on matrices (not on norms and biases).",
         examples=[0.01],
     )
     adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.", examples=[0.9])
     adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW second-moment decay.", examples=[0.999])
-    adam_epsilon: float = Field(default=1e-8, gt=0, description="AdamW denominator epsilon.", examples=[1e-08])
+    adam_epsilon: float = Field(default=1e-8, gt=0, le=1.0, description="AdamW denominator epsilon.", examples=[1e-08])
     max_grad_norm: float | None = Field(
-        default=1.0, gt=0,
+        default=1.0, gt=0, le=1e6,
         description="Clip the global gradient norm to this value before each step (None: no clipping).",
         examples=[1.0],
     )
@@ -153,22 +164,22 @@ class SFTHyperparameters(LoRASettings):
         examples=["auto"],
     )
     max_seq_length: int = Field(
-        default=2048, ge=16,
+        default=2048, ge=16, le=1_048_576,
         description="Longest conversation in tokens; longer ones are truncated from the end (their loss mask too). "
         "Must not exceed micro_batch_tokens.",
         examples=[2048],
     )
     seed: int = Field(
-        default=0, description="Seeds the data order, packing and initialisation of LoRA weights.", examples=[0],
+        default=0, ge=0, le=2**32 - 1, description="Seeds the data order, packing and initialisation of LoRA weights.", examples=[0],
     )
     save_every_steps: int = Field(
-        default=50, ge=1,
+        default=50, ge=1, le=10_000_000,
         description="Write an intermediate training state (model, optimizer, scheduler, RNG, data position) every "
         "this many steps; a killed job resumes from the latest one. Lower = less lost work, more disk writes.",
         examples=[50],
     )
     log_every_steps: int = Field(
-        default=1, ge=1, description="Report metrics every this many optimizer steps.", examples=[1],
+        default=1, ge=1, le=10_000_000, description="Report metrics every this many optimizer steps.", examples=[1],
     )
     nproc: int = Field(
         default=1, ge=1, le=64,
@@ -185,6 +196,13 @@ class SFTHyperparameters(LoRASettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where to train: `auto` takes CUDA when available. bf16 on CUDA, fp32 on CPU.",
         examples=["cpu"],
+    )
+    report_to: list[ReportTo] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive the training metrics besides the job's events. `tensorboard` "
+        "writes event files under SCORE_HOME/tensorboard/<output_name>/sft/ (`tensorboard --logdir "
+        "SCORE_HOME/tensorboard`). Empty: none.",
+        examples=[["tensorboard"]],
     )
     merge_lora: bool = Field(
         default=True,

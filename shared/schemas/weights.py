@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.schemas.agent import MAX_POLICY_VERSION
+
 
 class WeightsInfo(BaseModel):
     policy_version: int = Field(
@@ -21,14 +23,19 @@ class LoadWeightsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "student-sft", "version": 2}]})
 
     path: str | None = Field(
-        default=None, description="A Hugging Face format checkpoint directory.",
+        default=None, description="A Hugging Face format checkpoint directory under SCORE_HOME (or a directory the "
+        "operator allows with SCORE_ALLOWED_PATHS).",
         examples=["/data/score/checkpoints/student-sft/v2"],
     )
     name: str | None = Field(
-        default=None, description="Checkpoint name under SCORE_HOME/checkpoints/.", examples=["student-sft"],
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Checkpoint name under SCORE_HOME/checkpoints/: 1-64 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit.", examples=["student-sft"],
     )
     version: int | None = Field(
-        default=None, ge=0, description="Checkpoint version; becomes the policy_version.", examples=[2],
+        default=None, ge=0, le=MAX_POLICY_VERSION,
+        description="Checkpoint version; becomes the policy_version. Versions only grow: lower than the one "
+        "served is a 409 (the same version is accepted again only for the same checkpoint).", examples=[2],
     )
 
     @model_validator(mode="after")

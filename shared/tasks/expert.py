@@ -262,3 +262,17 @@ def _broken_kb(gold: list[Step], meta: dict, position: int, rng) -> tuple[list[S
         return [*gold[:-1], wrong_answer], position, "wrong final answer"
     wrong_search = gold[position].model_copy(update={"code": f"print(search({json.dumps(other)}))"})
     return [*gold[:position], wrong_search, wrong_answer], position, "wrong entity searched"
+
+
+def remaining_gold_turns(task: Task, prefix: list[Step]) -> int | None:
+    """Act turns the expert still needs after `prefix` (its remaining gold horizon); None for non-built-in tasks.
+
+    From the furthest value or hop the prefix's observations established, the expert needs one turn per
+    remaining operation or hop and one for `final_answer_print`.
+    """
+    try:
+        family, meta = _family_and_meta(task)
+    except ValueError:
+        return None
+    todo = len(meta["ops"]) if family == "arith" else len(meta["hops"])
+    return todo - expert_progress(task, prefix)

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Iterable
 
+from pydantic import ValidationError
+
 from shared.schemas.agent import Task
 
 _REQUIRED = ("id", "question", "true_answer")
@@ -75,7 +77,11 @@ def _parse_line(text: str, line: int) -> Task:
     fields["id"] = _check_id(raw["id"], line)
     fields["question"] = _check_question(raw["question"], line)
     fields["true_answer"] = _check_true_answer(raw["true_answer"], line)
-    return Task.model_validate(fields)
+    try:
+        return Task.model_validate(fields)
+    except ValidationError as exc:  # e.g. a number past the bounds of a gold answer
+        first = exc.errors()[0]
+        raise TaskFileError(line, first["msg"], str(first["loc"][0]) if first["loc"] else None) from None
 
 
 def _json_kind(value: object) -> str:

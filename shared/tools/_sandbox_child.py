@@ -1,42 +1,53 @@
 """Bootstrap of the sandboxed interpreter: the child side of `shared/tools/sandbox.py`.
 
-The parent runs this file's *text* as
+The parent starts this file's *text* as
 `<base python> -S -s -B -P -c <source> <config json>` with a scrubbed environment,
-so only the standard library is importable (no site-packages, no project code).
-Before any model code runs the bootstrap hardens its own process, strongest
-layer first, each one optional (a refused layer is skipped and reported):
+inside the bubblewrap boundary (see `shared/tools/boundary.py`): its own read-only
+root holding only the interpreter, the stdlib and the shared libraries, a
+size-limited tmpfs work dir, no /proc, no network, its own pids, uid 65534.
+Only the standard library is importable.  Before any model code runs the
+bootstrap adds layers of its own, as defence in depth behind that boundary:
 
-  rlimits -> namespaces (net, mount) -> minimal read-only root -> drop to nobody
-  -> RLIMIT_NPROC=0 -> no_new_privs + seccomp -> audit hook
+  boundary self-check -> rlimits -> RLIMIT_NPROC=0 -> no_new_privs + seccomp -> audit hook
 
 then serves length-prefixed (4-byte big-endian) JSON frames on two inherited pipes:
 
   parent -> child  {"op": "run", "id", "code"}
-                   {"op": "tool_result", "id", "ok", "value" | "error"}
-  child -> parent  {"op": "hello", "layers", "notes"}   (once, after hardening)
-                   {"op": "tool", "id", "name", "args", "kwargs"}
+                   {"op": "tool_result", "ok", "value" | "error"}
+  child -> parent  {"op": "hello", "layers", "notes"} or {"op": "fatal", "error"}   (once)
+                   {"op": "tool", "name", "args", "kwargs"}
                    {"op": "done", "id", "status", "output", "total", "error", "final_answer"}
 
-Model code shares this interpreter, so nothing here is a secret from it: it can
-forge frames (the parent validates them and restarts on abuse) and rebind any
-module global.  The audit hook is written so that rebinding globals cannot weaken
-it: every name it uses is bound as a default argument when it is defined, and no
-reference to it survives installation.
+Model code shares this interpreter, so it can write frames of its own and rebind
+module globals.  Two things keep that harmless:
+  - the step id, which the parent checks on `done`, is never stored where Python
+    code can reach it while the step runs: it travels through C-level iterators
+    (see `_serve`), not through a frame, a closure or an attribute;
+  - the audit hook keeps its policy in positional defaults (immutable values, and
+    rebinding `__defaults__` is itself an audited event it refuses), not in closure
+    cells, which CPython lets any code rewrite.
+Neither is the boundary: if model code gets past both, it is still inside bwrap.
 """
 
 import builtins
+import collections
+import functools
 import io
+import itertools
 import json
+import operator
 import os
 import posix
 import resource
 import struct
 import sys
+import types
 
 _HEADER = struct.Struct("!I")
 _STEP_FILENAME = "<step>"
 _MAX_ERROR_CHARS = 2000
 _MAX_FINAL_ANSWER_CHARS = 65536
+AT_FDCWD = -100   # what CPython passes as dir_fd when none was given
 
 
 # --------------------------------------------------------------------------- framing
@@ -72,27 +83,27 @@ def _send(fd, frame):
 
 # --------------------------------------------------------------------------- OS layers
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
-MNT_DETACH = 2
 PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, SECCOMP_MODE_FILTER = 22, 38, 2
 
 # Per-architecture syscall numbers (from asm/unistd_64.h and asm-generic/unistd.h).
 _SYSCALLS = {
     "x86_64": {
-        "audit_arch": 0xC000003E, "x32_bit": 0x40000000, "pivot_root": 155,
+        "audit_arch": 0xC000003E, "x32_bit": 0x40000000,
         "clone": 56, "clone3": 435, "kill": 62, "tkill": 200, "tgkill": 234,
         "deny": (59, 322, 57, 58, 41, 53, 101, 310, 311, 434, 424, 438, 272, 308, 165, 166, 155, 161,
                  250, 248, 249, 321, 298, 323, 425, 426, 427, 246, 320, 175, 313, 176, 304, 303, 135,
-                 428, 429, 430, 431, 432, 433, 442, 129, 297),
+                 428, 429, 430, 431, 432, 433, 442, 129, 297,
+                 # scheduling of any process: setpriority, sched_setparam, sched_setscheduler,
+                 # sched_setaffinity, sched_setattr, ioprio_set, migrate_pages, move_pages
+                 141, 142, 144, 203, 314, 251, 256, 279),
     },
     "aarch64": {  # same list as above in asm-generic numbering (no fork/vfork there)
-        "audit_arch": 0xC00000B7, "x32_bit": None, "pivot_root": 41,
+        "audit_arch": 0xC00000B7, "x32_bit": None,
         "clone": 220, "clone3": 435, "kill": 129, "tkill": 130, "tgkill": 131,
         "deny": (221, 281, 198, 199, 117, 270, 271, 434, 424, 438, 97, 268, 40, 39, 41, 51,
                  219, 217, 218, 280, 241, 282, 425, 426, 427, 104, 294, 105, 273, 106, 265, 264, 92,
-                 428, 429, 430, 431, 432, 433, 442, 138, 240),
+                 428, 429, 430, 431, 432, 433, 442, 138, 240,
+                 140, 118, 119, 122, 274, 30, 238, 239),
     },
 }
 
@@ -112,10 +123,20 @@ def _errno_call(ctypes, fn, *args):
         raise OSError(err, os.strerror(err))
 
 
-def _mount(ct, src, target, fstype, flags, data=None):
-    ctypes, libc = ct
-    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
-    _errno_call(ctypes, libc.mount, enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+def _verify_boundary(cfg):
+    """Inside bwrap, check what the parent asked for before trusting it: fail closed if it is not so."""
+    problems = []
+    if os.getuid() != cfg["uid"] or os.geteuid() != cfg["uid"]:
+        problems.append(f"runs as uid {os.geteuid()}, not {cfg['uid']}")
+    if os.path.exists("/proc/self"):
+        problems.append("a /proc is visible")
+    if os.getcwd() != cfg["work_dir"]:
+        problems.append(f"the work dir is {os.getcwd()}, not {cfg['work_dir']}")
+    st = os.statvfs(cfg["work_dir"])
+    if st.f_blocks * st.f_frsize > cfg["disk_bytes"] + 2**20:
+        problems.append("the work dir is not the size-limited tmpfs")
+    if problems:
+        raise RuntimeError("the boundary is not what was asked for: " + "; ".join(problems))
 
 
 def _apply_rlimits(cfg):
@@ -130,172 +151,6 @@ def _apply_rlimits(cfg):
     ]
     for which, value in limits:
         resource.setrlimit(which, value)
-
-
-def _enter_namespaces(ct, privileged, want_mount, notes):
-    """unshare() a network namespace, and a mount namespace when possible.
-
-    Root unshares directly (a user namespace would keep uid 0 and block the later
-    drop to nobody); an unprivileged user needs CLONE_NEWUSER for either.
-    Returns (net, mount) booleans.
-    """
-    ctypes, libc = ct
-    base = 0 if privileged else CLONE_NEWUSER
-    uid, gid = os.getuid(), os.getgid()
-    attempts = [(base | CLONE_NEWNS | CLONE_NEWNET, (True, True))] if want_mount else []
-    attempts.append((base | CLONE_NEWNET, (True, False)))
-    for flags, result in attempts:
-        try:
-            _errno_call(ctypes, libc.unshare, flags)
-        except OSError as exc:
-            last = exc
-            continue
-        if privileged:
-            return result
-        try:
-            _map_identity(uid, gid)
-        except OSError as exc:   # unmapped, we could not create files: no minimal root then
-            notes.append(f"fs-namespace: cannot map our uid into the user namespace ({exc.strerror})")
-            return True, False
-        return result
-    notes.append(f"net-namespace: unshare refused ({last.strerror})")
-    return False, False
-
-
-def _map_identity(uid, gid):
-    """Map our own uid/gid into the new user namespace (unmapped ids cannot create files)."""
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-
-
-def _read_only_sources(cfg):
-    """Host paths the minimal root exposes read-only: stdlib, shared libraries, tz data."""
-    sources = list(cfg["stdlib_dirs"])
-    sources += ["/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32",
-                "/etc/ld.so.cache", "/usr/share/zoneinfo"]
-    seen = []
-    for path in sorted(sources, key=len):   # parents first, so nested paths are skipped
-        if os.path.lexists(path) and not any(path == s or path.startswith(s + "/") for s in seen):
-            seen.append(path)
-    return seen
-
-
-def _remount_flags(src, read_only, nodev=True):
-    """Flags for a bind remount that keep the source mount's locked flags (noexec, atime)."""
-    st = os.statvfs(src).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (MS_RDONLY if read_only else 0) | (MS_NODEV if nodev else 0)
-    for st_flag, ms_flag in ((os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
-                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
-        if st & st_flag:
-            flags |= ms_flag
-    return flags
-
-
-def _bind(ct, root, src, *, read_only=True, device=False):
-    target = root + src
-    if os.path.islink(src):  # e.g. /lib -> usr/lib on merged-/usr systems
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        os.symlink(os.readlink(src), target)
-        return
-    if os.path.isdir(src):
-        os.makedirs(target, 0o755, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        with open(target, "w"):
-            pass
-    _mount(ct, src, target, None, MS_BIND)
-    _mount(ct, None, target, None, _remount_flags(src, read_only, nodev=not device))
-
-
-def _enter_minimal_root(ct, cfg, notes):
-    """Pivot into a fresh tmpfs root holding only what the interpreter needs.
-
-    Afterwards the host filesystem (project source, /etc, /proc, other episodes'
-    directories) does not exist for this process; only the work dir is writable.
-    """
-    ctypes, libc = ct
-    root, work = cfg["root_dir"], cfg["work_dir"]
-    try:
-        # Private propagation first, so none of the mounts below can leak to the host.
-        _mount(ct, None, "/", None, MS_REC | MS_PRIVATE)
-        _mount(ct, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
-        for src in _read_only_sources(cfg):
-            _bind(ct, root, src)
-        for dev in ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"):
-            if os.path.exists(dev):
-                _bind(ct, root, dev, read_only=False, device=True)
-        _bind(ct, root, work, read_only=False)
-        for stdlib in cfg["stdlib_dirs"]:  # hide the base interpreter's third-party packages
-            for name in ("site-packages", "dist-packages"):
-                if os.path.isdir(root + stdlib + "/" + name):
-                    _mount(ct, "tmpfs", root + stdlib + "/" + name, "tmpfs",
-                           MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
-        os.chdir(root)
-        # pivot_root(".", ".") stacks the old root on top of the new one; detaching it removes it.
-        nr = _SYSCALLS[os.uname().machine]["pivot_root"]
-        if libc.syscall(ctypes.c_long(nr), b".", b".") != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        _errno_call(ctypes, libc.umount2, b".", MNT_DETACH)
-    except (OSError, KeyError, ValueError) as exc:
-        notes.append(f"fs-namespace: {exc}")
-        os.chdir(work)
-        return False
-    os.chdir("/")
-    try:
-        _mount(ct, None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    except OSError as exc:
-        notes.append(f"fs-namespace: root left writable ({exc.strerror})")
-    os.chdir(work)
-    return True
-
-
-def _reachable_by_others(path):
-    """True when a user with no special rights can traverse to and list `path`."""
-    parts = os.path.realpath(path).split("/")
-    for i in range(1, len(parts) + 1):
-        prefix = "/".join(parts[:i]) or "/"
-        need = 0o005 if i == len(parts) else 0o001
-        try:
-            if os.stat(prefix).st_mode & need != need:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _drop_privileges(cfg, fs_namespace, notes):
-    """Root only: become nobody (no supplementary groups); verify it cannot come back."""
-    uid, gid = cfg["drop_uid"], cfg["drop_gid"]
-    if not fs_namespace and not all(_reachable_by_others(d) for d in cfg["stdlib_dirs"]):
-        # e.g. a pyenv under /root (0700): nobody could not import the stdlib any more.
-        notes.append("drop-privileges: the stdlib is not readable by nobody without the fs-namespace")
-        return False
-    try:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as exc:
-        notes.append(f"drop-privileges: {exc}")
-        return False
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return os.getuid() == uid and os.geteuid() == uid
-    notes.append("drop-privileges: could regain uid 0")
-    return False
-
-
-def _drop_capabilities(ct, notes):
-    """In a user namespace the process holds every capability *inside* it: drop them all."""
-    ctypes, libc = ct
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)   # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()                   # effective/permitted/inheritable, two words: all zero
-    try:
-        _errno_call(ctypes, libc.capset, header, data)
-    except (AttributeError, OSError) as exc:   # seccomp and the hook still forbid what they would allow
-        notes.append(f"fs-namespace: capabilities inside the user namespace kept ({exc})")
 
 
 def _forbid_children(notes):
@@ -317,7 +172,8 @@ def _forbid_children(notes):
 
 
 def _seccomp_program(table, own_pid):
-    """A classic-BPF filter: EPERM for exec, fork, sockets, ptrace, namespaces, mounts, signals to others.
+    """A classic-BPF filter: EPERM for exec, fork, sockets, ptrace, namespaces, mounts, signals to others,
+    and for changing the scheduling of any process.
 
     clone() is allowed only with CLONE_THREAD (threads), clone3 gets ENOSYS so libc
     falls back to clone(); kill/tkill/tgkill only towards this process.
@@ -398,11 +254,14 @@ _NETWORK_EVENTS = frozenset({
 })
 _INTROSPECTION_EVENTS = frozenset({
     # gc walks would reach the bootstrap's internals; sub-interpreters start without our hook;
-    # hand-made code objects can corrupt memory; rlimits are not the code's to change.
+    # hand-made code objects (and bytecode from marshal.load) can corrupt memory; rlimits and
+    # scheduling are not the code's to change.
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "cpython.PyInterpreterState_New",
     "code.__new__", "resource.setrlimit", "resource.prlimit", "sqlite3.enable_load_extension",
-    "sqlite3.load_extension", "os.symlink",
+    "sqlite3.load_extension", "os.symlink", "marshal.load", "sys._current_frames",
 })
+# Attributes whose rebinding would change what a function runs or which defaults it uses.
+_FUNCTION_INTERNALS = frozenset({"__code__", "__defaults__", "__kwdefaults__", "__closure__", "__globals__"})
 # event -> (indexes of path arguments, index of their dir_fd or None, needs write access)
 _PATH_EVENTS = {
     "os.listdir": ((0,), None, False), "os.scandir": ((0,), None, False),
@@ -420,107 +279,124 @@ _PATH_EVENTS = {
 }
 
 
-def _make_audit_hook(cfg, os_enforces_fs, path_types):
-    """Build the hook.  Policy: reads only from an allow-list, writes only in the work dir."""
-    work = os.path.realpath(cfg["work_dir"])
-    read_roots = tuple(os.path.realpath(p) for p in
-                       [*cfg["stdlib_dirs"], "/usr/share/zoneinfo"] if os.path.exists(p)) + (work,)
-    read_files = frozenset({"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"})
-    hidden = tuple(r + "/" + name for r in read_roots[:-1] for name in ("site-packages", "dist-packages"))
-    write_mask = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+def _within(path, roots, _len=len):
+    for root in roots:
+        if path == root or (path.startswith(root) and path[_len(root):_len(root) + 1] == "/"):
+            return True
+    return False
 
-    def within(path, roots, *, _len=len):
-        for root in roots:
-            if path == root or (path.startswith(root) and path[_len(root):_len(root) + 1] == "/"):
-                return True
-        return False
 
-    def realpath(path, base, *, _lstat=posix.lstat, _readlink=posix.readlink, _getcwd=posix.getcwd,
-                 _OSError=OSError, _reversed=reversed, _list=list):
-        """Absolute path with symlinks resolved (as far as they exist), from audited-safe primitives."""
-        if not path.startswith("/"):
-            path = (base if base is not None else _getcwd()) + "/" + path
-        pending = _list(_reversed(path.split("/")))
-        parts, hops = [], 0
-        while pending:
-            part = pending.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if parts:
-                    parts.pop()
-                continue
-            candidate = "/" + "/".join(parts + [part])
-            try:
-                mode = _lstat(candidate).st_mode
-            except _OSError:
-                parts.append(part)
-                continue
-            if mode & 0o170000 == 0o120000:
-                hops += 1
-                if hops > 40:
-                    return None
-                target = _readlink(candidate)
-                if target.startswith("/"):
-                    parts = []
-                pending.extend(_reversed(target.split("/")))
-                continue
+def _realpath(path, base, _lstat=posix.lstat, _readlink=posix.readlink, _getcwd=posix.getcwd,
+              _OSError=OSError, _reversed=reversed, _list=list, _join="/".join):
+    """Absolute path with symlinks resolved (as far as they exist), from audited-safe primitives."""
+    if not path.startswith("/"):
+        path = (base if base is not None else _getcwd()) + "/" + path
+    pending = _list(_reversed(path.split("/")))
+    parts, hops = [], 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        candidate = "/" + _join(parts + [part])
+        try:
+            mode = _lstat(candidate).st_mode
+        except _OSError:
             parts.append(part)
-        return "/" + "/".join(parts)
+            continue
+        if mode & 0o170000 == 0o120000:
+            hops += 1
+            if hops > 40:
+                return None
+            target = _readlink(candidate)
+            if target.startswith("/"):
+                parts = []
+            pending.extend(_reversed(target.split("/")))
+            continue
+        parts.append(part)
+    return "/" + _join(parts)
 
-    def as_text(p, *, _type=type, _str=str, _bytes=bytes, _isinstance=isinstance, _fspath=posix.fspath,
-                _direntry=posix.DirEntry, _path_types=path_types, _concat=str.__add__):
-        """The path an OS call will really use, without running model-defined code; None if unknowable."""
-        t = _type(p)
-        if t is _str:
-            return p
-        if _isinstance(p, _str):
-            return _concat("", p)  # an exact copy (no __radd__): a str subclass cannot change what C reads
-        if _isinstance(p, _bytes):
-            return _bytes.decode(p, "utf-8", "surrogateescape")
-        if t is _direntry:
-            return _fspath(p)
-        for cls, fspath, to_str in _path_types:
-            # Only unpatched pathlib classes: a custom __fspath__ could answer differently
-            # to the hook and to the real call that follows it.
-            if t is cls and t.__fspath__ is fspath and t.__str__ is to_str:
-                return as_text(_fspath(p))
+
+def _as_text(p, path_types, _type=type, _str=str, _bytes=bytes, _isinstance=isinstance, _fspath=posix.fspath,
+             _direntry=posix.DirEntry, _concat=str.__add__, _decode=bytes.decode):
+    """The path an OS call will really use, without running model-defined code; None if unknowable."""
+    t = _type(p)
+    if t is _str:
+        return p
+    if _isinstance(p, _str):
+        return _concat("", p)  # an exact copy (no __radd__): a str subclass cannot change what C reads
+    if _isinstance(p, _bytes):
+        return _decode(p, "utf-8", "surrogateescape")
+    if t is _direntry:
+        return _fspath(p)
+    for cls, fspath, to_str in path_types:
+        # Only unpatched pathlib classes: a custom __fspath__ could answer differently
+        # to the hook and to the real call that follows it.
+        if t is cls and t.__fspath__ is fspath and t.__str__ is to_str:
+            text = _fspath(p)
+            return text if _type(text) is _str else None
+    return None
+
+
+def _dir_of_fd(fd, _readlink=posix.readlink, _getcwd=posix.getcwd, _OSError=OSError, _str=str):
+    if fd == AT_FDCWD:
+        return _getcwd()
+    try:
+        return _readlink("/proc/self/fd/" + _str(fd))
+    except _OSError:
         return None
 
-    def dir_of_fd(fd, *, _readlink=posix.readlink, _OSError=OSError, _str=str):
-        try:
-            return _readlink("/proc/self/fd/" + _str(fd))
-        except _OSError:
-            return None
 
-    def check_path(event, p, dir_fd, access, *, _int=int, _isinstance=isinstance, _lstat=posix.lstat,
-                   _OSError=OSError, _PermissionError=PermissionError, _repr=repr):
+def _make_audit_hook(cfg, path_types):
+    """Build the hook.  Policy: reads only from an allow-list, writes only in the work dir.
+
+    Every value the hook functions use is a positional default, bound here once: module
+    globals can be rebound by model code, closure cells can be rewritten, but a function's
+    `__defaults__` is an immutable tuple whose replacement is refused below.
+    """
+    work = os.path.realpath(cfg["work_dir"])
+    stdlib = tuple(os.path.realpath(p) for p in cfg["stdlib_dirs"] if os.path.exists(p))
+    read_roots = stdlib + tuple(p for p in ("/usr/share/zoneinfo",) if os.path.exists(p)) + (work,)
+    read_files = frozenset({"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"})
+    hidden = tuple(r + "/" + name for r in stdlib for name in ("site-packages", "dist-packages"))
+    write_mask = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    import _frozen_importlib_external
+    compile_bytecode = _frozen_importlib_external._compile_bytecode.__code__
+
+    def check_path(event, p, dir_fd, access, _int=int, _isinstance=isinstance, _lstat=posix.lstat,
+                   _OSError=OSError, _PermissionError=PermissionError, _repr=repr, _as_text=_as_text,
+                   _dir_of_fd=_dir_of_fd, _realpath=_realpath, _within=_within, _path_types=path_types,
+                   _work=(work,), _read_roots=read_roots, _read_files=read_files, _hidden=hidden):
         if p is None:        # os.listdir() / os.scandir(): the current directory
             p = "."
         if _isinstance(p, _int):
             if access == "chdir":
                 raise _PermissionError(f"blocked by sandbox: {event} to a file descriptor")
             return           # an fd that was already opened through this hook
-        text = as_text(p)
+        text = _as_text(p, _path_types)
         if text is None:
             raise _PermissionError(f"blocked by sandbox: {event} with an unsupported path-like object")
         base = None
         if dir_fd is not None and not text.startswith("/"):
-            base = dir_of_fd(dir_fd)
+            base = _dir_of_fd(dir_fd)
             if base is None:
-                if os_enforces_fs:
-                    return   # no /proc inside the minimal root; the OS layers already confine the call
-                raise _PermissionError(f"blocked by sandbox: {event}({_repr(text)}) relative to a dir_fd")
-        real = realpath(text, base)
+                # No /proc inside the boundary to name the directory: refuse only what could leave it.
+                if text.startswith("..") or "/../" in text:
+                    raise _PermissionError(f"blocked by sandbox: {event}({_repr(text)}) relative to a dir_fd")
+                return
+        real = _realpath(text, base)
         if real is None:
             raise _PermissionError(f"blocked by sandbox: {event}({_repr(text)}): too many symlinks")
         if access == "chdir":
-            allowed = real == work
+            allowed = real == _work[0]
         elif access:
-            allowed = real == "/dev/null" or within(real, (work,))
+            allowed = real == "/dev/null" or _within(real, _work)
         else:
-            allowed = (real in read_files or within(real, read_roots)) and not within(real, hidden)
-        if allowed and event == "open" and not within(real, (work,)):
+            allowed = (real in _read_files or _within(real, _read_roots)) and not _within(real, _hidden)
+        if allowed and event == "open" and not _within(real, _work):
             # Directory fds outside the work dir would let dir_fd-relative opens (whose
             # dir_fd the "open" event does not report) escape the policy.
             try:
@@ -531,11 +407,45 @@ def _make_audit_hook(cfg, os_enforces_fs, path_types):
             how = (" for writing" if access else " for reading") if event == "open" else ""
             raise _PermissionError(f"blocked by sandbox: {event}({_repr(text)}){how}")
 
-    # The policy tables are module globals that model code could mutate: the hook gets private copies.
-    def hook(event, args, *, _processes=_PROCESS_EVENTS, _network=_NETWORK_EVENTS,
-             _introspection=_INTROSPECTION_EVENTS, _paths=dict(_PATH_EVENTS), _modules=_BLOCKED_MODULES,
-             _own_pid=os.getpid(), _write_mask=write_mask, _isinstance=isinstance, _str=str, _int=int,
-             _PermissionError=PermissionError, _len=len, _check=check_path, _concat=str.__add__):
+    def trusted_bytecode(data, _getframe=sys._getframe, _code=compile_bytecode, _str=str, _type=type,
+                         _realpath=_realpath, _within=_within, _stdlib=stdlib, _hidden=hidden, _open=posix.open,
+                         _read=posix.read, _close=posix.close, _flags=os.O_RDONLY | os.O_NOFOLLOW,
+                         _OSError=OSError, _ValueError=ValueError, _join=b"".join):
+        """marshal.loads is allowed only for the importer reading a stdlib .pyc, and only for its exact bytes."""
+        try:
+            frame = _getframe(2)   # 0: here, 1: the hook, 2: whoever called marshal.loads
+        except _ValueError:
+            return False
+        if frame.f_code is not _code:
+            return False
+        path = frame.f_locals.get("bytecode_path")
+        if _type(path) is not _str:
+            return False
+        real = _realpath(path, None)
+        if real is None or not _within(real, _stdlib) or _within(real, _hidden):
+            return False
+        try:
+            fd = _open(real, _flags)
+        except _OSError:
+            return False
+        try:
+            chunks = []
+            while True:
+                chunk = _read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            _close(fd)
+        return _join(chunks)[16:] == data
+
+    def hook(event, args, _processes=_PROCESS_EVENTS, _network=_NETWORK_EVENTS,
+             _introspection=_INTROSPECTION_EVENTS, _paths=types.MappingProxyType(dict(_PATH_EVENTS)),
+             _modules=_BLOCKED_MODULES, _internals=_FUNCTION_INTERNALS, _own_pid=os.getpid(),
+             _write_mask=write_mask, _isinstance=isinstance, _str=str, _int=int, _function=types.FunctionType,
+             _PermissionError=PermissionError, _len=len, _check=check_path, _concat=str.__add__,
+             _trusted_bytecode=trusted_bytecode, _lower=str.lower,
+             _ours=frozenset({"_within", "_realpath", "_as_text", "_dir_of_fd"})):
         if event == "open":
             path, _mode, flags = args
             # flags is always an int from CPython; anything else is treated as a write (fail closed).
@@ -546,6 +456,19 @@ def _make_audit_hook(cfg, os_enforces_fs, path_types):
             dir_fd = args[fd_index] if fd_index is not None and fd_index < _len(args) else None
             for i in indexes:
                 _check(event, args[i], dir_fd if _isinstance(dir_fd, _int) else None, access)
+            # (ATTACH and VACUUM INTO name files the hook never sees: the boundary leaves them /work only.)
+            if event == "sqlite3.connect" and _isinstance(args[0], _str) and _lower(args[0]).startswith("file:"):
+                raise _PermissionError("blocked by sandbox: sqlite3 URI filenames")
+        elif event == "marshal.loads":
+            if not _trusted_bytecode(args[0]):
+                raise _PermissionError("blocked by sandbox: marshal.loads (code from bytes)")
+        elif event == "object.__setattr__":
+            # Only the bootstrap's own functions: namedtuple and typing set __defaults__ legitimately.
+            if _isinstance(args[0], _function) and args[1] in _internals:
+                code = args[0].__code__
+                if code.co_filename == "<string>" and (code.co_qualname in _ours
+                                                       or code.co_qualname.startswith("_make_audit_hook.")):
+                    raise _PermissionError(f"blocked by sandbox: rebinding {args[1]} of the sandbox's own code")
         elif event == "import":
             name = args[0]
             if _isinstance(name, _str):
@@ -590,36 +513,27 @@ def _guard_python_level(cfg):
 # --------------------------------------------------------------------------- hardening
 
 def _harden(cfg):
-    """Apply every layer the host permits; return (active layer names, notes on the others)."""
+    """Check the boundary, then apply the in-process layers; return (active layer names, notes)."""
     layers, notes = [], []
     wanted = lambda layer: layer not in cfg["disabled_layers"]  # noqa: E731  (tests switch layers off)
     os.umask(0o022)
+    if cfg["boundary"]:
+        _verify_boundary(cfg)
     _apply_rlimits(cfg)
     layers.append("rlimits")
-    privileged = os.geteuid() == 0
-    ct = _load_libc()
-    net_ns = mount_ns = fs_ns = False
-    if ct[0] is None:
-        notes.append("net-namespace, fs-namespace, seccomp: ctypes unavailable")
-    elif wanted("net-namespace"):
-        net_ns, mount_ns = _enter_namespaces(ct, privileged, wanted("fs-namespace"), notes)
-        if mount_ns:
-            fs_ns = _enter_minimal_root(ct, cfg, notes)
-    layers += [name for name, on in (("net-namespace", net_ns), ("fs-namespace", fs_ns)) if on]
-    if privileged and wanted("drop-privileges") and _drop_privileges(cfg, fs_ns, notes):
-        layers.append("drop-privileges")
-    elif not privileged and mount_ns:
-        _drop_capabilities(ct, notes)
     if wanted("no-child-processes") and _forbid_children(notes):
         layers.append("no-child-processes")
-    if ct[0] is not None and wanted("seccomp") and _install_seccomp(ct, notes):
+    ct = _load_libc()
+    if ct[0] is None:
+        notes.append("seccomp: ctypes unavailable")
+    elif wanted("seccomp") and _install_seccomp(ct, notes):
         layers.append("seccomp")
     del ct
     _forget_ctypes()
     if wanted("audit-hooks"):
         path_types = _path_types()
         _guard_python_level(cfg)
-        sys.addaudithook(_make_audit_hook(cfg, fs_ns, path_types))
+        sys.addaudithook(_make_audit_hook(cfg, path_types))
         layers.append("audit-hooks")
     return layers, notes
 
@@ -683,10 +597,11 @@ class _BinaryCapture:
 
 
 class _Step:
-    """What the current run() call has produced so far (shared with the model-visible helpers)."""
+    """What the current run() call has produced so far (shared with the model-visible helpers).
+
+    Deliberately without the step id: model code can reach this object."""
 
     def __init__(self, cap):
-        self.id = None
         self.final_answer = None
         self.capture = _Capture(cap)
 
@@ -715,7 +630,7 @@ def _describe(exc, line):
     return text + (f" (line {line})" if line else "")
 
 
-def _run_step(code, namespace, step):
+def _run_step(code, *, namespace, step):
     step.capture.reset()
     step.final_answer = None
     sys.stdout = sys.stderr = sys.__stdout__ = sys.__stderr__ = step.capture
@@ -744,7 +659,7 @@ def _make_helpers(step, cmd_fd, res_fd, tool_names, max_frame):
     def make_tool(name):
         def tool(*args, **kwargs):
             try:
-                payload = json.dumps({"op": "tool", "id": step.id, "name": name, "args": args, "kwargs": kwargs})
+                payload = json.dumps({"op": "tool", "name": name, "args": args, "kwargs": kwargs})
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"{name}() arguments must be JSON-serialisable ({exc})") from None
             if len(payload) > max_frame:
@@ -765,28 +680,48 @@ def _make_helpers(step, cmd_fd, res_fd, tool_names, max_frame):
     return helpers
 
 
+# --------------------------------------------------------------------------- serving steps
+
+def _next_run(cmd_fd):
+    """The next `run` frame (stale tool results are skipped), or None when the parent has gone."""
+    while True:
+        message = _recv(cmd_fd)
+        if message is None or message.get("op") == "run":
+            return message
+
+
+def _send_done(res_fd, step, run_id, outcome):
+    status, error = outcome
+    frame = {"op": "done", "id": run_id, "status": status, "output": step.capture.text(),
+             "total": step.capture.total, "error": error, "final_answer": step.final_answer}
+    try:
+        _send(res_fd, frame)
+    except MemoryError:
+        # Whatever the code left behind fills the address space; report without the output.
+        step.capture.reset()
+        frame.update(output="", total=0, error=(error or "") + " [output dropped: out of memory]")
+        _send(res_fd, frame)
+
+
+def _ids_and_outcomes(pair, run):
+    """Two lazy streams over the same run frames: their ids, and the outcomes of running their code."""
+    for_ids, for_code = pair
+    return map(operator.itemgetter("id"), for_ids), map(run, map(operator.itemgetter("code"), for_code))
+
+
 def _serve(cfg):
     cmd_fd, res_fd = cfg["cmd_fd"], cfg["res_fd"]
     step = _Step(int(cfg["max_output_chars"]))
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     namespace.update(_make_helpers(step, cmd_fd, res_fd, cfg["tools"], int(cfg["max_frame"])))
-    while True:
-        message = _recv(cmd_fd)
-        if message is None:
-            os._exit(0)
-        if message.get("op") != "run":
-            continue
-        step.id = message["id"]
-        status, error = _run_step(message["code"], namespace, step)
-        frame = {"op": "done", "id": step.id, "status": status, "output": step.capture.text(),
-                 "total": step.capture.total, "error": error, "final_answer": step.final_answer}
-        try:
-            _send(res_fd, frame)
-        except MemoryError:
-            # Whatever the code left behind fills the address space; report without the output.
-            step.capture.reset()
-            frame.update(output="", total=0, error=(error or "") + " [output dropped: out of memory]")
-            _send(res_fd, frame)
+    # One expression, no local names: the step id goes from the frame reader to `_send_done` through
+    # C-level iterators (tee, map) that live only on this frame's value stack. While model code runs,
+    # no Python frame, closure or attribute holds the id, so the code cannot forge the step's `done`.
+    collections.deque(map(functools.partial(_send_done, res_fd, step),
+                          *_ids_and_outcomes(itertools.tee(iter(functools.partial(_next_run, cmd_fd), None)),
+                                             functools.partial(_run_step, namespace=namespace, step=step))),
+                      maxlen=0)
+    os._exit(0)   # the parent has gone
 
 
 def _stdlib_dirs():

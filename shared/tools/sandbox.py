@@ -1,10 +1,14 @@
 """A sandboxed, persistent Python interpreter for Code-as-Action agents.
 
 One `Sandbox` per episode: model-written code runs in a separate stdlib-only
-interpreter process (started lazily, hardened before any model code runs, see
-`_sandbox_child.py` and docs/sandbox.md), variables persist across `run()` calls,
-and parent-side tools (search indexes, web search) are reached through request
-frames on a control pipe, so they never enter the sandbox.
+interpreter process inside a bubblewrap boundary (its own read-only root, a
+size-limited tmpfs work dir, no network, its own pids, uid 65534: see
+`boundary.py`), hardened further before any model code runs (`_sandbox_child.py`,
+docs/sandbox.md). Variables persist across `run()` calls, and parent-side tools
+(search indexes, web search) are reached through request frames on a control pipe,
+so they never enter the sandbox.  Where the boundary cannot be set up, `run()`
+raises `SandboxError` saying what is missing (fail closed), unless the sandbox was
+made `unconfined=True` (trusted development only).
 
     with Sandbox(tools={"search": search}) as sandbox:
         result = sandbox.run('print(search("x"))')
@@ -13,7 +17,8 @@ frames on a control pipe, so they never enter the sandbox.
 Failure handling: a step that runs past `step_timeout_s`, kills its interpreter
 (memory, CPU limit, os._exit, crash) or abuses the control protocol gets a
 SIGKILL for the whole process group; a fresh interpreter is started at once and
-the code of the earlier steps is replayed (outputs discarded) to restore state.
+the code of the earlier steps is replayed (outputs discarded) to restore state
+(files too: the new interpreter gets a fresh work dir, and the replay rewrites them).
 
 Threading: one Sandbox is used by one thread at a time (a lock serialises run()
 and close()); many Sandboxes may run concurrently from different threads.  No
@@ -27,7 +32,6 @@ import logging
 import os
 import secrets
 import select
-import shutil
 import signal
 import stat
 import struct
@@ -38,33 +42,31 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from shared.tools import boundary as boundary_module
+
 logger = logging.getLogger(__name__)
 
-LAYERS = (
-    "isolated-python", "scrubbed-env", "private-tmpdir", "rlimits", "net-namespace", "fs-namespace",
-    "drop-privileges", "no-child-processes", "seccomp", "audit-hooks",
-)
-_PARENT_LAYERS = ("isolated-python", "scrubbed-env", "private-tmpdir")  # always on: set up here
+# What a sandbox has, in order: the boundary's layers (bwrap), the parent's, then the child's own.
+BOUNDARY_LAYERS = ("own-filesystem", "no-network", "own-pids", "sandbox-uid", "no-new-privileges", "disk-quota")
+_PARENT_LAYERS = ("isolated-python", "scrubbed-env")   # always on: set up here
+CHILD_LAYERS = ("rlimits", "no-child-processes", "seccomp", "audit-hooks")
+LAYERS = BOUNDARY_LAYERS + _PARENT_LAYERS + CHILD_LAYERS
 
-NOBODY = 65534
 STARTUP_TIMEOUT_S = 15.0      # generous: a loaded CI box can be slow to exec an interpreter
 RECURSION_CAP = 20_000        # highest sys.setrecursionlimit() the child accepts
 MAX_CODE_CHARS = 1_000_000
 MAX_TOOL_RESULT_CHARS = 1_000_000
 _HEADER = struct.Struct("!I")
-# Layers the child must not apply even where the host permits them.  For tests that check
-# graceful degradation, and as an escape hatch on a host where a layer misbehaves.
-# Allowed: net-namespace (implies fs-namespace), fs-namespace, drop-privileges,
-# no-child-processes, seccomp, audit-hooks (the last only so tests can check the
-# kernel layers on their own).
+# In-child layers to leave off, for tests only: they check that the boundary holds on its own
+# (e.g. with the audit hook off, as if model code had found a way past it).
+# Allowed: no-child-processes, seccomp, audit-hooks.
 _DISABLED_LAYERS: frozenset[str] = frozenset()
-_CHILD_SOURCE = Path(__file__).with_name("_sandbox_child.py")
+_CHILD_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
 
 
 class SandboxError(RuntimeError):
@@ -84,6 +86,8 @@ class SandboxLimits:
     max_file_bytes: int = Field(default=16 * 2**20, ge=0, description="Largest file the code may write "
                                 "(RLIMIT_FSIZE).")
     max_open_files: int = Field(default=64, ge=16, description="Open file descriptors (RLIMIT_NOFILE).")
+    disk_bytes: int = Field(default=64 * 2**20, ge=2**20, le=2**34, description="Disk quota of one episode: the "
+                            "size of its tmpfs work dir (memory-backed; gone with the interpreter).")
 
 
 @dataclass
@@ -108,7 +112,9 @@ class _ProtocolError(Exception):
     """The interpreter sent something that is not a valid frame: treated as abuse."""
 
 
-def _describe_exit(returncode: int) -> str:
+def _describe_exit(returncode: int, *, bwrapped: bool) -> str:
+    if bwrapped and 128 < returncode < 128 + 65:
+        returncode = 128 - returncode   # bwrap exits with 128+N when its child died of signal N
     if returncode < 0:
         reasons = {
             signal.SIGXCPU: "was killed: CPU time limit exceeded",
@@ -130,8 +136,8 @@ def _describe_exit(returncode: int) -> str:
 class _Process:
     """One running child interpreter and the parent's ends of its two pipes."""
 
-    def __init__(self, popen: subprocess.Popen, cmd_w: int, res_r: int) -> None:
-        self.popen, self.cmd_w, self.res_r = popen, cmd_w, res_r
+    def __init__(self, popen: subprocess.Popen, cmd_w: int, res_r: int, *, bwrapped: bool) -> None:
+        self.popen, self.cmd_w, self.res_r, self.bwrapped = popen, cmd_w, res_r, bwrapped
         self.layers: tuple[str, ...] = ()
         self.notes: tuple[str, ...] = ()   # why the other layers are off on this host
 
@@ -191,7 +197,9 @@ class _Process:
         """After EOF on the pipe: why the child stopped (stopping it if it still runs)."""
         exited = self._exited_within(1.0)
         self.stop()
-        return _describe_exit(self.popen.returncode) if exited else "closed its control pipe and was stopped"
+        if not exited:
+            return "closed its control pipe and was stopped"
+        return _describe_exit(self.popen.returncode, bwrapped=self.bwrapped)
 
     def _exited_within(self, timeout: float) -> bool:
         # WNOWAIT: look without reaping, so the pid (= process group id) stays ours until stop().
@@ -207,7 +215,10 @@ class _Process:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        """SIGKILL the whole process group, reap the child, close the pipes.  Idempotent."""
+        """SIGKILL the whole process group, reap the child, close the pipes.  Idempotent.
+
+        Under bwrap the group is bwrap's; the interpreter, in its own session and pid namespace,
+        dies with it (--die-with-parent, and the namespace's init going away)."""
         if self.popen.returncode is None:   # not reaped yet, so the group id cannot have been reused
             try:
                 os.killpg(self.popen.pid, signal.SIGKILL)
@@ -223,7 +234,8 @@ class _Process:
 
 
 def _child_source() -> str:
-    return _CHILD_SOURCE.read_text(encoding="utf-8")
+    with open(_CHILD_SOURCE, encoding="utf-8") as f:
+        return f.read()
 
 
 def _base_python() -> str:
@@ -234,28 +246,11 @@ def _base_python() -> str:
 
 def _child_env(work_dir: str) -> dict[str, str]:
     # Built from nothing: no token, URL or PYTHON* variable of the service reaches the child.
-    # (-E is not used because PYTHONHASHSEED must be read; every variable here is ours.)
+    # (-E is not used because PYTHONHASHSEED must be read; every variable here is ours. PWD: bwrap sets it.)
     return {
-        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work_dir, "TMPDIR": work_dir,
+        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work_dir, "TMPDIR": work_dir, "PWD": work_dir,
         "PYTHONHASHSEED": "0", "PYTHONUTF8": "1", "TZ": "UTC0",
     }
-
-
-def _make_dirs() -> tuple[str, str, str]:
-    """base/ (parent only) with work/ (the child's cwd, writable) and root/ (mount point of its minimal root)."""
-    base = os.path.realpath(tempfile.mkdtemp(prefix="score-sandbox-"))
-    work, root = os.path.join(base, "work"), os.path.join(base, "root")
-    try:
-        os.mkdir(work, 0o700)
-        os.mkdir(root, 0o755)
-        if os.geteuid() == 0:
-            # The child drops to nobody: it may traverse base/ (not list it) and owns work/.
-            os.chmod(base, 0o711)
-            os.chown(work, NOBODY, NOBODY)
-    except BaseException:
-        _rmtree(base)
-        raise
-    return base, work, root
 
 
 def _max_frame(limits: SandboxLimits) -> int:
@@ -263,77 +258,110 @@ def _max_frame(limits: SandboxLimits) -> int:
     return 2 * 2**20 + 12 * limits.max_output_chars
 
 
-def _spawn(base: str, work: str, root: str, tools: list[str], limits: SandboxLimits) -> _Process:
+def _spawn(work: str | None, tools: list[str], limits: SandboxLimits, boundary: boundary_module.Boundary | None,
+           ) -> _Process:
+    """Start one interpreter: inside bwrap (`boundary`), or unconfined in the host dir `work`."""
+    python = _base_python()
+    if boundary is not None:
+        prefix = boundary_module.command_prefix(boundary, boundary_module.interpreter(python),
+                                                disk_bytes=limits.disk_bytes)
+        work = boundary_module.WORK_DIR
+    else:
+        prefix = []
     cmd_r, cmd_w = os.pipe()
     res_r, res_w = os.pipe()
-    log_fd = os.open(os.path.join(base, "child.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    log = tempfile.TemporaryFile(prefix="score-sandbox-log-")   # unnamed: nothing to clean up
     config = {
-        "cmd_fd": cmd_r, "res_fd": res_w, "work_dir": work, "root_dir": root, "tools": tools,
+        "cmd_fd": cmd_r, "res_fd": res_w, "work_dir": work, "tools": tools,
         "cpu_time_s": limits.cpu_time_s, "memory_bytes": limits.memory_bytes,
         "max_file_bytes": limits.max_file_bytes, "max_open_files": limits.max_open_files,
         "max_output_chars": limits.max_output_chars, "max_frame": _max_frame(limits),
-        "recursion_cap": RECURSION_CAP, "drop_uid": NOBODY, "drop_gid": NOBODY,
-        "disabled_layers": sorted(_DISABLED_LAYERS),
+        "recursion_cap": RECURSION_CAP, "disabled_layers": sorted(_DISABLED_LAYERS),
+        "boundary": boundary is not None, "uid": boundary_module.SANDBOX_UID, "disk_bytes": limits.disk_bytes,
     }
-    argv = [_base_python(), "-S", "-s", "-B", "-P", "-c", _child_source(), json.dumps(config)]
+    argv = [*prefix, python, "-S", "-s", "-B", "-P", "-c", _child_source(), json.dumps(config)]
     try:
         popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_fd, cwd=work,
-            env=_child_env(work), pass_fds=(cmd_r, res_w), close_fds=True, start_new_session=True,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            cwd=work if boundary is None else "/", env=_child_env(work), pass_fds=(cmd_r, res_w), close_fds=True,
+            start_new_session=True,
         )
     except BaseException as exc:
+        log.close()
         for fd in (cmd_w, res_r):
             os.close(fd)
         if isinstance(exc, OSError):
             raise SandboxError(f"cannot execute the sandbox interpreter {argv[0]}: {exc}") from exc
         raise
     finally:
-        for fd in (cmd_r, res_w, log_fd):   # the child's ends: EOF must mean the child is gone
+        for fd in (cmd_r, res_w):   # the child's ends: EOF must mean the child is gone
             os.close(fd)
     os.set_blocking(cmd_w, False)
-    process = _Process(popen, cmd_w, res_r)
+    process = _Process(popen, cmd_w, res_r, bwrapped=boundary is not None)
     try:
         hello = process.recv(time.monotonic() + STARTUP_TIMEOUT_S, _max_frame(limits))
     except (_Timeout, _Gone, _ProtocolError) as exc:
         process.stop()
         raise SandboxError(f"the sandbox interpreter did not start ({type(exc).__name__}): "
-                           f"{_log_tail(base)}") from None
+                           f"{_log_tail(log)}") from None
+    finally:
+        log.close()
     if hello.get("op") != "hello":
         process.stop()
         raise SandboxError(f"the sandbox interpreter failed to harden itself: {hello.get('error')}")
-    process.layers = tuple(layer for layer in LAYERS
-                           if layer in _PARENT_LAYERS or layer in set(hello.get("layers") or ()))
+    child_layers = set(hello.get("layers") or ())
+    process.layers = tuple(layer for layer in LAYERS if layer in _PARENT_LAYERS or layer in child_layers
+                           or (boundary is not None and layer in BOUNDARY_LAYERS))
     process.notes = tuple(str(note) for note in hello.get("notes") or ())
     return process
 
 
-def _log_tail(base: str) -> str:
+def _log_tail(log) -> str:
     try:
-        return Path(base, "child.log").read_text(errors="replace")[-2000:] or "(no output)"
-    except OSError:
+        log.seek(0)
+        return log.read()[-2000:].decode("utf-8", "replace") or "(no output)"
+    except (OSError, ValueError):
         return "(no log)"
 
 
 def _rmtree(path: str) -> None:
-    """Remove a work tree even where the code chmod-ed directories to 000."""
-    def unlock_and_retry(func: Callable, target: str, _exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(target), stat.S_IRWXU)
-            if os.path.isdir(target) and not os.path.islink(target):
-                os.chmod(target, stat.S_IRWXU)
-            func(target)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=unlock_and_retry)
+    """Remove an unconfined sandbox's work dir; never raises (a leftover is logged instead).
+
+    Iterative, on directory fds, never following symlinks: deep trees (no RecursionError) and
+    chmod-000 directories are handled.  Sandboxes inside the boundary need none of this: their
+    work dir is a tmpfs that goes away with the interpreter."""
+    stack: list[tuple[int, str]] = []
+    try:
+        stack.append((os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW), path))
+        while stack:
+            fd = stack[-1][0]
+            descended = False
+            for entry in list(os.scandir(fd)):
+                if entry.is_dir(follow_symlinks=False):
+                    os.chmod(entry.name, stat.S_IRWXU, dir_fd=fd)   # a directory, not a link: safe to follow
+                    stack.append((os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd),
+                                  entry.name))
+                    descended = True
+                    break
+                os.unlink(entry.name, dir_fd=fd)
+            if not descended:
+                fd, name = stack.pop()
+                os.close(fd)
+                if stack:
+                    os.rmdir(name, dir_fd=stack[-1][0])
+        os.rmdir(path)
+    except Exception as exc:   # cleanup must not fail the request that triggered it
+        logger.warning("sandbox work dir %s left behind: %s", path, exc)
+    finally:
+        for fd, _name in stack:
+            os.close(fd)
 
 
 class _Resources:
     """What a Sandbox must release.  The finaliser holds this object, never the Sandbox itself."""
 
     def __init__(self) -> None:
-        self.base: str | None = None
-        self.work: str | None = None
-        self.root: str | None = None
+        self.work: str | None = None      # the host work dir of an unconfined sandbox (bwrap: a tmpfs)
         self.process: _Process | None = None
 
     def stop_process(self) -> None:
@@ -341,11 +369,17 @@ class _Resources:
             self.process.stop()
             self.process = None
 
+    def drop_work(self) -> None:
+        """Unconfined only: a restarted interpreter starts in an empty work dir, as under bwrap."""
+        if self.work is not None:
+            _rmtree(self.work)
+            self.work = None
+
     def release(self) -> None:
         self.stop_process()
-        if self.base is not None:
-            _rmtree(self.base)
-            self.base = None
+        if self.work is not None:
+            _rmtree(self.work)
+            self.work = None
 
 
 # --------------------------------------------------------------------------- the public API
@@ -354,13 +388,15 @@ class Sandbox:
     """A persistent sandboxed interpreter for one episode."""
 
     def __init__(self, *, tools: Mapping[str, Callable[..., str]] | None = None,
-                 limits: SandboxLimits = SandboxLimits()) -> None:
+                 limits: SandboxLimits = SandboxLimits(), unconfined: bool = False) -> None:
+        """`unconfined=True` runs model code without the bwrap boundary: trusted development only."""
         tools = dict(tools or {})
         for name, fn in tools.items():
             if not name.isidentifier() or name == "final_answer_print" or not callable(fn):
                 raise ValueError(f"invalid tool {name!r}: needs an identifier name and a callable")
         self._tools = tools
         self._limits = limits
+        self._unconfined = unconfined
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.release)   # a dropped Sandbox leaks nothing
         self._history: list[str] = []   # steps that completed (ok/error): replayed after a restart
@@ -375,7 +411,7 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
-        """Kill the interpreter's process group and remove the temp dir.  Idempotent."""
+        """Kill the interpreter's process group (and remove an unconfined work dir).  Idempotent."""
         with self._lock:
             self._closed = True
             self._finalizer()
@@ -428,10 +464,16 @@ class Sandbox:
 
     def _ensure_started(self) -> _Process:
         res = self._res
-        if res.base is None:
-            res.base, res.work, res.root = _make_dirs()
         if res.process is None:
-            res.process = _spawn(res.base, res.work, res.root, sorted(self._tools), self._limits)
+            boundary = None
+            if self._unconfined:
+                if res.work is None:
+                    res.work = os.path.realpath(tempfile.mkdtemp(prefix="score-sandbox-"))
+            else:
+                boundary = boundary_module.check(_base_python())
+                if not boundary.ok:   # fail closed: no boundary, no code execution
+                    raise SandboxError(f"{boundary.problem}; {boundary_module.UNCONFINED_HINT}")
+            res.process = _spawn(res.work, sorted(self._tools), self._limits, boundary)
         return res.process
 
     def _recover_if_stale(self) -> str | None:
@@ -451,20 +493,20 @@ class Sandbox:
         process.send({"op": "run", "id": run_id, "code": code}, deadline)
         while True:
             frame = process.recv(deadline, max_frame)
-            if frame.get("id") != run_id:
-                raise _ProtocolError("a frame with a wrong step id")
-            if frame.get("op") == "tool":
-                process.send(self._call_tool(frame, run_id), deadline)
+            if frame.get("op") == "tool":   # model code may send these itself: they only call tools
+                process.send(self._call_tool(frame), deadline)
             elif frame.get("op") == "done":
+                if frame.get("id") != run_id:   # only the bootstrap knows the id (see _sandbox_child._serve)
+                    raise _ProtocolError("a result frame with a wrong step id")
                 return _validated_done(frame)
             else:
                 raise _ProtocolError(f"an unexpected {str(frame.get('op'))[:40]!r} frame")
 
-    def _call_tool(self, frame: dict, run_id: str) -> dict:
+    def _call_tool(self, frame: dict) -> dict:
         name, args, kwargs = frame.get("name"), frame.get("args"), frame.get("kwargs")
         if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
             raise _ProtocolError("a malformed tool request")
-        reply: dict[str, Any] = {"op": "tool_result", "id": run_id}
+        reply: dict[str, Any] = {"op": "tool_result"}
         fn = self._tools.get(name)
         if fn is None:
             return {**reply, "ok": False, "error": f"no tool named {name!r}"}
@@ -483,8 +525,9 @@ class Sandbox:
         return self._res.process.death_reason() if self._res.process else "stopped"
 
     def _restart_and_restore(self) -> str:
-        """Fresh interpreter; replay earlier steps (outputs discarded).  Returns the note for the agent."""
+        """Fresh interpreter and work dir; replay earlier steps (outputs discarded).  Returns the note for the agent."""
         self._res.stop_process()
+        self._res.drop_work()
         self._ensure_started()
         steps = self._history
         if not steps:
@@ -495,6 +538,7 @@ class Sandbox:
             except (_Timeout, _Gone, _ProtocolError) as exc:
                 why = "timeout" if isinstance(exc, _Timeout) else "the interpreter stopped"
                 self._res.stop_process()
+                self._res.drop_work()
                 self._ensure_started()
                 self._history = []
                 return (f"The interpreter was restarted, but restoring the state from earlier steps failed "
@@ -538,22 +582,41 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-_report: dict[str, bool] | None = None
-_report_lock = threading.Lock()
+def sandbox_report(*, unconfined: bool = False) -> dict[str, Any]:
+    """What model code runs inside on this host, for /ready and the start-up log: probed once per process.
+
+    `ok` False means code execution is refused, and `problem` says what is missing and how to provide it."""
+    if unconfined:
+        logger.warning("SANDBOX UNCONFINED (SCORE_SANDBOX_UNCONFINED=1): model code runs WITHOUT the bwrap "
+                       "boundary, with only in-process layers. Trusted development only; never in production.")
+        boundary = boundary_module.Boundary(True, "none", problem=None)
+    else:
+        boundary = boundary_module.check(_base_python())
+    report: dict[str, Any] = {"ok": boundary.ok, "boundary": "bwrap" if boundary.mode != "none" else "none",
+                              "mode": "unconfined" if unconfined else boundary.mode,
+                              "bwrap": boundary.bwrap_version,
+                              "nested_userns_blocked_by": boundary.nested_userns_blocked_by,
+                              "problem": None if boundary.ok else
+                              f"{boundary.problem}; {boundary_module.UNCONFINED_HINT}"}
+    layers: tuple[str, ...] = ()
+    if boundary.ok:
+        try:
+            with Sandbox(unconfined=unconfined) as sandbox:
+                layers = sandbox.isolation
+                for note in sandbox._res.process.notes:
+                    logger.info("sandbox layer inactive: %s", note)
+        except (SandboxError, OSError) as exc:
+            report.update(ok=False, problem=f"the sandbox probe failed: {exc}")
+    report["layers"] = {layer: layer in layers for layer in LAYERS}
+    return report
 
 
-def isolation_report() -> dict[str, bool]:
-    """Which layers this host permits, probed once with a throwaway sandbox (for /ready and docs)."""
-    global _report
-    with _report_lock:
-        if _report is None:
-            try:
-                with Sandbox() as sandbox:
-                    active = set(sandbox.isolation)
-                    for note in sandbox._res.process.notes:
-                        logger.info("sandbox layer inactive: %s", note)
-            except (SandboxError, OSError) as exc:
-                logger.warning("sandbox probe failed: %s", exc)
-                active = set()
-            _report = {layer: layer in active for layer in LAYERS}
-        return dict(_report)
+def prepare_service(*, unconfined: bool = False) -> dict[str, Any]:
+    """At a model service's start: make the service process undumpable, check the boundary, log loudly."""
+    undumpable = boundary_module.make_service_undumpable()
+    if not undumpable:
+        logger.warning("could not make the service process undumpable (PR_SET_DUMPABLE)")
+    report = {**sandbox_report(unconfined=unconfined), "service_undumpable": undumpable}
+    if not report["ok"]:
+        logger.error("MODEL CODE EXECUTION REFUSED: %s", report["problem"])
+    return report

@@ -70,18 +70,20 @@ def test_a_malformed_config_names_the_field_and_creates_nothing(client, home):
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())
 
 
-def test_a_bad_task_file_names_the_line_and_creates_nothing(client, home, tmp_path):
-    tasks = tmp_path / "tasks.jsonl"
+def test_a_bad_task_file_names_the_line_and_creates_nothing(client, home):
+    files = home / "files"  # task files must lie under SCORE_HOME (or SCORE_ALLOWED_PATHS)
+    files.mkdir(parents=True)
+    tasks = files / "tasks.jsonl"
     tasks.write_text('{"id": "a", "question": "1+1?", "true_answer": 2}\n{"id": "b", "question": 7, "true_answer": 1}\n')
     response = client.post("/v1/runs", json={"tasks": {"path": str(tasks)}})
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["param"] == "tasks.path" and "line 2" in error["message"] and "question" in error["message"]
 
-    missing = client.post("/v1/runs", json={"tasks": {"path": str(tmp_path / "nope.jsonl")}})
+    missing = client.post("/v1/runs", json={"tasks": {"path": str(files / "nope.jsonl")}})
     assert missing.status_code == 422 and "nope.jsonl" in missing.json()["error"]["message"]
 
-    few = tmp_path / "few.jsonl"
+    few = files / "few.jsonl"
     few.write_text("".join(json.dumps({"id": f"t{i}", "question": f"What is {i} + {i}?", "true_answer": 2 * i}) + "\n"
                            for i in range(5)))
     too_few = client.post("/v1/runs", json={"tasks": {"path": str(few), "n_bc_init": 10}})

@@ -10,6 +10,7 @@ import pytest
 from services.coordinator.exports import (
     VERL_SCHEMA, export_messages, export_sharegpt, export_verl, sharegpt_conversation, write_export,
 )
+from services.coordinator.records import trained_on
 from shared.agent.format import episode_messages
 from shared.agent.prompts import OBSERVATION_PREFIX, SYSTEM_PROMPT
 from shared.schemas.agent import Step
@@ -26,7 +27,11 @@ def test_messages_keep_correct_trajectories_with_their_keys(records):
     correct = [r for r in records if r.correct]
     assert len(rows) == len(correct) == 6
     for row, record in zip(rows, correct):
-        assert row["messages"] == episode_messages(record.task, record.steps)
+        # The messages are the episode's, each assistant turn with OpenAI's `weight` as SCoRe-SFT trains it.
+        assert [{k: v for k, v in m.items() if k != "weight"} for m in row["messages"]] == episode_messages(
+            record.task, record.steps)
+        assert [m["weight"] for m in row["messages"] if m["role"] == "assistant"] == [
+            int(trained_on(record, step)) for step in record.steps]
         assert (row["task_id"], row["outcome"], row["stage"]) == (record.task.id, record.outcome, record.stage)
 
 

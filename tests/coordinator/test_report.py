@@ -110,7 +110,7 @@ def test_metrics_counts(records):
     assert mps["correction_step_histogram"] == {"0": 0, "1": 4, "2": 3, "3": 1}
     assert mps["teacher_tokens"] == 10 * 7 and mps["student_tokens"] == 40 + 50 + 60 + 30 + 70
     assert m["rl"]["prefixes"] == 2 and m["rl"]["steps"] == RL_STEPS
-    assert m["key_step_rewards"] == {"correct": 9, "equivalent": 9, "repeat": 9, "other": 15, "no_answer": 6}
+    assert m["key_step_rewards"] == {"correct": 9, "wrong_final": 0, "equivalent": 9, "repeat": 9, "other": 15, "no_answer": 6}
     assert m["teacher_tokens"] == {"bc_init": 310, "mps": 100, "baseline": 150}
     assert m["datasets"]["bc_init"] == 2 and m["datasets"]["baseline"] == 3
     assert m["timing"] == TIMING
@@ -181,7 +181,7 @@ def test_partial_eval_and_recovered_rl_step(tmp_path, records):
     write_report(tmp_path, metrics)
     report = (tmp_path / "report.md").read_text()
     assert "| bc_init |" in report and "| teacher |" not in report
-    assert metrics["key_step_rewards"] == dict.fromkeys(("correct", "equivalent", "repeat", "other", "no_answer"), 0)
+    assert metrics["key_step_rewards"] == dict.fromkeys(("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer"), 0)
     table = results_table(metrics)
     assert "bc_init" in table and "1/10" in table and table.count("\n") == 2
 
@@ -192,3 +192,17 @@ def test_results_table_lists_every_policy_in_stage_order(records):
     assert lines[0].split()[0] == "policy" and "held-out success" in lines[0]
     assert [line.split()[0] for line in lines[2:]] == ["bc_init", "sft", "rl", "baseline", "teacher"]
     assert "50.0%" in lines[4] and "10/20" in lines[4]
+
+
+def test_report_html_inlines_every_plot_and_escapes_model_text(tmp_path, records):
+    from services.coordinator.report_html import render_report_html
+
+    hostile = DeadLetter(stage="mps", item_key="train-arith-9", error="<script>alert(1)</script>", attempts=3,
+                         time=1.0)
+    metrics = build_metrics(make_info(), records, RL_STEPS, [*DEAD, hostile], TIMING)
+    write_report(tmp_path, metrics)
+    page = render_report_html(tmp_path)
+    assert page.startswith("<!doctype html>") and "<table>" in page and RUN_ID in page
+    assert page.count('<img src="data:image/png;base64,') == len(PLOTS)
+    assert "plots/" not in page  # no image needs a second request
+    assert "<script>" not in page and "&lt;script&gt;" in page

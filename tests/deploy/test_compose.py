@@ -356,3 +356,28 @@ def test_docker_compose_validates(args):
     result = subprocess.run(["docker-compose", *args, "config", "-q"], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --- outside names: variables whose defaults are the public ones ------------------------------------------------
+
+
+def _dockerfile_default(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S*)$", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    assert match, f"the Dockerfile has no ARG {name}"
+    return match[1]
+
+
+def test_every_outside_name_is_a_variable_defaulting_to_the_upstream_one():
+    raw = raw_compose()
+    build = raw["x-score-image"]["build"]
+    for arg in ("PYTHON_IMAGE", "TORCH_INDEX_URL", "TORCH_TRUSTED_HOST", "PIP_INDEX_URL", "PIP_TRUSTED_HOST"):
+        # the same default as the Dockerfile's, so `docker build` and `docker compose build` build the same image
+        assert build["args"][arg] == f"${{{arg}:-{_dockerfile_default(arg)}}}", arg
+    assert build["network"] == "${SCORE_BUILD_NETWORK:-default}"
+    assert raw["services"]["redis"]["image"] == "${REDIS_IMAGE:-redis:7.4.2}"
+    services = active_services(raw, {"REDIS_IMAGE": "local/redis:1", "PYTHON_IMAGE": "local/python:3.11"}, set())
+    assert services["redis"]["image"] == "local/redis:1"
+    assert services["student"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3.11"
+    upstream = active_services(raw, {}, set())
+    assert upstream["redis"]["image"] == "redis:7.4.2"
+    assert upstream["student"]["build"]["args"]["PIP_INDEX_URL"] == "https://pypi.org/simple"

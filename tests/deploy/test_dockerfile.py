@@ -19,7 +19,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 # What the build copies: excluding any of these would break the image.
 BUILD_INPUTS = ("requirements.lock", "pyproject.toml", "README.md", "shared/settings.py", "services/cli.py",
-                "configs/demo.yaml")
+                "configs/demo.yaml", "scripts/check_lock.py")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -62,10 +62,21 @@ def dockerfile_problems(text: str) -> list[str]:
         problems.append("torch==2.13.0 is not installed from ${TORCH_INDEX_URL}")
     if args.get("TORCH_INDEX_URL") != "https://download.pytorch.org/whl/cpu":
         problems.append("TORCH_INDEX_URL is not a build argument defaulting to the CPU index")
-    if not re.search(r"pip install -r \S*requirements\.lock", runs):
-        problems.append("requirements.lock is not installed")
-    if not re.search(r"pip install --no-deps", runs):
-        problems.append("the project is not installed with --no-deps")
+    if args.get("PIP_INDEX_URL") != "https://pypi.org/simple":
+        problems.append("PIP_INDEX_URL is not a build argument defaulting to PyPI")
+    for index, host in (("TORCH_INDEX_URL", "TORCH_TRUSTED_HOST"), ("PIP_INDEX_URL", "PIP_TRUSTED_HOST")):
+        if host not in args or not re.search(r"\$\{%s:\+--trusted-host \"?\$\{%s\}\"?\}" % (host, host), runs):
+            problems.append(f"{host} is not a build argument passed to the install from {index}")
+    if not re.search(r"pip install --index-url \"?\$\{?PIP_INDEX_URL\}?\"? [^;&]*-c \S*requirements\.lock", runs):
+        problems.append("requirements.lock does not constrain the install from ${PIP_INDEX_URL}")
+    if re.search(r"pip install [^;&]*-r \S*requirements\.lock", " ".join(r for k, r in final if k == "RUN")):
+        problems.append("the runtime stage installs the whole lock, test tools included")
+    if not re.search(r"check_lock\.py \S*requirements\.lock", runs):
+        problems.append("the installed packages are not checked against requirements.lock")
+    leaked = [name for name in ("PIP_INDEX_URL", "PIP_TRUSTED_HOST", "TORCH_INDEX_URL", "TORCH_TRUSTED_HOST")
+              if any(name in rest for keyword, rest in final if keyword in ("ARG", "ENV"))]
+    if leaked:
+        problems.append(f"the runtime stage keeps index settings: {leaked}")
     base = args.get("PYTHON_IMAGE", "")
     if not re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base) or final[0][1].split()[0] != "${PYTHON_IMAGE}":
         problems.append("the runtime stage is not a pinned python:3.11.x-slim")
@@ -87,10 +98,16 @@ def ignore_patterns() -> list[str]:
 
 
 def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or a folder above it decides; `!` re-includes."""
     parts = path.split("/")
     prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatch(prefix, pattern.removeprefix("**/")) or fnmatch.fnmatch(parts[-1], pattern.removeprefix("**/"))
-               for pattern in patterns for prefix in prefixes)
+    result = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        bare = pattern.removeprefix("!").removeprefix("**/")
+        if any(fnmatch.fnmatch(prefix, bare) for prefix in prefixes) or fnmatch.fnmatch(parts[-1], bare):
+            result = not negated
+    return result
 
 
 def test_dockerfile_has_what_the_deployment_needs():
@@ -102,7 +119,17 @@ BROKEN = {
     "root": (lambda t: t.replace("USER score", "USER root"), "runs as root"),
     "unpinned torch": (lambda t: t.replace("torch==2.13.0", "torch"), "torch==2.13.0"),
     "fixed index": (lambda t: t.replace('"${TORCH_INDEX_URL}"', "https://download.pytorch.org/whl/cpu"), "torch==2.13.0"),
-    "no lock": (lambda t: t.replace("-r /tmp/requirements.lock", "fastapi"), "requirements.lock"),
+    "no lock": (lambda t: t.replace("-c /tmp/requirements.lock", ""), "requirements.lock does not constrain"),
+    "whole lock in the image": (lambda t: t.replace("-c /tmp/requirements.lock -e .", "-r /tmp/requirements.lock"),
+                                "requirements.lock does not constrain"),
+    "no lock check": (lambda t: t.replace("RUN python /tmp/check_lock.py /tmp/requirements.lock", ""), "checked"),
+    "fixed pypi": (lambda t: t.replace('--index-url "${PIP_INDEX_URL}"', "--index-url https://pypi.org/simple"),
+                   "does not constrain"),
+    "trusted host ignored": (lambda t: t.replace('${PIP_TRUSTED_HOST:+--trusted-host "${PIP_TRUSTED_HOST}"}', ""),
+                             "PIP_TRUSTED_HOST"),
+    "index kept in the image": (lambda t: t.replace("ENV PATH=/opt/venv/bin:$PATH \\\n    SCORE_HOME",
+                                                    "ENV PIP_INDEX_URL=${PIP_INDEX_URL} PATH=/opt/venv/bin:$PATH \\\n    SCORE_HOME"),
+                                "keeps index settings"),
     "no healthcheck": (lambda t: re.sub(r"HEALTHCHECK .*?\n(?=ENTRYPOINT)", "", t, flags=re.S), "HEALTHCHECK"),
     "latest python": (lambda t: t.replace("python:3.11.13-slim-bookworm", "python:latest"), "pinned"),
 }
@@ -119,7 +146,8 @@ def test_broken_dockerfiles_are_caught(case):
 def test_dockerignore_keeps_environments_and_history_out_but_the_build_inputs_in():
     patterns = ignore_patterns()
     for path in (".venv/bin/python", ".git/HEAD", "bench/results/x.json", "shared/__pycache__/a.pyc",
-                 ".pytest_cache/v", "score_distill.egg-info/PKG-INFO", "tests/conftest.py"):
+                 ".pytest_cache/v", "score_distill.egg-info/PKG-INFO", "tests/conftest.py", "scripts/quickstart.sh",
+                 ".build/offline/wheels/torch.whl"):
         assert ignored(path, patterns), path
     for path in BUILD_INPUTS:
         assert (ROOT / path).exists() and not ignored(path, patterns), path

@@ -25,6 +25,7 @@ from shared.models.loading import (
 )
 from shared.models.openai_engine import OpenAIEngine, refuse_full_checkpoint
 from shared.schemas.rl import GRPOHyperparameters
+from shared.settings import Settings
 from tests.student.conftest import student_config
 
 IDS = torch.tensor([[5, 17, 230, 41, 9, 1200, 88, 3]])
@@ -170,7 +171,9 @@ def test_a_full_checkpoint_gets_a_new_seeded_adapter_or_trains_as_is(student_mod
 
 def test_the_student_service_loads_an_adapter_through_post_weights(adapter, score_home, student_model_dir):
     directory, peft_model = adapter
-    with TestClient(create_app(student_config(score_home))) as client:
+    # The adapter lies outside SCORE_HOME: the operator's allow-list lets the service load it.
+    settings = Settings(home=score_home, allowed_paths=[directory.parent])
+    with TestClient(create_app(student_config(score_home, settings=settings))) as client:
         info = client.post("/v1/weights", json={"path": str(directory), "version": 4})
         assert info.status_code == 200, info.text
         assert info.json()["policy_version"] == 4 and info.json()["path"] == str(directory)
@@ -182,7 +185,8 @@ def test_the_student_service_loads_an_adapter_through_post_weights(adapter, scor
 
 def test_the_student_service_refuses_a_broken_adapter_naming_the_field(adapter, score_home, tmp_path):
     broken = _copy_with_config(adapter[0], tmp_path / "broken", base_model_name_or_path="/nonexistent/base")
-    with TestClient(create_app(student_config(score_home))) as client:
+    settings = Settings(home=score_home, allowed_paths=[tmp_path])
+    with TestClient(create_app(student_config(score_home, settings=settings))) as client:
         response = client.post("/v1/weights", json={"path": str(broken)})
         assert response.status_code == 422, response.text
         assert "base_model_name_or_path" in response.json()["error"]["message"]

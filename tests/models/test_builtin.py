@@ -9,7 +9,7 @@ import torch
 
 from shared.models import builtin
 from shared.models.builtin import MANIFEST, builtin_model_dir, ensure_builtin_model
-from shared.models.loading import load_causal_lm, resolve_model_path
+from shared.models.loading import load_causal_lm
 from shared.models.tokenizer import CHATML_TEMPLATE
 
 
@@ -120,13 +120,6 @@ def test_concurrent_processes_share_one_build(tmp_path):
     assert logs.count("built teacher model") == 1
     assert logs.count("built tokenizer") == 1
     assert not list((tmp_path / "models" / "builtin").glob(".*"))
-
-
-def test_resolve_model_path(score_home, student_model_dir, tmp_path):
-    assert resolve_model_path(None, "student", score_home) == student_model_dir
-    assert resolve_model_path(str(tmp_path), "student") == tmp_path
-    with pytest.raises(FileNotFoundError, match="no-such-model"):
-        resolve_model_path(str(tmp_path / "no-such-model"), "student")
 
 
 def test_load_errors_name_the_path(tmp_path):

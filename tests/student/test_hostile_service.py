@@ -1,26 +1,26 @@
 """The hostile-code suite through the student service: a real process, real HTTP, real sandboxes.
 
-Every snippet goes in as a trusted prefix step (replayed with `max_turns: 0`), which is the path
-model-written code takes through the service; each must be contained with a clear observation, the
-service's secret must never show, nothing may change outside the sandbox, and the service must keep
-serving afterwards.
+`scripts/hostile_probe.py` sends every snippet as a trusted prefix step (replayed with `max_turns: 0`, the path
+model-written code takes through the service), each followed by a step that must still work; each must be
+contained with a clear observation, the service's secret must never show, and afterwards the service must answer
+`/health` and a normal rollout within 2 s. This test also checks what the probe cannot see from outside: nothing
+changed on the host, and the service process survived and cannot be dumped.
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.service_process import ServiceProcess
-from tests.tools.hostile_snippets import CANARY_PATH, ESCAPE_PATHS, HOSTILE_CASES, SECRET_ENV
+from tests.tools.hostile_snippets import CANARY_PATH, ESCAPE_PATHS, SCORE_HOMES, SECRET_ENV
 
 pytestmark = pytest.mark.slow
 SECRET = "hostile-suite-secret-4f1c9a"
-
-
-def _item(name, code):
-    return {"task": {"id": name, "question": "Run the code."},
-            "prefix_steps": [{"kind": "plan", "thought": "run it"}, {"kind": "act", "thought": "", "code": code}]}
+PROBE = Path(__file__).resolve().parents[2] / "scripts" / "hostile_probe.py"
 
 
 def test_hostile_suite_is_contained_by_the_service(score_home, tmp_path):
@@ -28,31 +28,23 @@ def test_hostile_suite_is_contained_by_the_service(score_home, tmp_path):
     for path in ESCAPE_PATHS:
         if os.path.exists(path):
             os.remove(path)
+    home_before = sorted(os.listdir(score_home))
     service = ServiceProcess("student", home=score_home, log_dir=tmp_path, env={SECRET_ENV: SECRET})
-    headers = {"Authorization": f"Bearer {SECRET}"}
     try:
-        service.wait_ready(headers=headers)
-        body = {"items": [_item(case.name, case.code) for case in HOSTILE_CASES], "max_turns": 0}
-        response = httpx.post(f"{service.url}/v1/rollouts", json=body, headers=headers, timeout=600)
-        assert response.status_code == 200, response.text
-        episodes = response.json()["episodes"]
-        assert len(episodes) == len(HOSTILE_CASES)
-        failures = []
-        for case, episode in zip(HOSTILE_CASES, episodes):
-            observation = episode["steps"][1]["observation"] or ""
-            if not any(phrase in observation.lower() for phrase in case.expect):
-                failures.append(f"{case.name}: expected one of {case.expect}, got {observation[:300]!r}")
-            if SECRET in observation:
-                failures.append(f"{case.name}: the service's secret leaked")
-        assert not failures, "\n".join(failures)
-
+        service.wait_ready(headers={"Authorization": f"Bearer {SECRET}"})
+        probe = subprocess.run([sys.executable, str(PROBE), "--student-url", service.url, "--token", SECRET,
+                                "--secret", SECRET], capture_output=True, text=True, timeout=900,
+                               env={**os.environ, "SCORE_HOSTILE_ID": str(os.getpid())})   # the same paths as here
+        assert probe.returncode == 0, probe.stdout[-6000:] + probe.stderr[-2000:]
+        assert '"not_contained": []' in probe.stdout
         assert os.path.exists(CANARY_PATH), "a snippet deleted a file outside the sandbox"
         assert not [p for p in ESCAPE_PATHS if os.path.exists(p)], "a snippet wrote outside the sandbox"
+        assert sorted(os.listdir(score_home)) == home_before, "a snippet changed SCORE_HOME"
+        assert not any(os.path.exists(f"{home}/poisoned-{os.getpid()}") for home in SCORE_HOMES)
         assert service.process.poll() is None, "the service died"
-        assert httpx.get(f"{service.url}/health").status_code == 200
-        benign = {"items": [_item("benign", "x = 6 * 7\nfinal_answer_print(x)")], "max_turns": 0}
-        after = httpx.post(f"{service.url}/v1/rollouts", json=benign, headers=headers, timeout=60).json()
-        assert after["episodes"][0]["final_answer"] == "42"
+        # The service process is not dumpable: same-uid processes cannot ptrace it or read its memory.
+        ready = httpx.get(f"{service.url}/ready", headers={"Authorization": f"Bearer {SECRET}"}).json()
+        assert ready["sandbox"]["service_undumpable"] is True
     finally:
         service.stop()
         if os.path.exists(CANARY_PATH):

@@ -22,7 +22,8 @@ def _perturbed_checkpoint(source, target, scale):
 
 
 def test_load_weights_changes_generation_and_version(score_home, student_model_dir, tmp_path):
-    checkpoint = _perturbed_checkpoint(student_model_dir, tmp_path / "v1", 0.5)
+    # Paths named in requests must lie under SCORE_HOME (or SCORE_ALLOWED_PATHS).
+    checkpoint = _perturbed_checkpoint(student_model_dir, score_home / "incoming" / "changes-generation", 0.5)
     named = score_home / "checkpoints" / "unit-student" / "v7"
     _perturbed_checkpoint(student_model_dir, named, 0.3)
     with TestClient(create_app(student_config(score_home))) as client:
@@ -40,7 +41,7 @@ def test_load_weights_changes_generation_and_version(score_home, student_model_d
 
 
 def test_a_rollout_in_flight_finishes_on_the_version_it_started_with(score_home, student_model_dir, tmp_path):
-    checkpoint = _perturbed_checkpoint(student_model_dir, tmp_path / "v1", 0.1)
+    checkpoint = _perturbed_checkpoint(student_model_dir, score_home / "incoming" / "in-flight", 0.1)
     with TestClient(create_app(student_config(score_home))) as client:
         rollout = {"items": [{"task": {"id": "t", "question": "Compute 5 * 6."}}], "n": 4, "max_turns": 4,
                    "sampling": {"temperature": 1.0, "max_tokens": 64, "seed": 0}}

@@ -46,6 +46,14 @@ def test_verify_finds_the_broken_step_and_its_correction_reaches_the_gold_answer
     # Full rollouts run only from divergent prefixes, earliest first: one per correction here.
     assert body["cost"]["full_rollouts"] / len(items) <= 1.5
     assert body["cost"]["full_rollouts"] == sum(c["cost"]["full_rollouts"] for c in corrections)
+    # The expert counts what a model teacher would spend: proposals at every act prefix, and the full
+    # rollouts' share itemised within the totals.
+    # (A rollout after a corrected final-answer step writes nothing more.)
+    for c in corrections:
+        cost = c["cost"]
+        assert cost["teacher_tokens"] > cost["rollout_tokens"] >= 0 and cost["judge_tokens"] == 0
+        assert cost["teacher_prompt_tokens"] > cost["rollout_prompt_tokens"] >= 0
+    assert sum(c["cost"]["rollout_tokens"] for c in corrections) > 0
 
 
 def test_verify_sees_through_code_written_differently(expert_client):
@@ -65,6 +73,9 @@ def test_judge_with_the_expert_finds_the_same_steps(expert_client):
     corrections = response.json()["corrections"]
     assert sum(c["first_error_step"] == p for c, p in zip(corrections, positions)) / len(items) >= 0.95
     assert all(c["cost"]["full_rollouts"] == 0 for c in corrections)  # the judge never rolls out
+    # The verdict's would-be tokens count as judgement; the corrected step's as the rest.
+    assert all(c["cost"]["teacher_tokens"] > c["cost"]["judge_tokens"] > 0 and c["cost"]["rollout_tokens"] == 0
+               for c in corrections if not c["hard"])
     assert all(c["corrected_step"]["observation"] for c in corrections if not c["hard"])
 
 

@@ -3,6 +3,9 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from shared.agent.format import render_step
+from shared.models.builtin import ensure_builtin_model
+from shared.models.loading import load_tokenizer
 from shared.schemas.teacher import TeacherRolloutResponse
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
@@ -16,7 +19,8 @@ def _task(family: str, seed: int = 3) -> dict:
 
 
 @pytest.mark.parametrize("family", ["arith", "kb"])
-def test_the_expert_plays_its_gold_trajectory_in_the_sandbox(expert_client, family):
+def test_the_expert_plays_its_gold_trajectory_in_the_sandbox(expert_client, family, score_home):
+    tokenizer = load_tokenizer(ensure_builtin_model("teacher", score_home))
     tasks = builtin_tasks(family=family, n=3, seed=11)
     body = {"items": [{"task": t.model_dump(mode="json")} for t in tasks], "max_turns": 32}
     response = expert_client.post("/v1/rollouts", json=body)
@@ -31,7 +35,11 @@ def test_the_expert_plays_its_gold_trajectory_in_the_sandbox(expert_client, fami
         assert [(s.kind, s.code) for s in episode.steps] == [(s.kind, s.code) for s in gold]
         # Executed, not copied: every act step but the final one printed something, none raised.
         assert all(s.observation and "Error" not in s.observation for s in episode.steps[1:-1]), episode.steps
-        assert episode.cost.sandbox_runs == 1 and episode.cost.teacher_tokens == 0
+        # No model ran, but the cost is what a model teacher would have spent writing these steps: each step's
+        # canonical text and its end-of-turn token in the teacher's tokenizer, one call per step.
+        written = sum(len(tokenizer.encode(render_step(s), add_special_tokens=False)) + 1 for s in gold)
+        assert episode.cost.sandbox_runs == 1 and episode.cost.teacher_calls == len(gold)
+        assert episode.cost.teacher_tokens == written and episode.cost.teacher_prompt_tokens > written
     assert parsed.cost.sandbox_runs == len(tasks)
     assert "token_ids" not in response.json()["episodes"][0]
 

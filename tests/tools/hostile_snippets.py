@@ -2,9 +2,11 @@
 
 Each case is model-written code that tries to escape, starve or crash the sandbox,
 with `expect`: case-insensitive phrases of which at least one must appear in the
-observation.  Several phrases are allowed where different hosts stop the snippet
-at different layers (e.g. "blocked" by the audit hook, "no such file" when the
-minimal root hides the path).
+observation.  Several phrases are allowed where different layers stop the snippet
+(e.g. "blocked" by the audit hook, "no such file" where the boundary hides the
+path).  No observation may contain `ESCAPED_MARK`: snippets that try several
+things print it for each one that worked.  `BENIGN_CASES` is ordinary agent code
+that must give exactly the same observation in every configuration.
 
 Stdlib only and free of side effects at import: a test that uses the cases is
 responsible for the environment they assume:
@@ -21,19 +23,25 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+ESCAPED_MARK = "escaped:"
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_SOURCE = PROJECT_ROOT / "shared" / "tools" / "sandbox.py"
 SETTINGS_SOURCE = PROJECT_ROOT / "shared" / "settings.py"
 SECRET_ENV = "SCORE_API_TOKEN"
 # Unique per test process: concurrent test runs must not see (or delete) each other's files.
-# The snippets are generated here, so whoever runs them uses the same paths.
-_UNIQUE = os.getpid()
+# The snippets are generated here, so whoever runs them uses the same paths (a test that has another
+# process send them, e.g. scripts/hostile_probe.py, passes its own pid in SCORE_HOSTILE_ID).
+_UNIQUE = int(os.environ.get("SCORE_HOSTILE_ID") or os.getpid())
 CANARY_PATH = f"/tmp/score-sandbox-canary-{_UNIQUE}.txt"
 ESCAPE_PATHS = (
     f"/tmp/score-sandbox-escape-{_UNIQUE}.txt",
     str(PROJECT_ROOT / f"score-sandbox-escape-{_UNIQUE}.txt"),
     f"/score-sandbox-escape-{_UNIQUE}.txt",
 )
+# Where a service keeps models and checkpoints (SCORE_HOME): the test's, the image's, the default.
+SCORE_HOMES = tuple(dict.fromkeys([os.environ.get("SCORE_HOME") or str(Path.home() / ".score"), "/data",
+                                   str(Path.home() / ".score")]))
 
 BLOCKED = ("blocked",)
 TIMED_OUT = ("timed out",)
@@ -53,6 +61,39 @@ class HostileCase:
 
 def _case(name: str, code: str, expect: tuple[str, ...]) -> HostileCase:
     return HostileCase(name, textwrap.dedent(code).strip() + "\n", expect)
+
+
+# Prepended to snippets that try many things: `attempt(name, fn)` prints ESCAPED_MARK when fn succeeds.
+_ATTEMPT = f"""
+def attempt(name, fn):
+    try:
+        value = fn()
+    except BaseException as exc:
+        print("refused", name, type(exc).__name__)
+        return False
+    print({ESCAPED_MARK!r}, name, repr(value)[:80])
+    return True
+"""
+# Everything the service keeps from model code, tried by `_ESCAPES` after whatever bypass came before it.
+_ESCAPES = f"""
+import os
+attempt("parent_environ", lambda: open(f"/proc/{{os.getppid()}}/environ", "rb").read())
+attempt("parent_mem", lambda: open(f"/proc/{{os.getppid()}}/mem", "rb").read(16))
+attempt("pid1_environ", lambda: open("/proc/1/environ", "rb").read())
+for home in {SCORE_HOMES!r}:
+    attempt("list_score_home", lambda: os.listdir(home))
+    attempt("write_score_home", lambda: open(home + "/poisoned-{_UNIQUE}", "w").write("x"))
+attempt("list_tmp", lambda: [n for n in os.listdir("/tmp") if n.startswith("score-sandbox")])
+attempt("write_tmp", lambda: open({ESCAPE_PATHS[0]!r}, "w").write("x"))
+attempt("write_dev_shm", lambda: open("/dev/shm/score-escape-{_UNIQUE}", "w").write("x"))
+attempt("read_project", lambda: open({str(SANDBOX_SOURCE)!r}).read(10))
+attempt("read_shadow", lambda: open("/etc/shadow").read(10))
+print("contained")
+"""
+
+
+def _attempts(code: str) -> str:
+    return _ATTEMPT + textwrap.dedent(code)
 
 
 HOSTILE_CASES: list[HostileCase] = [
@@ -112,7 +153,7 @@ HOSTILE_CASES: list[HostileCase] = [
             while True:
                 chunks.append(bytearray(10 ** 7))
         grow()
-    """, ("memoryerror",)),
+    """, ("memoryerror", "timed out")),   # a loaded box may not fill 512 MiB within the step timeout
     _case("recursion_bomb", "def f(n):\n    return f(n + 1)\nf(0)", ("recursionerror",)),
     _case("recursion_limit_raise", "import sys\nsys.setrecursionlimit(10 ** 6)", BLOCKED),
     _case("nested_repr_crash", """
@@ -254,4 +295,184 @@ HOSTILE_CASES: list[HostileCase] = [
                 pass
         print("pipes closed")
     """, ("control pipe", "protocol")),
+    # --- the audit hook bypassed: the boundary must hold on its own
+    # Reach the hook's frames through a refused call's traceback and rewrite every policy value found
+    # there (closure cells, defaults), then try everything the service keeps from model code.
+    _case("hook_rewrite_then_escape", _attempts("""
+        rewritten = 0
+        try:
+            open("/etc/passwd")
+        except PermissionError as exc:
+            tb = exc.__traceback__
+            while tb is not None:
+                for value in list(tb.tb_frame.f_locals.values()):
+                    cells = getattr(value, "__closure__", None)
+                    for cell in cells if isinstance(cells, tuple) else ():
+                        try:
+                            cell.cell_contents = "/" if isinstance(cell.cell_contents, str) else ("/",)
+                            rewritten += 1
+                        except Exception:
+                            pass
+                    if isinstance(getattr(value, "__defaults__", None), tuple):
+                        try:
+                            value.__defaults__ = tuple(("/",) if isinstance(d, tuple) else d
+                                                       for d in value.__defaults__)
+                            rewritten += 1
+                        except Exception:
+                            pass
+                tb = tb.tb_next
+        print("rewritten", rewritten)
+    """) + _ESCAPES, ("contained",)),
+    _case("escapes_without_bypass", _attempts("") + _ESCAPES, ("contained",)),
+    # --- the uid model code runs as
+    _case("runs_as_nobody", "import os\nprint('uid', os.getuid(), os.geteuid(), os.getgid())",
+          ("uid 65534 65534 65534",)),
+    # --- the service's scheduling
+    _case("renice_and_repin_service", _attempts("""
+        import os
+        for pid in {os.getppid(), 1}:
+            attempt(f"renice {pid}", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
+            attempt(f"repin {pid}", lambda: os.sched_setaffinity(pid, {0}))
+        attempt("renice_user", lambda: os.setpriority(os.PRIO_USER, os.getuid(), 19))
+        attempt("renice_group", lambda: os.setpriority(os.PRIO_PGRP, 0, 19))
+        print("contained")
+    """), ("contained",)),
+    # --- SQLite writes files wherever its path says
+    _case("sqlite_attach_outside", _attempts(f"""
+        import sqlite3
+        db = sqlite3.connect(":memory:")
+        attempt("attach", lambda: db.execute("ATTACH DATABASE '{ESCAPE_PATHS[0]}' AS x").fetchall())
+        attempt("vacuum_into", lambda: db.execute("VACUUM INTO '{ESCAPE_PATHS[1]}'").fetchall())
+        attempt("uri", lambda: sqlite3.connect("file:{ESCAPE_PATHS[0]}?mode=rwc", uri=True).execute("CREATE TABLE t(v)"))
+        attempt("attach_score_home", lambda: db.execute("ATTACH DATABASE '{SCORE_HOMES[0]}/x.db' AS y").fetchall())
+        print("contained")
+    """), ("contained",)),
+    # --- forged bytecode
+    _case("marshal_forged_code", """
+        import marshal
+        exec(marshal.loads(marshal.dumps(compile("print('escaped: marshal')", "m", "exec"))))
+    """, BLOCKED),
+    _case("marshal_crash_bytes", "import marshal\nmarshal.loads(b'\\xe3' + b'\\x00' * 64)", BLOCKED),
+    _case("pyc_import_forged", """
+        import importlib.util, marshal, sys
+        code = compile("print('escaped: pyc')", "forged", "exec")
+        open("forged_mod.pyc", "wb").write(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))
+        sys.path.insert(0, ".")
+        import forged_mod
+    """, BLOCKED),
+    _case("pyc_spoofed_stdlib_path", """
+        import importlib._bootstrap_external as ext, marshal, os
+        code = compile("print('escaped: spoofed pyc')", "forged", "exec")
+        exec(ext._compile_bytecode(marshal.dumps(code), name="os", bytecode_path=ext.cache_from_source(os.__file__)))
+    """, BLOCKED),
+    # --- the step id: find it wherever Python can reach, forge the step's result with each candidate
+    _case("forge_step_result", """
+        import json, os, struct, sys
+        candidates = set()
+        def collect(value):
+            if isinstance(value, str) and len(value) == 16:
+                candidates.add(value)
+            elif isinstance(value, dict):
+                for item in list(value.values()):
+                    if isinstance(item, str) and len(item) == 16:
+                        candidates.add(item)
+        frame = sys._getframe()
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                collect(value)
+                cells = getattr(value, "__closure__", None)
+                for cell in cells if isinstance(cells, tuple) else ():
+                    contents = cell.cell_contents
+                    collect(contents)
+                    collect(getattr(contents, "__dict__", None))
+            frame = frame.f_back
+        for candidate in candidates:
+            frame = json.dumps({"op": "done", "id": candidate, "status": "ok", "output": "escaped: forged",
+                                "total": 15, "error": None, "final_answer": "forged"}).encode()
+            for fd in range(3, 64):
+                try:
+                    os.write(fd, struct.pack("!I", len(frame)) + frame)
+                except OSError:
+                    pass
+        print("no candidate" if not candidates else "forged", len(candidates))
+    """, ("no candidate", "protocol")),
+    # --- the work dir: quota, cleanup
+    _case("disk_quota", """
+        import os
+        written = 0
+        try:
+            for i in range(200):
+                with open(f"fill{i}", "wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, 15 * 2 ** 20)
+                written += 15
+            print("escaped: wrote", written, "MiB")
+        except OSError as exc:
+            print("stopped after", written, "MiB:", exc)
+    """, ("no space left",)),
+    # 1,400 nested directories (made through dir fds, as os.makedirs would recurse too deep), the top one
+    # chmod 000: cleanup must neither raise nor leave them behind.
+    _case("deep_tree", """
+        import os
+        fd = os.open(".", os.O_RDONLY)
+        for _ in range(1400):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(fd)
+        os.chmod("d", 0)
+        print("depth 1400")
+    """, ("depth 1400",)),
+    _case("dev_shm_and_tmp", _attempts(f"""
+        attempt("dev_shm", lambda: open("/dev/shm/score-escape-{_UNIQUE}", "w").write("x"))
+        attempt("tmp", lambda: open("/tmp/score-escape-{_UNIQUE}", "w").write("x"))
+        attempt("list_tmp", lambda: __import__("os").listdir("/tmp"))
+        print("contained")
+    """), ("contained",)),
+]
+
+
+@dataclass(frozen=True)
+class BenignCase:
+    name: str
+    code: str
+    observation: str   # exact, the same in every configuration
+
+
+BENIGN_CASES: list[BenignCase] = [
+    BenignCase("relative_path_file_ops", textwrap.dedent("""
+        import os, pathlib, shutil
+        os.mkdir("a")
+        os.rename("a", "b")
+        pathlib.Path("c/d").mkdir(parents=True)
+        os.replace("b", "c/b")
+        shutil.move("c", "e")
+        os.makedirs("f/g", exist_ok=True)
+        os.rmdir("f/g")
+        pathlib.Path("e/note.txt").write_text("hi")
+        shutil.copy("e/note.txt", "copy.txt")
+        os.remove("copy.txt")
+        print(sorted(os.listdir(".")), sorted(os.listdir("e")), open("e/note.txt").read())
+    """).strip(), "['e', 'f'] ['b', 'd', 'note.txt'] hi"),
+    BenignCase("tempfile_and_sqlite_file", textwrap.dedent("""
+        import sqlite3, tempfile
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("data")
+        db = sqlite3.connect("local.db")
+        db.execute("CREATE TABLE t(v)")
+        db.execute("INSERT INTO t VALUES (42)")
+        db.commit()
+        print(open(f.name).read(), db.execute("SELECT v FROM t").fetchone()[0])
+    """).strip(), "data 42"),
+    BenignCase("namedtuple_defaults_and_dataclass", textwrap.dedent("""
+        import collections, dataclasses, typing
+        P = collections.namedtuple("P", "x y", defaults=(0,))
+        class Q(typing.NamedTuple):
+            a: int
+            b: int = 2
+        @dataclasses.dataclass
+        class R:
+            c: int = 3
+        print(P(1), Q(1), R())
+    """).strip(), "P(x=1, y=0) Q(a=1, b=2) R(c=3)"),
 ]

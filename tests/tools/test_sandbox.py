@@ -1,17 +1,20 @@
-"""Library-level tests of the sandboxed interpreter (shared/tools/sandbox.py).
+"""Library-level tests of the sandboxed interpreter (shared/tools/sandbox.py, boundary.py).
 
-Short timeouts keep the file fast; every hostile case gets a fresh sandbox (start-up
-is ~50 ms) so one case cannot influence the next.
+Short timeouts keep the file fast; every hostile case gets a fresh sandbox so one case
+cannot influence the next.  The suite runs in whatever configuration pytest runs in
+(root on a dev box, an unprivileged CI user); when run as root, one slow test also runs
+the whole suite as an unprivileged uid with no capabilities.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -20,28 +23,30 @@ from pathlib import Path
 
 import pytest
 
+import shared.tools.boundary as boundary_module
 import shared.tools.sandbox as sandbox_module
-from shared.tools.sandbox import LAYERS, MAX_CODE_CHARS, Sandbox, SandboxLimits, isolation_report
+from shared.tools.sandbox import (
+    BOUNDARY_LAYERS,
+    LAYERS,
+    MAX_CODE_CHARS,
+    Sandbox,
+    SandboxError,
+    SandboxLimits,
+    sandbox_report,
+)
+from tests.tools.hostile_runner import FAST, ROOMY, run_benign, run_hostile
 from tests.tools.hostile_snippets import (
+    BENIGN_CASES,
     CANARY_PATH,
     ESCAPE_PATHS,
     HOSTILE_CASES,
     PROJECT_ROOT,
+    SCORE_HOMES,
     SECRET_ENV,
-    TIMED_OUT,
-    HostileCase,
 )
 
-FAST = SandboxLimits(step_timeout_s=1.5)      # for steps that are meant to time out
-ROOMY = SandboxLimits(step_timeout_s=10.0)    # for steps that finish: never flaky on a loaded box
-SLOW_CASES = {case.name for case in HOSTILE_CASES if case.expect == TIMED_OUT} | {"cpu_rlimit",
-                                                                                   "control_pipe_forged_result"}
-# Per-case limits and sharper expectations than the host-agnostic ones in hostile_snippets.
-CASE_LIMITS = {"cpu_rlimit": SandboxLimits(step_timeout_s=4.0, cpu_time_s=1)}
-SHARPER_EXPECT = {"cpu_rlimit": ("cpu time limit",)}
-PARENT_LAYERS = ("isolated-python", "scrubbed-env", "private-tmpdir")
-# What a service user in Docker typically gets: no namespaces, no privilege drop, no filter.
-DEGRADED = frozenset({"net-namespace", "fs-namespace", "drop-privileges", "seccomp"})
+PARENT_LAYERS = ("isolated-python", "scrubbed-env")
+UNPRIVILEGED_UID = 10001
 
 
 # --------------------------------------------------------------------------- helpers
@@ -56,9 +61,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sandbox_pid_and_dir(sandbox: Sandbox) -> tuple[int, str]:
-    out = sandbox.run("import os\nprint(os.getpid())\nprint(os.getcwd())").observation.splitlines()
-    return int(out[0]), os.path.dirname(out[1])
+def sandbox_pid(sandbox: Sandbox) -> int:
+    """The host pid of the sandbox's process (bwrap, or the interpreter when unconfined)."""
+    assert sandbox.run("print('started')").observation == "started"
+    return sandbox._res.process.popen.pid
 
 
 @pytest.fixture
@@ -84,48 +90,36 @@ def assert_nothing_escaped(secret: str, observation: str) -> None:
     assert pid_alive(os.getppid()) and pid_alive(1)
 
 
-def check_hostile_case(case: HostileCase, secret: str) -> None:
-    limits = CASE_LIMITS.get(case.name, FAST if case.name in SLOW_CASES else ROOMY)
-    expect = SHARPER_EXPECT.get(case.name, case.expect)
-    with Sandbox(limits=limits) as sandbox:
-        result = sandbox.run(case.code)
-        observation = result.observation.lower()
-        assert any(phrase in observation for phrase in expect), result.observation
-        assert "traceback" not in observation and "_sandbox_child" not in observation
-        assert result.final_answer is None
-        assert_nothing_escaped(secret, result.observation)
-        after = sandbox.run("print(1 + 1)")
-        assert (after.observation, after.status) == ("2", "ok")
-
-
 # --------------------------------------------------------------------------- hostile code
 
 @pytest.mark.parametrize("case", HOSTILE_CASES, ids=[case.name for case in HOSTILE_CASES])
 def test_hostile_case_is_contained(case, outside_world):
-    check_hostile_case(case, outside_world)
+    observation, problems = run_hostile(case, secret=outside_world)
+    assert not problems, f"{problems}: {observation}"
+    assert_nothing_escaped(outside_world, observation)
 
 
-FAST_CASES = [case for case in HOSTILE_CASES if case.name not in SLOW_CASES]
+@pytest.mark.parametrize("case", BENIGN_CASES, ids=[case.name for case in BENIGN_CASES])
+def test_ordinary_file_operations_work(case):
+    observation, problems = run_benign(case)
+    assert not problems, observation
 
 
-@pytest.mark.parametrize("case", FAST_CASES, ids=[case.name for case in FAST_CASES])
-def test_hostile_case_is_contained_with_kernel_layers_off(case, outside_world, monkeypatch):
-    """Graceful degradation: with only rlimits and the audit hook, the same code is contained."""
-    monkeypatch.setattr(sandbox_module, "_DISABLED_LAYERS", DEGRADED)
-    check_hostile_case(case, outside_world)
+@pytest.mark.parametrize("case", BENIGN_CASES, ids=[case.name for case in BENIGN_CASES])
+def test_ordinary_file_operations_give_the_same_observation_unconfined(case):
+    """The development opt-out runs the same agent code to the same observation (relative paths, dir_fd)."""
+    observation, problems = run_benign(case, unconfined=True)
+    assert not problems, observation
 
 
 def test_hostile_suite_is_large_enough():
     names = [case.name for case in HOSTILE_CASES]
-    assert len(names) >= 28 and len(set(names)) == len(names)
+    assert len(names) >= 70 and len(set(names)) == len(names)
     assert all(case.expect and all(p == p.lower() for p in case.expect) for case in HOSTILE_CASES)
 
 
-def test_kernel_layers_hold_without_the_audit_hook(outside_world, monkeypatch):
-    """Defence in depth: with the hook off, namespaces, nobody and seccomp still refuse."""
-    needed = {"fs-namespace", "seccomp", "no-child-processes"}
-    if not needed <= set(isolation_report_true()):
-        pytest.skip(f"host lacks one of {sorted(needed)}")
+def test_boundary_holds_without_the_audit_hook(outside_world, monkeypatch):
+    """As if model code had got past the hook: bwrap (and seccomp) still refuse everything that matters."""
     monkeypatch.setattr(sandbox_module, "_DISABLED_LAYERS", frozenset({"audit-hooks"}))
     code = textwrap.dedent(f"""
         import os, socket
@@ -141,23 +135,60 @@ def test_kernel_layers_hold_without_the_audit_hook(outside_world, monkeypatch):
         attempt("fork", lambda: os.fork() == 0 and os._exit(0))
         attempt("exec", lambda: os.execv("/bin/true", ["true"]))
         attempt("signal_init", lambda: os.kill(1, 0))
-        attempt("signal_parent", lambda: os.kill(os.getppid(), 0))
+        attempt("renice_init", lambda: os.setpriority(os.PRIO_PROCESS, 1, 19))
+        attempt("repin_init", lambda: os.sched_setaffinity(1, {{0}}))
+        attempt("proc", lambda: os.listdir("/proc"))
         attempt("read_passwd", lambda: open("/etc/passwd").read())
         attempt("read_project", lambda: open({str(PROJECT_ROOT / "pyproject.toml")!r}).read())
+        attempt("list_tmp", lambda: os.listdir("/tmp"))
         attempt("write_tmp", lambda: open({ESCAPE_PATHS[0]!r}, "w").write("x"))
         attempt("write_root", lambda: open({ESCAPE_PATHS[2]!r}, "w").write("x"))
-        print(sorted(results.items()))
+        attempt("write_stdlib", lambda: open(os.__file__, "a"))
+        attempt("dev_shm", lambda: open("/dev/shm/x", "w").write("x"))
+        for i, home in enumerate({SCORE_HOMES!r}):
+            attempt(f"score_home{{i}}", lambda: os.listdir(home))
+        print(os.getuid(), sorted(results.items()))
     """)
     with Sandbox(limits=ROOMY) as sandbox:
         assert "audit-hooks" not in sandbox.isolation
         result = sandbox.run(code)
     assert result.status == "ok", result.observation
+    assert result.observation.startswith("65534 "), result.observation
     assert "ALLOWED" not in result.observation, result.observation
     assert_nothing_escaped(outside_world, result.observation)
 
 
-def isolation_report_true() -> list[str]:
-    return [layer for layer, active in isolation_report().items() if active]
+def test_episodes_do_not_see_each_other_and_keep_nothing():
+    with Sandbox(limits=ROOMY) as first, Sandbox(limits=ROOMY) as second:
+        first.run("open('mine.txt', 'w').write('secret of episode 1')")
+        assert second.run("import os\nprint(os.listdir('.'))").observation == "[]"
+    with Sandbox(limits=ROOMY) as third:
+        assert third.run("import os\nprint(os.listdir('.'))").observation == "[]"
+
+
+def test_the_step_id_is_out_of_reach_of_model_code():
+    """Frames, closures and helpers are searched for anything that looks like the step id."""
+    with Sandbox(limits=ROOMY) as sandbox:
+        sandbox.run("x = 1")
+        step_id_length = 16
+        result = sandbox.run(textwrap.dedent(f"""
+            import sys
+            planted = "p" * {step_id_length}   # the search must find this one (and only this one)
+            seen = []
+            frame = sys._getframe()
+            while frame is not None:
+                values = list(frame.f_locals.values())
+                seen += [v for v in values if isinstance(v, str) and len(v) == {step_id_length}]
+                for v in values:
+                    cells = getattr(v, "__closure__", None)
+                    for cell in cells if isinstance(cells, tuple) else ():
+                        seen += [x for x in vars(cell.cell_contents).values()
+                                 if isinstance(x, str) and len(x) == {step_id_length}] \
+                            if hasattr(cell.cell_contents, "__dict__") else []
+                frame = frame.f_back
+            print(seen)
+        """))
+    assert (result.observation, result.status) == (str(["p" * step_id_length]), "ok")
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -237,21 +268,27 @@ def test_timeout_restarts_and_restores_earlier_variables():
         sandbox.run("x = 41")
         sandbox.run("y = x + 1\nprint(y)")
         sandbox.run("undefined_name")            # an error step is replayed too
-        pid_before, _ = sandbox_pid_and_dir(sandbox)
+        pid_before = sandbox_pid(sandbox)
         result = sandbox.run("import time\ntime.sleep(30)")
         assert result.status == "timeout"
         assert result.observation == ("Error: execution timed out after 1s. The interpreter was restarted "
                                       "and the state from earlier steps was restored.")
-        assert 1.0 <= result.duration_s < 5.0
+        # cut at the limit, not after the step's 30 s sleep (how soon after is measured in bench/, not here)
+        assert 1.0 <= result.duration_s < 30.0
         assert not pid_alive(pid_before)
         assert sandbox.run("print(x, y)").observation == "41 42"
 
 
 def test_failed_restore_is_reported():
-    with Sandbox(limits=SandboxLimits(step_timeout_s=0.5)) as sandbox:
-        # Fine the first time; loops forever when replayed (the flag file survives the restart).
-        sandbox.run("import os\nif os.path.exists('flag'):\n    while True:\n        pass\n"
-                    "open('flag', 'w').close()\nz = 1")
+    calls = []
+
+    def visits(_query=""):
+        calls.append(1)
+        return str(len(calls))
+
+    with Sandbox(tools={"visits": visits}, limits=SandboxLimits(step_timeout_s=0.5)) as sandbox:
+        # Fine the first time; loops forever when replayed (the parent-side tool answers differently).
+        sandbox.run("if visits() != '1':\n    while True:\n        pass\nz = 1")
         result = sandbox.run("while True:\n    pass")
         assert result.status == "timeout"
         assert "restoring the state from earlier steps failed at step 1 of 1 (timeout)" in result.observation
@@ -279,7 +316,7 @@ def test_environment_is_scrubbed_and_hashing_deterministic(outside_world):
             observations.append(sandbox.run(code).observation)
     assert observations[0] == observations[1]
     env_line = observations[0].splitlines()[0]
-    assert env_line == "['HOME', 'LANG', 'PATH', 'PYTHONHASHSEED', 'PYTHONUTF8', 'TMPDIR', 'TZ']"
+    assert env_line == "['HOME', 'LANG', 'PATH', 'PWD', 'PYTHONHASHSEED', 'PYTHONUTF8', 'TMPDIR', 'TZ']"
     assert outside_world not in observations[0]
 
 
@@ -336,30 +373,45 @@ def test_ordinary_stdlib_code_works():
     ]
 
 
-def test_close_kills_the_process_and_removes_the_temp_dir():
+def test_close_kills_the_process():
     sandbox = Sandbox(limits=ROOMY)
-    pid, base = sandbox_pid_and_dir(sandbox)
-    assert pid_alive(pid) and os.path.isdir(base)
+    pid = sandbox_pid(sandbox)
+    assert pid_alive(pid)
     sandbox.close()
     assert not pid_alive(pid)
-    assert not os.path.exists(base)
     sandbox.close()   # idempotent
     with pytest.raises(RuntimeError):
         sandbox.run("print(1)")
 
 
+def test_unconfined_work_dir_is_removed_even_when_deep_and_locked():
+    """The development opt-out keeps its work dir on the host: cleanup must not raise nor leave it."""
+    sandbox = Sandbox(limits=ROOMY, unconfined=True)
+    assert sandbox.run("open('f', 'w').write('x')").status == "ok"
+    work = sandbox._res.work
+    fd = os.open(work, os.O_RDONLY)   # what the deep_tree hostile case builds, made here (faster than the hook)
+    for _ in range(1400):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    os.chmod(os.path.join(work, "d"), 0)
+    sandbox.close()
+    assert not os.path.exists(work)
+
+
 def test_dropped_sandbox_is_cleaned_up_by_its_finaliser():
     sandbox = Sandbox(limits=ROOMY)
-    pid, base = sandbox_pid_and_dir(sandbox)
+    pid = sandbox_pid(sandbox)
     del sandbox
     gc.collect()
     assert not pid_alive(pid)
-    assert not os.path.exists(base)
 
 
 def test_context_manager_closes_and_close_waits_for_a_running_step():
     with Sandbox(limits=ROOMY) as sandbox:
-        pid, base = sandbox_pid_and_dir(sandbox)
+        pid = sandbox_pid(sandbox)
         results = []
         slow_step = "import time\ntime.sleep(0.4)\nprint('done')"
         worker = threading.Thread(target=lambda: results.append(sandbox.run(slow_step)))
@@ -367,39 +419,57 @@ def test_context_manager_closes_and_close_waits_for_a_running_step():
         time.sleep(0.1)
     worker.join()
     assert results[0].observation == "done"
-    assert not pid_alive(pid) and not os.path.exists(base)
+    assert not pid_alive(pid)
 
 
 def test_isolation_lists_the_active_layers():
     with Sandbox(limits=ROOMY) as sandbox:
         layers = sandbox.isolation
-        uid = int(sandbox.run("import os\nprint(os.getuid())").observation)
-        hidden = sandbox.run(f"import os\nprint(os.path.exists('/etc/passwd'), os.path.exists({str(PROJECT_ROOT)!r}))")
-    assert layers == tuple(layer for layer in LAYERS if layer in layers)   # known names, canonical order
-    assert set(PARENT_LAYERS) | {"rlimits", "audit-hooks"} <= set(layers)
-    assert isolation_report() == {layer: layer in layers for layer in LAYERS}
-    # Reported layers are real: check their effects where they claim to be active.
-    if "drop-privileges" in layers:
-        assert uid == 65534
-    if "fs-namespace" in layers:
-        assert hidden.observation == "False False"   # os.path.exists is not audited: the OS answers
-    if host_allows_net_namespace():
-        assert "net-namespace" in layers
-
-
-def host_allows_net_namespace() -> bool:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return False
-    argv = [unshare, "-n", "true"] if os.geteuid() == 0 else [unshare, "-rn", "true"]
-    return subprocess.run(argv, capture_output=True).returncode == 0
+        uid = sandbox.run("import os\nprint(os.getuid())").observation
+        hidden = sandbox.run(f"import os\nprint(os.path.exists('/etc/passwd'), os.path.exists({str(PROJECT_ROOT)!r}), "
+                             "os.path.exists('/proc'))").observation
+    assert layers == LAYERS   # every layer, in canonical order: the boundary is not optional
+    report = sandbox_report()
+    assert report["ok"] and report["boundary"] == "bwrap" and report["problem"] is None
+    assert report["layers"] == {layer: True for layer in LAYERS}
+    assert report["mode"] == ("root" if os.geteuid() == 0 else "unprivileged")
+    # Reported layers are real (os.path.exists is not audited: the OS answers).
+    assert uid == "65534"
+    assert hidden == "False False False"
 
 
 def test_disabled_layers_are_not_reported(monkeypatch):
-    monkeypatch.setattr(sandbox_module, "_DISABLED_LAYERS", DEGRADED | {"no-child-processes"})
+    monkeypatch.setattr(sandbox_module, "_DISABLED_LAYERS", frozenset({"seccomp", "audit-hooks", "no-child-processes"}))
     with Sandbox(limits=ROOMY) as sandbox:
-        assert sandbox.isolation == PARENT_LAYERS + ("rlimits", "audit-hooks")
+        assert sandbox.isolation == BOUNDARY_LAYERS + PARENT_LAYERS + ("rlimits",)
         assert sandbox.run("print(1 + 1)").observation == "2"
+
+
+def test_without_bwrap_code_execution_is_refused_with_a_reason(monkeypatch, tmp_path):
+    """Fail closed: no boundary, no code execution, and the message says what to install or allow."""
+    monkeypatch.setenv("PATH", str(tmp_path))   # no bwrap on PATH
+    monkeypatch.setattr(boundary_module, "_checked", {})
+    report = sandbox_report()
+    assert report["ok"] is False and report["boundary"] == "none"
+    assert "bubblewrap" in report["problem"] and "SCORE_SANDBOX_UNCONFINED" in report["problem"]
+    assert not any(report["layers"].values())
+    with Sandbox(limits=ROOMY) as sandbox:
+        with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
+            sandbox.run("print('this must not run')")
+    # The explicit development opt-out still runs code (in-process layers only).
+    with Sandbox(limits=ROOMY, unconfined=True) as sandbox:
+        assert sandbox.run("print(6 * 7)").observation == "42"
+        assert not set(BOUNDARY_LAYERS) & set(sandbox.isolation)
+
+
+def test_a_boundary_that_cannot_start_is_refused(monkeypatch):
+    """bwrap present but refused by the host (here: an option it rejects): the probe reports the reason."""
+    real = boundary_module.command_prefix
+    monkeypatch.setattr(boundary_module, "command_prefix",
+                        lambda *args, **kwargs: [*real(*args, **kwargs)[:1], "--no-such-option", "--"])
+    monkeypatch.setattr(boundary_module, "_checked", {})
+    report = sandbox_report()
+    assert report["ok"] is False and "--no-such-option" in report["problem"]
 
 
 def test_eight_sandboxes_in_parallel_threads():
@@ -414,16 +484,6 @@ def test_eight_sandboxes_in_parallel_threads():
         assert list(pool.map(episode, range(8))) == [str(i * i) for i in range(8)]
 
 
-def test_startup_is_fast():
-    durations = []
-    for _ in range(5):
-        started = time.monotonic()
-        with Sandbox(limits=ROOMY) as sandbox:
-            sandbox.isolation
-        durations.append(time.monotonic() - started)
-    assert statistics.median(durations) < 1.0, durations
-
-
 def test_invalid_arguments_are_rejected():
     with pytest.raises(ValueError):
         Sandbox(tools={"final_answer_print": lambda: ""})
@@ -434,3 +494,37 @@ def test_invalid_arguments_are_rejected():
             sandbox.run(b"print(1)")   # type: ignore[arg-type]
         too_long = sandbox.run("#" * (MAX_CODE_CHARS + 1))
         assert too_long.status == "error" and "longer than" in too_long.observation
+
+
+def unprivileged_python() -> list[str] | None:
+    """A command line that runs the project's Python as uid 10001 with no capabilities, or None."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return None
+    system_python = "/usr/bin/python3.11"
+    if not os.path.exists(system_python):
+        return None
+    return ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", system_python]
+
+
+@pytest.mark.slow
+def test_hostile_suite_as_an_unprivileged_user():
+    """The configuration compose uses (uid 10001, no capabilities), emulated here when the suite runs as root;
+    as a non-root user the whole file above already is that configuration."""
+    command = unprivileged_python()
+    if command is None:
+        pytest.skip("needs root with setpriv and /usr/bin/python3.11 (as non-root, the tests above are this case)")
+    site = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+    for path in (PROJECT_ROOT, Path(site)):
+        readable = subprocess.run([*command[:-1], "test", "-r", str(path / "pyproject.toml")
+                                   if path == PROJECT_ROOT else str(path)], capture_output=True)
+        if readable.returncode != 0:
+            pytest.skip(f"{path} is not readable by uid {UNPRIVILEGED_UID}")
+    done = subprocess.run([*command, "-m", "tests.tools.hostile_runner"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=900, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{PROJECT_ROOT}:{site}",
+                                                       "HOME": "/nonexistent", "SCORE_HOME": "/nonexistent"})
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines and lines[0]["sandbox"]["mode"] == "unprivileged", done.stdout[-2000:] + done.stderr[-2000:]
+    failed = [line for line in lines if line.get("contained") is False]
+    assert not failed and done.returncode == 0, failed or done.stderr[-2000:]
+    assert lines[-1]["cases"] == len(HOSTILE_CASES) + len(BENIGN_CASES)

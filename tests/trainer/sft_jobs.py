@@ -34,6 +34,7 @@ def gold_lines(n: int) -> tuple[str, ...]:
 
 
 def write_dataset(path: Path, lines) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -59,3 +60,12 @@ def copy_job_inputs(source: Path, target: Path) -> Path:
 def progress(directory: Path, kind: str = "progress") -> list[dict]:
     lines = (directory / PROGRESS).read_text().splitlines()
     return [record for record in map(json.loads, lines) if record["type"] == kind]
+
+
+def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar, read with TensorBoard's event reader, as `tensorboard --logdir` would."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]

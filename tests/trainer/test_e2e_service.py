@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 
 def test_kill_9_mid_job_then_restart_resumes_and_finishes(score_home, tmp_path):
     home = fresh_home(score_home, tmp_path)
-    dataset = write_dataset(tmp_path / "gold.jsonl", gold_lines(32))
+    dataset = write_dataset(home / "datasets" / "gold.jsonl", gold_lines(32))
     body = {
         "dataset": {"path": str(dataset)}, "job_id": "resume-me", "output_name": "resume-test",
         # The built-in student trains ~30 steps/s on one thread: 200 steps leave several seconds between the kill

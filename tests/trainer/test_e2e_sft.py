@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
 from tests.service_process import ServiceProcess
-from tests.trainer.sft_jobs import gold_conversations, write_dataset
+from tests.trainer.sft_jobs import gold_conversations, tensorboard_scalars, write_dataset
 from tests.trainer.test_e2e_service import fresh_home, wait_for
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def evaluate(student_url: str) -> dict:
 
 def test_sft_job_teaches_the_student_to_solve_held_out_tasks(score_home, tmp_path):
     home = fresh_home(score_home, tmp_path)
-    dataset = write_dataset(tmp_path / "gold.jsonl", gold_conversations(GOLD_TASKS))
+    dataset = write_dataset(home / "datasets" / "gold.jsonl", gold_conversations(GOLD_TASKS))
     trainer = ServiceProcess("trainer", home=home, log_dir=tmp_path)
     student = ServiceProcess("student", home=home, log_dir=tmp_path)
     try:
@@ -53,7 +53,8 @@ def test_sft_job_teaches_the_student_to_solve_held_out_tasks(score_home, tmp_pat
         body = {
             "dataset": {"path": str(dataset)}, "output_name": "e2e-sft",
             "hyperparameters": {"num_epochs": 3, "learning_rate": 3e-3, "micro_batch_tokens": 4096,
-                                "max_seq_length": 1024, "log_every_steps": 20, "cpu_threads": 1},
+                                "max_seq_length": 1024, "log_every_steps": 20, "cpu_threads": 1,
+                                "report_to": ["tensorboard"]},
         }
         created = httpx.post(f"{trainer.url}/v1/jobs", json=body, timeout=60)
         assert created.status_code == 201, created.text
@@ -65,6 +66,11 @@ def test_sft_job_teaches_the_student_to_solve_held_out_tasks(score_home, tmp_pat
         losses = [e["metrics"]["loss"] for e in events if e["type"] == "progress"]
         assert losses[-1] < 0.25 * losses[0], losses  # from ~7.6 (uniform over 2k tokens) to ~1
         assert job["metrics"]["padding_share"] < 0.02 and job["metrics"]["tokens_per_s"] > 0
+        # The same curve in TensorBoard, read back with TensorBoard's own event reader.
+        curve = tensorboard_scalars(home / "tensorboard" / "e2e-sft" / "sft", "train/loss")
+        steps = [e["step"] for e in events if e["type"] == "progress"]
+        assert [step for step, _ in curve] == steps
+        assert [value for _, value in curve] == pytest.approx(losses, rel=1e-6)
 
         checkpoint = job["checkpoint"]
         loaded = AutoModelForCausalLM.from_pretrained(checkpoint["path"], local_files_only=True)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from services.trainer.app import create_app
 from services.trainer.config import TrainerConfig
 from shared.settings import Settings
+from tests.trainer.sft_jobs import tensorboard_scalars
 
 
 def trainer_app(score_home, **settings):
@@ -114,6 +115,18 @@ def test_a_step_publishes_the_next_checkpoint_version(client, score_home):
     assert second["checkpoint"]["version"] == 2 and second["policy_version"] == 5
     parent = json.loads((score_home / "checkpoints" / info["output_name"] / "index.json").read_text())["versions"][1]
     assert parent["parent"] == f"{info['output_name']}/v1"
+
+
+def test_report_to_tensorboard_writes_each_steps_metrics(client, score_home):
+    info = create(client, hyperparameters={"learning_rate": 1e-2, "report_to": ["tensorboard"]})
+    steps = [client.post(f"/v1/rl/sessions/{info['id']}/steps", json=batch(version=v)).json() for v in (0, 1)]
+    log_dir = score_home / "tensorboard" / info["output_name"] / "rl"
+    for name in ("reward/mean", "loss", "grad_norm"):
+        curve = tensorboard_scalars(log_dir, f"train/{name}")
+        assert curve == [(s["step"], pytest.approx(s["metrics"][name], rel=1e-6)) for s in steps], name
+    quiet = create(client)  # report_to empty: no event files
+    client.post(f"/v1/rl/sessions/{quiet['id']}/steps", json=batch())
+    assert not (score_home / "tensorboard" / quiet["output_name"]).exists()
 
 
 def test_stale_and_future_samples_are_refused_naming_the_sample(client):

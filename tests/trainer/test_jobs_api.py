@@ -25,7 +25,8 @@ def client(score_home, tmp_path):
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
     (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
-    config = TrainerConfig(settings=Settings(home=home), max_running_jobs=0)
+    # Dataset files are written to tmp_path, outside SCORE_HOME: the operator's allow-list admits it.
+    config = TrainerConfig(settings=Settings(home=home, allowed_paths=[tmp_path]), max_running_jobs=0)
     with TestClient(create_app(config)) as client:
         yield client
 
@@ -141,3 +142,24 @@ def test_jobs_need_the_bearer_token_when_one_is_set(score_home, tmp_path):
         assert _error(client.get("/v1/jobs"), 401)["param"] == "header.authorization"
         authorized = client.get("/v1/jobs", headers={"Authorization": "Bearer trainer-secret-1"})
         assert authorized.status_code == 200 and authorized.json() == {"jobs": []}
+
+
+def test_nproc_beyond_the_machine_is_422_naming_it(client):
+    from services.trainer.jobs import machine_processes
+
+    limit, _ = machine_processes("cpu")
+    if limit >= 64:
+        pytest.skip("the schema's own limit (64) is below this machine's cores")
+    body = {"dataset": {"rows": [GOOD]}, "hyperparameters": {"nproc": limit + 1, "device": "cpu"}}
+    error = _error(client.post("/v1/jobs", json=body))
+    assert error["param"] == "body.hyperparameters.nproc" and f"at most {limit}" in error["message"]
+    assert client.get("/v1/jobs").json()["jobs"] == []
+    body["hyperparameters"]["nproc"] = limit
+    assert client.post("/v1/jobs", json=body).status_code == 201
+
+
+def test_datasets_and_base_checkpoints_stay_under_the_allowed_directories(client):
+    error = _error(client.post("/v1/jobs", json={"dataset": {"path": "/dev/zero"}}))
+    assert error["param"] == "body.dataset.path" and "outside the allowed directories" in error["message"]
+    error = _error(client.post("/v1/jobs", json={"base": "/etc", "dataset": {"rows": [GOOD]}}))
+    assert error["param"] == "body.base" and "outside the allowed directories" in error["message"]

@@ -83,6 +83,27 @@ def test_generation_markers_and_char_spans_agree_token_by_token(model_and_tokeni
         assert sum(from_template.loss_mask) > 0
 
 
+def test_an_assistant_turn_of_weight_zero_is_context_only(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    conversation = _conversations(1)[0]
+    assistant = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
+    assert len(assistant) >= 2
+    full = tokenize_conversation(tokenizer, conversation, max_seq_length=4096)
+    muted = conversation.model_copy(deep=True)
+    muted.messages[assistant[0]].weight = 0
+    example = tokenize_conversation(tokenizer, muted, max_seq_length=4096)
+    assert example.input_ids == full.input_ids  # the turn stays in the context
+    trained = tokenizer.decode([t for t, m in zip(example.input_ids, example.loss_mask) if m])
+    assert conversation.messages[assistant[0]].content not in trained
+    assert all(conversation.messages[i].content in trained for i in assistant[1:])
+    assert sum(example.loss_mask) < sum(full.loss_mask)
+    every_turn_muted = muted.model_dump()
+    for i in assistant:
+        every_turn_muted["messages"][i]["weight"] = 0
+    with pytest.raises(ValueError, match="weight 1"):
+        type(conversation).model_validate(every_turn_muted)
+
+
 def test_truncation_cuts_ids_and_mask_together(model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
     example = tokenize_conversation(tokenizer, _conversations(1)[0], max_seq_length=100)

@@ -15,6 +15,10 @@ class Stage:
     def enabled(self, ctx: RunContext) -> bool:
         return True
 
+    async def skip_reason(self, ctx: RunContext) -> str | None:
+        """Why an enabled stage has nothing to do in this run (decided from earlier stages' results), or None."""
+        return None
+
     async def plan(self, ctx: RunContext) -> list[WorkItem]:
         """The stage's work items (their count is the stage's total); [] goes straight to `finish`."""
         return []

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
-from services.coordinator.records import records_of, rows_for_sft, teacher_record
+from services.coordinator.records import add_spend, records_of, rows_for_sft, teacher_record
 from services.coordinator.stages.base import Stage, chunks
 from services.coordinator.stages.training import fine_tune
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 
 CHUNK = 8  # tasks per teacher call (the teacher batches them)
 
@@ -33,7 +33,7 @@ class TeacherSolveStage(Stage):
         response = await ctx.services.teacher.solve(tasks, max_turns=ctx.config.bc_init.max_turns)
         records = []
         for task, episode in zip(tasks, response.episodes):
-            correct = score_answer(episode.final_answer, task.true_answer).correct
+            correct = (await score_answer_async(episode.final_answer, task.true_answer)).correct
             records.append(teacher_record(ctx.run_id, self.name, self.pool, task, episode, correct).model_dump(mode="json"))
         solved = sum(r["correct"] for r in records)
         tokens = sum(r["teacher_tokens"] for r in records)
@@ -59,16 +59,104 @@ class BCInitStage(TeacherSolveStage):
         await ctx.store.set_fields(ctx.run_id, bc_init_checkpoint=checkpoint.path)
 
 
+def replayed_rows(ctx: RunContext, cold_start_records) -> list[dict]:
+    """The cold-start rows SCoRe-SFT replays (its `replay_bc_init` share): reference arms from the cold-start
+    checkpoint replay the same ones, so they differ from SCoRe only in their new data."""
+    from services.coordinator.records import keep_share
+    share = ctx.config.sft.replay_bc_init
+    return rows_for_sft([r for r in cold_start_records if keep_share(r.task.id, share, ctx.run_id + "/replay")])
+
+
 class BaselineStage(TeacherSolveStage):
+    """Plain trajectory distillation at equal tasks: the teacher solves the tasks SCoRe used."""
+
     name, queue, pool = "baseline", "baseline", "train"
 
     def enabled(self, ctx: RunContext) -> bool:
         return ctx.config.baseline.enabled
 
+    def tasks(self, ctx: RunContext):
+        if ctx.config.baseline.start == "cold_start":
+            return ctx.pools.train + ctx.pools.rl  # SCoRe used both: SFT data and RL prefixes
+        return ctx.pools.train
+
     async def finish(self, ctx: RunContext) -> None:
-        rows = rows_for_sft(records_of(await ctx.store.results(ctx.run_id, "bc_init"))) + await self.training_rows(ctx)
+        cold = records_of(await ctx.store.results(ctx.run_id, "bc_init"))
+        new_rows = await self.training_rows(ctx)
+        if ctx.config.baseline.start == "cold_start":
+            base = await ctx.store.field(ctx.run_id, "bc_init_checkpoint")
+            rows = new_rows + replayed_rows(ctx, cold)
+        else:
+            base, rows = ctx.config.bc_init.base, rows_for_sft(cold) + new_rows
         if not rows:
             raise RuntimeError("baseline: the teacher solved none of the training tasks; nothing to train on")
-        checkpoint = await fine_tune(ctx, stage=self.name, base=ctx.config.bc_init.base, rows=rows,
+        checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows,
                                      hyperparameters=ctx.config.baseline.hyperparameters)
-        await ctx.use_student(path=checkpoint.path, label="baseline")
+        await ctx.use_student(path=checkpoint.path, label=self.name)
+
+
+def score_teacher_spend(mps_records, rl_results: dict) -> int:
+    """SCoRe's teacher spend after cold start, prompt plus written tokens: corrections, rollouts, judgements."""
+    spent = add_spend(*(r.teacher_spend for r in mps_records),
+                      *((s.get("teacher_spend") or {}) for s in rl_results.values()))
+    return sum(part.prompt_tokens + part.written_tokens for part in spent.values())
+
+
+class BaselineTokensStage(TeacherSolveStage):
+    """Plain trajectory distillation at equal teacher tokens: reserve tasks' teacher trajectories, in order, until
+    SCoRe's teacher spend after cold start is used up (the trajectory that crosses the budget is the last one)."""
+
+    name, queue, pool = "baseline_tokens", "baseline", "reserve"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.config.baseline.equal_tokens
+
+    async def skip_reason(self, ctx: RunContext) -> str | None:
+        return None if ctx.pools.reserve else "no reserve tasks (tasks.n_reserve is 0)"
+
+    async def finish(self, ctx: RunContext) -> None:
+        budget = score_teacher_spend(records_of(await ctx.store.results(ctx.run_id, "mps")),
+                                     await ctx.store.results(ctx.run_id, "rl"))
+        used, chosen = 0, []
+        for record in records_of(await ctx.store.results(ctx.run_id, self.name)):
+            if used >= budget:
+                break
+            chosen.append(record)
+            used += sum(p.prompt_tokens + p.written_tokens for p in record.teacher_spend.values())
+        spend = add_spend(*(r.teacher_spend for r in chosen))
+        part = spend.get("baseline_trajectories")
+        await ctx.store.set_counters(ctx.run_id, baseline_tokens_budget=budget, baseline_tokens_used=used,
+                                     baseline_tokens_tasks=len(chosen),
+                                     baseline_tokens_prompt_tokens=part.prompt_tokens if part else 0,
+                                     baseline_tokens_written_tokens=part.written_tokens if part else 0)
+        if used < budget:
+            await ctx.store.event(ctx.run_id, "log", f"baseline_tokens: reserve exhausted at {used} of {budget} "
+                                  "teacher tokens (raise tasks.n_reserve)", stage=self.name)
+        rows = rows_for_sft(chosen) + replayed_rows(ctx, records_of(await ctx.store.results(ctx.run_id, "bc_init")))
+        if not rows:
+            raise RuntimeError("baseline_tokens: no teacher trajectory fits the budget; nothing to train on")
+        checkpoint = await fine_tune(ctx, stage=self.name, base=await ctx.store.field(ctx.run_id, "bc_init_checkpoint"),
+                                     rows=rows, hyperparameters=ctx.config.baseline.hyperparameters)
+        await ctx.use_student(path=checkpoint.path, label=self.name)
+
+
+class ControlStage(Stage):
+    """The cold-start checkpoint trained on the cold-start rows only, for SCoRe-SFT's plus SCoRe-RL's optimizer
+    steps: what more training alone, with no new teacher data, would give."""
+
+    name = "control"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.config.control.enabled
+
+    async def finish(self, ctx: RunContext) -> None:
+        counters = (await ctx.store.info(ctx.run_id)).counters
+        steps = int(counters.get("sft_optimizer_steps", 0)) + int(counters.get("rl_steps", 0))
+        rows = rows_for_sft(records_of(await ctx.store.results(ctx.run_id, "bc_init")))
+        if steps <= 0 or not rows:
+            await ctx.store.update_stage(ctx.run_id, self.name, detail="SCoRe took no optimizer steps; nothing to match")
+            return
+        hyperparameters = ctx.config.sft.hyperparameters.model_copy(update={"max_steps": steps})
+        checkpoint = await fine_tune(ctx, stage=self.name, base=await ctx.store.field(ctx.run_id, "bc_init_checkpoint"),
+                                     rows=rows, hyperparameters=hyperparameters)
+        await ctx.use_student(path=checkpoint.path, label=self.name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
+from services.coordinator.records import add_spend, trajectory_spend
 from services.coordinator.stages.base import Stage, chunks
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
 
 CHUNK = 16
 
@@ -25,7 +26,25 @@ class EvalStage(Stage):
             return ctx.config.eval.teacher
         if self.label == "baseline":
             return ctx.config.baseline.enabled
+        if self.label == "rl":
+            return ctx.config.rl.steps > 0
+        if self.label == "baseline_tokens":
+            return ctx.config.baseline.equal_tokens
+        if self.label == "control":
+            return ctx.config.control.enabled
         return True
+
+    async def skip_reason(self, ctx: RunContext) -> str | None:
+        # A policy is measured only if its stage ran: a skipped RL stage leaves the SFT policy, which must not be
+        # reported again under the name `rl`.
+        if self.after is None:
+            return None
+        if (await ctx.store.stage(ctx.run_id, self.after)).state == "skipped":
+            return f"{self.after} did not run"
+        trains = self.after not in ("rl",)  # every other measured stage publishes its policy through an SFT job
+        if trains and f"{self.after}_optimizer_steps" not in (await ctx.store.info(ctx.run_id)).counters:
+            return f"{self.after} trained nothing"
+        return None
 
     async def plan(self, ctx: RunContext) -> list[WorkItem]:
         return [self.item(ctx, f"{self.label}-{i:05d}", task_ids=[t.id for t in chunk])
@@ -38,6 +57,7 @@ class EvalStage(Stage):
         if self.label == "teacher":
             episodes = (await ctx.services.teacher.solve(tasks, max_turns=params.max_turns)).episodes
             tokens = [e.cost.teacher_tokens for e in episodes]
+            spent = add_spend(*(trajectory_spend("eval_teacher", e.cost) for e in episodes))
             version = None
         else:
             version = await ctx.ensure_student()
@@ -46,12 +66,14 @@ class EvalStage(Stage):
                                                            max_turns=params.max_turns, sampling=sampling)
             episodes = response.episodes
             tokens = [sum(e.loss_mask) for e in episodes]
+            spent = {}
             version = response.policy_version
-        correct = [score_answer(e.final_answer, t.true_answer).correct for t, e in zip(tasks, episodes)]
+        correct = [(await score_answer_async(e.final_answer, t.true_answer)).correct for t, e in zip(tasks, episodes)]
         return {
             "n": len(tasks), "solved": sum(correct), "answered": sum(e.final_answer is not None for e in episodes),
             "turns": sum(sum(s.kind == "act" for s in e.steps) for e in episodes), "tokens": sum(tokens),
             "policy_version": version, "correct": dict(zip([t.id for t in tasks], correct)),
+            "teacher_spend": {k: v.model_dump() for k, v in spent.items()},
         }
 
     async def finish(self, ctx: RunContext) -> None:
@@ -65,7 +87,12 @@ class EvalStage(Stage):
             "mean_turns": sum(r["turns"] for r in results) / n if n else 0.0,
             "mean_tokens": sum(r["tokens"] for r in results) / n if n else 0.0,
             "policy_version": next((r["policy_version"] for r in results), None),
+            # Per-task outcomes, so any figure can be recomputed (and intervals or paired tests drawn from them).
+            "outcomes": {task_id: int(ok) for r in results for task_id, ok in sorted(r.get("correct", {}).items())},
         }
+        teacher = add_spend(*(r.get("teacher_spend") or {} for r in results))
+        if teacher:
+            summary["teacher_spend"] = {k: v.model_dump() for k, v in teacher.items()}
         await ctx.store.set_eval(ctx.run_id, self.label, summary)
         await ctx.store.event(ctx.run_id, "eval", f"held-out success of {self.label}: {summary['success']:.1%} "
                               f"({summary['solved']}/{n})", stage=self.name, data={"label": self.label, **summary})

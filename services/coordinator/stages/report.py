@@ -27,7 +27,7 @@ async def run_timing(ctx: RunContext) -> dict:
 
 async def all_records(ctx: RunContext):
     records = []
-    for stage in ("bc_init", "mps", "baseline"):
+    for stage in ("bc_init", "mps", "baseline", "baseline_tokens"):
         records += records_of(await ctx.store.results(ctx.run_id, stage))
     return records
 

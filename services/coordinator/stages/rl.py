@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
-from services.coordinator.records import records_of
+from services.coordinator.records import add_spend, correction_spend, records_of
 from services.coordinator.stages.base import Stage
+from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
 from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
-from shared.schemas.runs import KeyStepRewards, TrajectoryRecord
+from shared.schemas.runs import KeyStepRewards, RLParams, TrajectoryRecord
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import JudgementRequest, StepJudgementItem
-from shared.scoring import score_answer
+from shared.scoring import score_answer_async
+from shared.tasks.expert import remaining_gold_turns
 
-REWARD_KINDS = ("correct", "equivalent", "repeat", "other", "no_answer")
+REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
 
 
 def rl_prefixes(records: list[TrajectoryRecord]) -> list[TrajectoryRecord]:
@@ -33,21 +35,44 @@ def session_id(ctx: RunContext) -> str:
     return f"{ctx.run_id}-rl"
 
 
-async def key_step_kinds(ctx: RunContext, prefix_record: TrajectoryRecord, episodes: list[Episode]) -> list[str]:
-    """The reward kind of each episode: final answer first, then the first new step against chosen/rejected."""
+def episode_turns(params: RLParams, records: list[TrajectoryRecord]) -> int:
+    """Turns an RL episode may take after its prefix: the configured horizon (8 in the paper), never fewer than
+    the longest remaining gold horizon among the prefixes, so every task can still be finished."""
+    needed = [remaining_gold_turns(r.task, r.steps[:r.first_error_step]) for r in records]
+    return max([params.max_turns, *(n for n in needed if n is not None)])
+
+
+def answer_kind(prefix_record: TrajectoryRecord, episode: Episode, correct: bool) -> str | None:
+    """The reward kind decided without a judge, or None when the first new step must be judged. `correct`: the
+    episode's final answer scored against the gold answer.
+
+    Official reward: a correct final answer is 1; no final answer is 0; a wrong final answer given by the first
+    new step itself is 0 (the key step ended the episode wrongly); otherwise the key step is judged.
+    """
+    k = prefix_record.first_error_step
+    if episode.final_answer is None:
+        return "no_answer"
+    if correct:
+        return "correct"
+    if len(episode.steps) <= k:
+        return "other"
+    if len(episode.steps) == k + 1:
+        return "wrong_final"
+    return None
+
+
+async def key_step_kinds(ctx: RunContext, prefix_record: TrajectoryRecord, episodes: list[Episode],
+                         spent: list | None = None) -> list[str]:
+    """The reward kind of each episode: final answer first, then the first new step against chosen/rejected.
+    The teacher's judgement costs are appended to `spent`."""
     k = prefix_record.first_error_step
     prefix = prefix_record.steps[:k]
-    kinds: list[str | None] = []
+    truth = prefix_record.task.true_answer
+    kinds = [answer_kind(prefix_record, episode, (await score_answer_async(episode.final_answer, truth)).correct)
+             for episode in episodes]
     judged: list[tuple[int, StepJudgementItem, StepJudgementItem]] = []
     for i, episode in enumerate(episodes):
-        if episode.final_answer is None:
-            kinds.append("no_answer")
-        elif score_answer(episode.final_answer, prefix_record.task.true_answer).correct:
-            kinds.append("correct")
-        elif len(episode.steps) <= k:
-            kinds.append("other")
-        else:
-            kinds.append(None)
+        if kinds[i] is None:
             candidate = episode.steps[k]
             judged.append((i,
                            StepJudgementItem(kind="step", task=prefix_record.task, steps=[*prefix, prefix_record.chosen_step],
@@ -56,11 +81,18 @@ async def key_step_kinds(ctx: RunContext, prefix_record: TrajectoryRecord, episo
                                              steps=[*prefix, prefix_record.rejected_step], index=k, candidate=candidate)))
     if judged:
         request = JudgementRequest(items=[item for _, chosen, rejected in judged for item in (chosen, rejected)])
-        verdicts = (await ctx.services.teacher.judgements(request)).judgements
+        response = await ctx.services.teacher.judgements(request)
+        if spent is not None:
+            spent.append(response.cost)
+        verdicts = response.judgements
         for n, (i, _, _) in enumerate(judged):
-            same_as_chosen, same_as_rejected = verdicts[2 * n].equivalent, verdicts[2 * n + 1].equivalent
-            kinds[i] = "equivalent" if same_as_chosen else "repeat" if same_as_rejected else "other"
+            kinds[i] = judged_kind(verdicts[2 * n].equivalent, verdicts[2 * n + 1].equivalent)
     return kinds  # type: ignore[return-value]
+
+
+def judged_kind(same_as_chosen: bool, same_as_rejected: bool) -> str:
+    """A judged key step: equivalent to the teacher's corrected step, a repeat of the student's mistake, or other."""
+    return "equivalent" if same_as_chosen else "repeat" if same_as_rejected else "other"
 
 
 def reward_of(kind: str, rewards: KeyStepRewards) -> float:
@@ -76,19 +108,18 @@ class RLStage(Stage):
     async def prefixes(self, ctx: RunContext) -> list[TrajectoryRecord]:
         return rl_prefixes(records_of(await ctx.store.results(ctx.run_id, "mps")))
 
-    async def plan(self, ctx: RunContext) -> list[WorkItem]:
+    async def skip_reason(self, ctx: RunContext) -> str | None:
         prefixes = await self.prefixes(ctx)
         await ctx.store.set_counters(ctx.run_id, rl_prefixes=len(prefixes))
-        if not prefixes:
-            await ctx.store.event(ctx.run_id, "log", "SCoRe-RL skipped: no corrected prefixes in the RL pool",
-                                  stage=self.name)
-            return []
+        return None if prefixes else "no corrected prefixes in the RL pool"
+
+    async def plan(self, ctx: RunContext) -> list[WorkItem]:
         checkpoint = await ctx.student_checkpoint()
         version = await ctx.ensure_student()
         await ctx.services.trainer.create_session(RLSessionCreate(
             session_id=session_id(ctx), base=checkpoint["path"] if checkpoint else None,
             output_name=session_id(ctx), initial_policy_version=version or 0,
-            hyperparameters=ctx.config.rl.hyperparameters,
+            hyperparameters=with_run_trackers(ctx, ctx.config.rl.hyperparameters),
         ))
         # Only the first step is enqueued; each step enqueues the next (see after_record).
         return [self.item(ctx, "step-00000", step=0)]
@@ -113,12 +144,12 @@ class RLStage(Stage):
         chosen = [prefixes[(start + j) % len(prefixes)] for j in range(min(params.prompts_per_step, len(prefixes)))]
         items = [RolloutItem(task=r.task, prefix_steps=r.steps[:r.first_error_step]) for r in chosen]
         sampling = SamplingParams(temperature=params.temperature, max_tokens=params.max_tokens, seed=1000 * step + 7)
-        response = await ctx.services.student.rollouts(items, n=params.group_size, max_turns=params.max_turns,
-                                                       sampling=sampling)
-        groups, counts = [], dict.fromkeys(REWARD_KINDS, 0)
+        response = await ctx.services.student.rollouts(items, n=params.group_size,
+                                                       max_turns=episode_turns(params, chosen), sampling=sampling)
+        groups, counts, spent = [], dict.fromkeys(REWARD_KINDS, 0), []
         for j, record in enumerate(chosen):
             episodes = response.episodes[j * params.group_size:(j + 1) * params.group_size]
-            kinds = await key_step_kinds(ctx, record, episodes)
+            kinds = await key_step_kinds(ctx, record, episodes, spent)
             for kind in kinds:
                 counts[kind] += 1
             groups.append(RolloutGroup(prompt_id=record.task.id, samples=[
@@ -126,8 +157,9 @@ class RLStage(Stage):
         result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
         await ctx.use_student(path=result.checkpoint.path, version=result.policy_version, label=f"rl step {step + 1}")
         n = sum(counts.values())
+        teacher = add_spend(*(correction_spend(c, purpose_of_judgements="rl_judgements") for c in spent))
         summary = {"step": step, "metrics": result.metrics, "policy_version": result.policy_version,
-                   "rewards": counts, "reward_mean": sum(reward_of(k, params.rewards) * c for k, c in counts.items()) / n}
+                   "teacher_spend": {k: v.model_dump() for k, v in teacher.items()}, "rewards": counts, "reward_mean": sum(reward_of(k, params.rewards) * c for k, c in counts.items()) / n}
         await ctx.store.add(ctx.run_id, rl_steps=1, rl_samples=n)
         await ctx.store.event(ctx.run_id, "rl_step",
                               f"RL step {step + 1}/{params.steps}: reward {summary['reward_mean']:.3f}",

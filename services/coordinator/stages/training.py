@@ -22,12 +22,19 @@ def write_rows(ctx: RunContext, name: str, rows: list[dict]) -> str:
     return str(write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows)))
 
 
+def with_run_trackers(ctx: RunContext, hyperparameters):
+    """The stage's hyperparameters with the run's `report_to` trackers added (SFT and GRPO alike)."""
+    wanted = list(dict.fromkeys([*hyperparameters.report_to, *ctx.config.report_to]))
+    return hyperparameters.model_copy(update={"report_to": wanted})
+
+
 async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list[dict],
                     hyperparameters: SFTHyperparameters) -> JobCheckpoint:
     """Train `base` on `rows` (messages) and return the published checkpoint. Safe to call again after a crash:
     the job id is derived from the run and stage, so the trainer returns the job it already has."""
     job_id = f"{ctx.run_id}-{stage}"
     path = write_rows(ctx, stage, rows)
+    hyperparameters = with_run_trackers(ctx, hyperparameters)
     request = JobRequest(base=base, dataset=DatasetSpec(path=path), hyperparameters=hyperparameters,
                          output_name=job_id, job_id=job_id)
     job = await ctx.services.trainer.create_job(request)
@@ -48,6 +55,9 @@ async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list
                 "tokens_per_s": job.metrics.tokens_per_s, "eta_s": job.eta_s})
     if job.state != JobState.succeeded or job.checkpoint is None:
         raise TrainingFailed(f"SFT job {job_id} {job.state.value}: {job.error or 'no checkpoint'}")
+    # What each arm cost in training, for comparisons at equal optimizer steps.
+    await ctx.store.set_counters(ctx.run_id, **{f"{stage}_optimizer_steps": int(job.total_steps or job.step),
+                                                f"{stage}_train_rows": len(rows)})
     await ctx.store.event(ctx.run_id, "log", f"{stage}: published {job.checkpoint.name}/v{job.checkpoint.version}",
                           stage=stage, data={"checkpoint": job.checkpoint.model_dump(), "loss": job.metrics.loss})
     return job.checkpoint

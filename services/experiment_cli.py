@@ -1,0 +1,96 @@
+"""`score experiment CONFIG.yaml [--quick]`: start the services on loopback (as `score demo` does), submit the
+experiment to the coordinator, show each seed's run as it goes, and print the comparison table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+# `--quick` caps every size so the whole comparison runs in a few minutes (CI): two seeds, small pools. It checks
+# the machinery, not the method: a 256-task cold start leaves the tiny student near 0%.
+QUICK_SEEDS = 2
+QUICK_CAPS = {"n_bc_init": 256, "n_train": 16, "n_rl": 8, "n_eval": 32, "n_reserve": 64}
+QUICK_RL_STEPS = 2
+POLL_S = 3.0
+
+
+def quick_config(config: dict) -> dict:
+    """The same comparison, smaller: fewer seeds, tasks and RL steps; everything else as configured."""
+    config = json.loads(json.dumps(config))
+    config["seeds"] = (config.get("seeds") or [0, 1, 2])[:QUICK_SEEDS]
+    run = config.setdefault("run", {})
+    tasks = run.setdefault("tasks", {})
+    for field, cap in QUICK_CAPS.items():
+        tasks[field] = min(int(tasks.get(field, cap)), cap)
+    rl = run.setdefault("rl", {})
+    rl["steps"] = min(int(rl.get("steps", QUICK_RL_STEPS)), QUICK_RL_STEPS)
+    return config
+
+
+def experiment(args) -> int:
+    from services.cli import CLIError, _client, _home, _load_config, _request
+    from services.coordinator.experiment_results import table
+    from services.launcher import ServiceStack, StackStartError, pick_ports, sigterm_as_interrupt
+
+    path = Path(args.config)
+    config, _ = _load_config(path)
+    if args.quick:
+        config = quick_config(config)
+    home = _home(args.home)
+    stack = ServiceStack(home=home, ports=pick_ports(prefer_defaults=True),
+                         extra_args={"teacher": ["--engine", "expert"]})
+    with sigterm_as_interrupt():
+        try:
+            print(f"score experiment: {path.name}{' (quick)' if args.quick else ''}, seeds {config.get('seeds')}, "
+                  f"data in {home}", flush=True)
+            started = time.monotonic()
+            stack.start()
+            print(f"services ready in {time.monotonic() - started:.0f}s", flush=True)
+            with _client(stack.coordinator_url) as client:
+                response = client.post("/v1/experiments", json=config)
+                if response.status_code >= 400:
+                    raise CLIError(f"{path}: the coordinator refused the experiment: {response.text}", 2)
+                info = response.json()
+                print(f"experiment {info['id']} started", flush=True)
+                info = _watch(client, info, _request)
+            if info["state"] != "succeeded":
+                print(f"experiment {info['id']} {info['state']}: {info.get('error')}", file=sys.stderr)
+                return 1
+            folder = Path(info["artifacts"])
+            results = json.loads((folder / "results.json").read_text())
+            print()
+            print(table(results))
+            print()
+            print(f"{'results.json':<13} {folder / 'results.json'}")
+            print(f"{'report.md':<13} {folder / 'report.md'}")
+            for plot in sorted((folder / "plots").glob("*.png")):
+                print(f"{'plot':<13} {plot}")
+            print(f"experiment {info['id']} succeeded in {time.monotonic() - started:.0f}s")
+            return 0
+        except StackStartError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted; stopping the services ...", file=sys.stderr, flush=True)
+            return 130
+        finally:
+            stack.stop()
+
+
+def _watch(client, info: dict, request) -> dict:
+    """Poll the experiment; print a line whenever a seed's run changes stage or state."""
+    seen: dict[str, tuple] = {}
+    while True:
+        info = request(client, "GET", f"/v1/experiments/{info['id']}").json()
+        for seed, run_id in info["runs"].items():
+            run = request(client, "GET", f"/v1/runs/{run_id}").json()
+            now = (run["state"], run.get("stage"))
+            if seen.get(seed) != now:
+                seen[seed] = now
+                line = f"{time.strftime('%H:%M:%S')} seed {seed}: run {run_id} {run['state']}"
+                print(line + (f", stage {run['stage']}" if run.get("stage") else ""), flush=True)
+        if info["state"] != "running":
+            return info
+        time.sleep(POLL_S)
