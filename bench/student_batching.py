@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.models.transformers_engine import TransformersEngine  # noqa: E402
 from shared.schemas.sampling import SamplingParams  # noqa: E402
+from shared.settings import ModelServiceConfig  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
 from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
@@ -102,7 +103,9 @@ async def main_async(args) -> dict:
     home = Path(os.environ.get("SCORE_HOME") or tempfile.mkdtemp(prefix="score-bench-"))
     model_dir = ensure_builtin_model("student", home)
     questions = prompts(args.requests)
-    engine = TransformersEngine(str(model_dir), device="cpu")
+    # The service's default prefix cache on both sides: rounds repeat the prompts, and both should reuse them alike.
+    engine = TransformersEngine(str(model_dir), device="cpu",
+                                prefix_cache_mb=ModelServiceConfig.model_fields["prefix_cache_mb"].default)
     await engine.start()
     service = ServiceProcess("student", home=home, log_dir=Path(tempfile.mkdtemp()))
     try:

@@ -16,8 +16,9 @@ Behaviour check: for samples the caller marks `on_policy` (sampled by the very w
 the first pass's recomputed log-probabilities must equal the behaviour ones up to numerical noise; the
 step reports the mean and max |difference| (`logprob_diff/*`) and drops a sample whose mean difference
 exceeds `hp.max_logprob_diff` from the loss (`logprob_diff/dropped_samples`): such a sample was scored
-on other tokens or by another model than the trainer's, so its importance ratio means nothing. Its
-gradient is never applied: the accumulated gradients are rescaled to the kept samples' normaliser.
+on other tokens or by another model than the trainer's, so its importance ratio means nothing. It then
+counts as a sample without generated tokens (its gradient is never applied; token_mean's accumulated
+gradients are rescaled to the kept tokens' count).
 """
 
 from __future__ import annotations
@@ -220,17 +221,17 @@ def grpo_step(
                     first["ratio_sum"] += (ratio * mask).sum().item()
                     first["ratio_max"] = max(first["ratio_max"], (ratio * mask).max().item())
             if iteration == 0 and check["dropped"]:
-                # Dropped samples' masks were zeroed before their loss, so the gradients hold the kept samples only,
-                # but divided by the whole batch's normaliser: rescale to the kept one (exact, the loss is linear in it).
+                # A dropped sample counts as one without generated tokens. Its mask was zeroed before its loss, so the
+                # gradients hold the kept samples only, but token_mean divided them by the whole batch's token count:
+                # rescale to the kept count (exact: the loss is linear in it). sequence_mean still counts it.
                 kept_tokens = float(sum(b.completion_mask.sum().item() for b in batches))
-                kept_sequences = num_sequences - check["dropped"]
-                old, new = (num_tokens, kept_tokens) if hp.loss_type == "token_mean" else (num_sequences, kept_sequences)
-                num_tokens, num_sequences = kept_tokens or 1.0, kept_sequences or 1.0
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.mul_(old / new if new else 0.0)
-                iteration_loss = iteration_loss * old / new if new else 0.0
-                if not new:
+                if hp.loss_type == "token_mean" and kept_tokens:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.mul_(num_tokens / kept_tokens)
+                    iteration_loss *= num_tokens / kept_tokens
+                num_tokens = kept_tokens or 1.0
+                if not kept_tokens:
                     break  # every sample dropped: nothing to learn from, and AdamW would still move the weights
             totals["loss"] += iteration_loss
             max_norm = hp.max_grad_norm if hp.max_grad_norm is not None else math.inf
