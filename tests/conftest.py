@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -31,10 +32,13 @@ def redis_url(redis_server) -> str:
 
 @pytest.fixture(scope="session")
 def score_home(tmp_path_factory):
-    from shared.models.builtin import ROLES, ensure_builtin_model
+    from shared.models.builtin import ROLES, copy_current_builtins, ensure_builtin_model
     from shared.settings import get_settings
 
     home = tmp_path_factory.mktemp("score_home")
+    # The models `scripts/setup.sh` built into the default SCORE_HOME, when their recipe is current: a copy stands
+    # for a build (about a minute of CPU on 2 cores, several on a loaded box). Otherwise they are built here.
+    copy_current_builtins(Path(os.environ.get("SCORE_HOME") or Path.home() / ".score"), home)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SCORE_HOME", str(home))
         get_settings.cache_clear()

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import shutil
 import time
 import uuid
 from functools import lru_cache
@@ -212,6 +213,24 @@ def _build_model(role: str, target: Path, tokenizer_dir: Path, recipe: dict, rec
                         build_seconds=round(time.perf_counter() - started, 3))
     logger.info("built %s model (%s, %.2fM params) in %.2fs -> %s",
                 role, recipe["size"], params / 1e6, time.perf_counter() - started, target)
+
+
+def copy_current_builtins(source_home: Path, target_home: Path) -> list[str]:
+    """Copy the tokenizer and built-in models that are current in `source_home` (same recipe) into `target_home`
+    where they are missing or stale; the names copied. A build is deterministic in its recipe, so a copy stands
+    for a build (tests start from a fresh SCORE_HOME and would otherwise pay minutes of CPU for each)."""
+    tokenizer_hash = _digest(_tokenizer_recipe())
+    wanted = {TOKENIZER_DIRNAME: tokenizer_hash}
+    wanted.update({role: _digest(_model_recipe(role, tokenizer_hash)) for role in ROLES})
+    copied = []
+    for name, recipe_hash in wanted.items():
+        source = Path(source_home) / "models" / "builtin" / name
+        target = Path(target_home) / "models" / "builtin" / name
+        if _is_current(source, recipe_hash) and not _is_current(target, recipe_hash):
+            with atomic_directory(target) as tmp:
+                shutil.copytree(source, tmp, dirs_exist_ok=True)
+            copied.append(name)
+    return copied
 
 
 def ensure_builtin_model(role: str, home: Path | None = None) -> Path:
