@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# Temperatures below this sample greedily: dividing float32 logits by a near-zero temperature (any value the
+# schema allows, down to 1e-38) overflows to inf, and softmax turns that into NaN probabilities.
+MIN_TEMPERATURE = 1e-6
+
 
 def top_p_filter(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Mask logits outside each row's nucleus. logits (B, V), top_p (B,) in (0, 1]."""
@@ -21,9 +25,10 @@ def sample_next(
     top_p: torch.Tensor,
     generators: list[torch.Generator | None],
 ) -> torch.Tensor:
-    """One token per row. logits (B, V) float32; temperature (B,), 0 = greedy; returns (B,) long."""
+    """One token per row. logits (B, V) float32; temperature (B,), 0 (below MIN_TEMPERATURE) = greedy;
+    returns (B,) long."""
     greedy = logits.argmax(dim=-1)
-    sampled_rows = (temperature > 0).nonzero(as_tuple=True)[0]
+    sampled_rows = (temperature >= MIN_TEMPERATURE).nonzero(as_tuple=True)[0]
     if sampled_rows.numel() == 0:
         return greedy
     rows_logits = logits[sampled_rows] / temperature[sampled_rows].unsqueeze(-1)

@@ -243,7 +243,7 @@ class TransformersEngine(Engine):
             log.exception("generation worker stopped")
             for row in self._current:
                 self._resolve(row.request, EngineStoppedError(self._failure))
-            raise
+            # Logged above and reported by failure() (so /ready); nothing is left to re-raise it to.
         finally:
             if self._failure is None:
                 self._failure = "the engine was closed"

@@ -30,7 +30,7 @@ class OpenAISampling(BaseModel):
         examples=["score-student"],
     )
     temperature: float = Field(
-        default=1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy.", examples=[0.8],
+        default=1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 (or anything below 1e-6) is greedy.", examples=[0.8],
     )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.95])
     n: int = Field(default=1, ge=1, le=64, description="Choices to sample.", examples=[1])

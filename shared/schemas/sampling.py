@@ -18,7 +18,7 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="0 means greedy decoding.", examples=[0.8])
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="0 (or anything below 1e-6) means greedy decoding.", examples=[0.8])
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.95])
     max_tokens: int = Field(default=256, ge=1, le=32768, description="Most new tokens per model turn.", examples=[64])
     stop: list[str] = Field(

@@ -52,3 +52,9 @@ def test_gate_lets_a_swap_wait_for_requests_and_hold_new_ones():
         return order
 
     assert asyncio.run(scenario()) == ["a-start", "a-end", "swap", "b-start", "b-end"]
+
+
+def test_a_temperature_too_small_to_divide_by_samples_greedily():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, 0.1, 0.2]])
+    chosen = sample_next(logits, torch.tensor([1.1754943508222875e-38, 0.0]), torch.ones(2), [None, None])
+    assert chosen.tolist() == [1, 0]
