@@ -143,12 +143,15 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student",
     published = CheckpointStore(home / "checkpoints").resolve(ref)
     if published is not None:
         return Path(published.path), f"{published.name}/v{published.version}"
+    unknown = KeyError(f"{ref!r} is neither a published checkpoint (name, name/vN) nor a checkpoint directory")
     path = Path(ref).expanduser()
     if roots is not None:
         from shared.paths import confined
 
+        if not (path.is_absolute() or "/" in ref or ref.startswith((".", "~"))):
+            raise unknown  # a bare name that is not published; never looked up in the service's cwd
         path = confined(path, roots, what="checkpoint directory")  # PathRefused is a ValueError
     # adapter_config.json: a LoRA adapter directory (shared.models.loading loads it on its base).
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path, str(path)
-    raise KeyError(f"{ref!r} is neither a published checkpoint (name, name/vN) nor a checkpoint directory")
+    raise unknown

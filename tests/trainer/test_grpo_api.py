@@ -172,9 +172,9 @@ def test_a_retried_step_id_is_applied_once(client):
     [
         (lambda b: b["groups"][0]["samples"][1].update(loss_mask=[0, 1]), "body.groups.0.samples.1.loss_mask", "token_ids has 11"),
         (lambda b: b["groups"][1]["samples"][0]["logprobs"].pop(), "body.groups.1.samples.0.logprobs", "align"),
-        (lambda b: b["groups"][0]["samples"][0]["logprobs"].__setitem__(5, 0.4), "body.groups.0.samples.0.logprobs", "<= 0"),
+        (lambda b: b["groups"][0]["samples"][0]["logprobs"].__setitem__(5, 0.4), "body.groups.0.samples.0.logprobs.5", "less than or equal to"),
         (lambda b: b["groups"][0]["samples"][0]["loss_mask"].__setitem__(0, 1), "body.groups.0.samples.0.loss_mask", "first token"),
-        (lambda b: b["groups"][0]["samples"][0]["loss_mask"].__setitem__(5, 2), "body.groups.0.samples.0.loss_mask", "0 or 1"),
+        (lambda b: b["groups"][0]["samples"][0]["loss_mask"].__setitem__(5, 2), "body.groups.0.samples.0.loss_mask.5", "less than or equal to 1"),
         (lambda b: b["groups"][0]["samples"][0].update(prompt_length=6), "body.groups.0.samples.0.prompt_length", "inside the prompt"),
         (lambda b: b["groups"][0]["samples"][0].pop("reward"), "body.groups.0.samples.0.reward", "required"),
         (lambda b: b["groups"][1].update(samples=[]), "body.groups.1.samples", "at least 1"),
