@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.schemas.runs import RUN_NAME, RunConfig
+from shared.schemas.runs import RunConfig, safe_label
 
 ExperimentState = Literal["running", "succeeded", "failed"]
 
@@ -42,12 +42,7 @@ class ExperimentConfig(BaseModel):
         examples=[{"tasks": {"n_train": 128, "n_eval": 256, "n_reserve": 512}}],
     )
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and not RUN_NAME.match(value):
-            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
+    _safe_name = field_validator("name")(safe_label)
 
     def run_config(self, seed: int) -> RunConfig:
         """The run config of one seed."""

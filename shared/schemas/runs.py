@@ -18,6 +18,15 @@ from shared.schemas.rl import GRPOHyperparameters
 from shared.schemas.training import ReportTo, SFTHyperparameters
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def safe_label(value: str | None) -> str | None:
+    """A run or experiment label names folders and checkpoint series: letters, digits, `._-` only."""
+    if value is not None and not RUN_NAME.match(value):
+        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
 FAMILIES = ("arith", "kb")
 REWARD_BOUND = 1000.0  # rewards are scores of one episode; GRPO normalises them per group anyway
 
@@ -335,12 +344,7 @@ class RunConfig(BaseModel):
         examples=[16],
     )
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and not RUN_NAME.match(value):
-            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
+    _safe_name = field_validator("name")(safe_label)
 
 
 # --- state -------------------------------------------------------------------------------------
