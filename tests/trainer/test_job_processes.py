@@ -3,7 +3,9 @@ that fails marks the job failed with the reason."""
 
 import json
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -53,9 +55,9 @@ def test_cancel_stops_the_running_training_process(client):
     assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "cancelled"
 
 
-def test_a_failing_training_process_fails_the_job_with_its_reason(client, student_model_dir, tmp_path):
-    base = tmp_path / "corrupt-base"
-    shutil.copytree(student_model_dir, base)
+def test_a_failing_training_process_fails_the_job_with_its_reason(client, student_model_dir):
+    base = Path(tempfile.mkdtemp(prefix="corrupt-base-", dir=client.app.state.settings.home))  # under SCORE_HOME
+    shutil.copytree(student_model_dir, base, dirs_exist_ok=True)
     (base / "model.safetensors").write_bytes(b"not a safetensors file")  # passes the service's checks, fails to load
     job = client.post("/v1/jobs", json={"base": str(base), "dataset": {"rows": _rows(2)}}).json()
     failed = _wait(client, job["id"], lambda j: j["state"] in ("failed", "succeeded"))
