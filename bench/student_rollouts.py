@@ -1,7 +1,7 @@
 """Student rollouts with the engine's prefix cache on and off: the same episodes, side by side.
 
-Two student services on the built-in tiny student, one with the prefix cache (`prefix_cache_mb`, the
-default) and one without (`SCORE_STUDENT_PREFIX_CACHE_MB=0`), get the same seeded `POST /v1/rollouts`
+Two student services on the built-in tiny student, one with the prefix cache (`prefix_cache_mb` 512;
+off by default) and one without (`SCORE_STUDENT_PREFIX_CACHE_MB=0`), get the same seeded `POST /v1/rollouts`
 requests in interleaved rounds. Per arm: episodes/s, and prefill tokens per episode (the prompt tokens
 that ran through the model, from the engine's counters) against the episode's length. The episodes
 themselves must be token for token the same in both arms (seeded sampling does not depend on the cache).
@@ -32,7 +32,7 @@ from shared.tasks.builtin import builtin_tasks  # noqa: E402
 from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
-ARMS = {"cache_off": "0", "cache_on": ""}  # SCORE_STUDENT_PREFIX_CACHE_MB; empty = the default
+ARMS = {"cache_off": "0", "cache_on": "512"}  # SCORE_STUDENT_PREFIX_CACHE_MB
 
 
 def engine_counters(url: str) -> dict[str, float]:

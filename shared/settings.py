@@ -128,9 +128,10 @@ class ModelServiceConfig(BaseSettings):
                                "when available.")
     max_batch_size: int = Field(default=64, ge=1, description="Most generations batched together (transformers).")
     prefix_cache_mb: float = Field(
-        default=512.0, ge=0.0, description="Memory for KV states kept between an episode's turns (transformers), so "
-        "a turn prefills only its new tokens; least recently used prefixes are evicted beyond it. 0 switches the "
-        "prefix cache off (same samples, more prefill).")
+        default=0.0, ge=0.0, le=1_048_576.0,
+        description="Memory for KV states kept between an episode's turns (transformers), so a turn prefills only "
+        "its new tokens; least recently used prefixes are evicted beyond it. 0 (the default for now): off, same "
+        "samples, more prefill. On, it cut prefill ~8x in bench/student_rollouts.py, but a full demo ran slower.")
     max_concurrent_episodes: int = Field(
         default=64, ge=1, description="Agent episodes in flight, one sandboxed interpreter process each.")
     search_corpus: str | None = Field(

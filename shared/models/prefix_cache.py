@@ -53,6 +53,8 @@ def _common_length(a: list[int], b: list[int], start: int, limit: int) -> int:
     return n
 
 
+MAX_CANDIDATES = 32  # entries compared token by token per lookup
+
 class PrefixCache:
     """Byte-bounded LRU store of KV prefixes, looked up by the longest shared token prefix."""
 
@@ -78,7 +80,9 @@ class PrefixCache:
         if depth == 0:
             return None, 0
         best, best_length = None, 0
-        for entry_id in self._by_block[hashes[depth - 1]]:
+        # The newest entries only: every entry shares the system prompt's blocks, so a new task's lookup would
+        # otherwise scan the whole cache (thousands of entries late in a run, slower with every episode).
+        for entry_id in itertools.islice(reversed(self._by_block[hashes[depth - 1]]), MAX_CANDIDATES):
             entry = self._entries[entry_id]
             shared = depth * BLOCK
             if entry.tokens[:shared] != prompt[:shared]:  # a hash collision, not a shared prefix
