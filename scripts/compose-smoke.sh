@@ -138,12 +138,12 @@ sandbox = ready.get("sandbox") or {}
 layers = sandbox.get("layers") if isinstance(sandbox.get("layers"), dict) else sandbox
 on = sorted(k for k, v in layers.items() if v is True)
 off = sorted(k for k, v in layers.items() if v is False)
-print(f"{name} /ready: sandbox ok={sandbox.get('ok')} boundary={sandbox.get('boundary')}; "
-      f"layers on ({len(on)}): {on}; off ({len(off)}): {off}")
+ok, boundary, problem = sandbox.get("ok"), sandbox.get("boundary"), sandbox.get("problem")  # no single quotes here
+print(f"{name} /ready: sandbox ok={ok} boundary={boundary}; layers on ({len(on)}): {on}; off ({len(off)}): {off}")
 required = os.environ.get("SCORE_SMOKE_REQUIRE_LAYERS", "").split()
 missing = [k for k in required if not layers.get(k)]
-if ready.get("status") != "ready" or not on or missing or sandbox.get("ok") is False:
-    sys.exit(f"{name}: not ready, sandbox not ok ({sandbox.get('problem')}), or layers off: {missing or 'all'}")
+if ready.get("status") != "ready" or not on or missing or ok is False:
+    sys.exit(f"{name}: not ready, sandbox not ok ({problem}), or layers off: {missing}")
 ' "$service"
 done
 if [ -f scripts/hostile_probe.py ]; then
