@@ -4,13 +4,17 @@
 setup:
 	bash scripts/setup.sh
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), longest first (tests/conftest.py): much of the suite waits on
+# service processes starting, Redis outages and timeouts, which a second worker fills. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 # Everything from nothing, then the whole suite (slow end-to-end tests included).
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load
 
 # Without the slow end-to-end tests.
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not slow"
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load -m "not slow"
 
 bench: setup
 	.venv/bin/python bench/student_batching.py

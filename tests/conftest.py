@@ -53,3 +53,17 @@ def student_model_dir(score_home):
     from shared.models.builtin import ensure_builtin_model
 
     return ensure_builtin_model("student", score_home)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (a test's own timeout stands for its length, then `slow`), stable otherwise.
+
+    With `-n 2 --dist load` (`make test`) the two workers then start on the end-to-end runs, and the many short tests fill
+    in around them; collected last, a 4-minute demo would start when the other worker had nothing left to do.
+    """
+    def expected_length(item) -> tuple[float, bool]:
+        timeout = item.get_closest_marker("timeout")
+        return (float(timeout.args[0]) if timeout and timeout.args else 0.0,
+                item.get_closest_marker("slow") is not None)
+
+    items.sort(key=expected_length, reverse=True)

@@ -19,7 +19,7 @@ from tests.service_process import ServiceProcess
 from tests.trainer.sft_jobs import gold_conversations, tensorboard_scalars, write_dataset
 from tests.trainer.test_e2e_service import fresh_home, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HELD_OUT = builtin_tasks(family="arith", split="eval", n=32, seed=11)
 GOLD_TASKS = 1024  # distinct tasks matter: 512 tasks x 4 epochs solved none, 1,024 x 3 solved 13 of 32
