@@ -20,7 +20,7 @@ from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
 from shared.tools.sandbox import Sandbox, prepare_service
-from shared.tools.search import BM25Search, agent_tools
+from shared.tools.search import tools_for_corpus
 from services.student.api import api_router, ops_router
 from services.student.config import StudentConfig
 from services.student.serving import StudentServing
@@ -43,16 +43,6 @@ def build_engine(config: StudentConfig) -> Engine:
         )
     return TransformersEngine(str(path), model_name=name, device=config.device, max_batch_size=config.max_batch_size,
                               prefix_cache_mb=config.prefix_cache_mb)
-
-
-def build_tools(config: StudentConfig) -> dict:
-    if config.search_corpus:
-        backend = BM25Search.from_jsonl(config.search_corpus)
-    else:
-        from shared.tasks.builtin import builtin_search_backend
-
-        backend = builtin_search_backend()
-    return agent_tools(backend)
 
 
 def app_from_args(args, settings) -> FastAPI:
@@ -81,7 +71,7 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine = build_engine(config)
         await engine.start()
-        tools = build_tools(config)
+        tools = tools_for_corpus(config.search_corpus)
         runner = RolloutRunner(
             engine, partial(Sandbox, tools=tools, limits=config.sandbox,
                                   unconfined=config.settings.sandbox_unconfined),

@@ -19,7 +19,7 @@ from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
 from shared.tools.sandbox import Sandbox, prepare_service
-from services.student.app import build_tools
+from shared.tools.search import tools_for_corpus
 from services.teacher.api import api_router, ops_router
 from services.teacher.backends import EngineBackend, ExpertBackend, OpenAIBackend, TeacherBackend
 from services.teacher.config import TeacherConfig
@@ -90,7 +90,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         scoring_pool.configure(config.settings)  # answer scoring bounded by this service's settings
-        tools = build_tools(config)
+        tools = tools_for_corpus(config.search_corpus)
         sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox,
                                   unconfined=config.settings.sandbox_unconfined)
         executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)

@@ -44,10 +44,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
-from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
-
 from shared.tools import boundary as boundary_module
+from shared.tools.limits import SandboxLimits
 
 logger = logging.getLogger(__name__)
 
@@ -71,23 +69,6 @@ _CHILD_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandb
 
 class SandboxError(RuntimeError):
     """The sandbox interpreter could not be started (a deployment problem, not the agent's)."""
-
-
-@pydantic_dataclass(frozen=True)
-class SandboxLimits:
-    """Limits of one sandboxed interpreter (set per service as a JSON object, e.g. SCORE_STUDENT_SANDBOX)."""
-
-    step_timeout_s: float = Field(default=5.0, gt=0, description="Wall-clock limit of one code cell.")
-    cpu_time_s: int = Field(default=20, ge=1, description="CPU seconds for the whole interpreter (RLIMIT_CPU).")
-    memory_bytes: int = Field(default=512 * 2**20, ge=2**24, description="Address space of the interpreter "
-                              "(RLIMIT_AS).")
-    max_output_chars: int = Field(default=4000, ge=64, description="Observation cap; longer output is truncated "
-                                  "with a marker.")
-    max_file_bytes: int = Field(default=16 * 2**20, ge=0, description="Largest file the code may write "
-                                "(RLIMIT_FSIZE).")
-    max_open_files: int = Field(default=64, ge=16, description="Open file descriptors (RLIMIT_NOFILE).")
-    disk_bytes: int = Field(default=64 * 2**20, ge=2**20, le=2**34, description="Disk quota of one episode: the "
-                            "size of its tmpfs work dir (memory-backed; gone with the interpreter).")
 
 
 @dataclass

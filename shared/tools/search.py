@@ -178,3 +178,15 @@ def agent_tools(backend: SearchBackend, k: int = 3) -> dict[str, Callable[[str],
     """The tools an episode's sandbox exposes: `search` and its alias `web_search` (the paper's name)."""
     search = make_search_tool(backend, k=k)
     return {"search": search, "web_search": search}
+
+
+def tools_for_corpus(search_corpus: str | Path | None, k: int = 3) -> dict[str, Callable[[str], str]]:
+    """The agent's tools over a JSONL search corpus, or over the built-in suite's knowledge base when none is given
+    (what both model services configure with `search_corpus`)."""
+    if search_corpus:
+        backend: SearchBackend = BM25Search.from_jsonl(search_corpus)
+    else:
+        from shared.tasks.builtin import builtin_search_backend  # the suite is only needed without a corpus
+
+        backend = builtin_search_backend()
+    return agent_tools(backend, k=k)
