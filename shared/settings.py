@@ -98,10 +98,6 @@ class Settings(BaseSettings):
         return [self.home, *self.allowed_paths]
 
     @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
-    @property
     def checkpoints_dir(self) -> Path:
         return self.home / "checkpoints"
 

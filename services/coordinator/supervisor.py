@@ -55,9 +55,6 @@ class WorkerSupervisor:
     def alive(self) -> int:
         return sum(p is not None and p.poll() is None for p in self.processes)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p is not None and p.poll() is None]
-
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
