@@ -199,7 +199,7 @@ def test_variables_persist_across_runs():
         assert (first.observation, first.status) == ("Execution finished with no output.", "ok")
         second = sandbox.run("print(double(x) + 2)")
         assert (second.observation, second.status, second.final_answer) == ("42", "ok", None)
-        assert second.duration_s >= 0
+        assert 0 < second.duration_s < ROOMY.step_timeout_s  # measured around the run, not a placeholder
 
 
 def test_final_answer_print_records_the_answer_of_that_run_only():
