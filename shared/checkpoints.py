@@ -22,10 +22,11 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from shared.fsutil import atomic_directory, file_lock, remove_leftovers, write_json_atomic
+from shared.names import NAME_PATTERN, SAFE_NAME
 
 INDEX = "index.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})(?:[/@]v?(?P<version>\d+))?$")
+_NAME = SAFE_NAME
+_REF = re.compile(rf"^(?P<name>{NAME_PATTERN})(?:[/@]v?(?P<version>\d+))?$")
 
 
 class CheckpointRef(BaseModel):

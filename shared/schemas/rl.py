@@ -8,16 +8,16 @@ the result as the next checkpoint version, which the student loads with `POST /v
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from shared.names import SAFE_NAME
 from shared.schemas.agent import MAX_POLICY_VERSION, MAX_TOKEN_ID, Episode
 from shared.schemas.lora import LoRASettings
 from shared.schemas.training import ReportTo
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SESSION_ID = SAFE_NAME
 MAX_STEP_SAMPLES = 4096  # samples per step; a bigger batch should be split into several steps by the caller
 
 

@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.names import SAFE_NAME
 from shared.schemas.agent import Step, Task
 from shared.schemas.rl import GRPOHyperparameters
 from shared.schemas.training import ReportTo, SFTHyperparameters
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUN_NAME = SAFE_NAME
 
 
 def safe_label(value: str | None) -> str | None:

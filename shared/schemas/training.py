@@ -6,15 +6,15 @@ transition (cancelling a finished job) is answered 409.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.names import SAFE_NAME
 from shared.schemas.lora import LoRASettings
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_JOB_ID = SAFE_NAME
 
 
 class JobState(StrEnum):

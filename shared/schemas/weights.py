@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.names import SAFE_NAME
 from shared.schemas.agent import MAX_POLICY_VERSION
 
 
@@ -28,7 +29,7 @@ class LoadWeightsRequest(BaseModel):
         examples=["/data/score/checkpoints/student-sft/v2"],
     )
     name: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        default=None, pattern=SAFE_NAME.pattern,
         description="Checkpoint name under SCORE_HOME/checkpoints/: 1-64 letters, digits, '.', '_' or '-', "
         "starting with a letter or digit.", examples=["student-sft"],
     )
