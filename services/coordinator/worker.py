@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.coordinator import keys, pipeline
+from services.coordinator.config import CoordinatorConfig
 from services.coordinator.context import RunContext, services_for
 from services.coordinator.queue import QUEUES, StageQueue, WorkItem
 from services.coordinator.store import RunNotFound, RunStore
@@ -278,10 +279,12 @@ def _describe(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started by the coordinator with every flag; run by hand, the defaults are the coordinator's settings.
+    config = CoordinatorConfig()
     parser = argparse.ArgumentParser(description="A SCoRe coordinator stage worker.")
     parser.add_argument("--redis-url", default=None)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--visibility-ms", type=int, default=int(os.environ.get("SCORE_VISIBILITY_MS", 60_000)))
+    parser.add_argument("--concurrency", type=int, default=config.worker_concurrency)
+    parser.add_argument("--visibility-ms", type=int, default=config.visibility_ms)
     parser.add_argument("--consumer", default=None, help="consumer name prefix (the pid is appended)")
     args = parser.parse_args(argv)
     settings = Settings()
