@@ -58,3 +58,11 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait(5)
         self._log.close()
+
+
+def fresh_home(score_home: Path, root: Path) -> Path:
+    """A SCORE_HOME of its own (jobs, checkpoints) sharing the session's built-in models."""
+    home = root / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
+    return home

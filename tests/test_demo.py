@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.trainer.test_e2e_service import fresh_home
+from tests.service_process import fresh_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

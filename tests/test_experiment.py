@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.stats import wilson
-from tests.trainer.test_e2e_service import fresh_home
+from tests.service_process import fresh_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -14,12 +14,6 @@ from services.coordinator.records import trained_on
 from shared.agent.format import episode_messages
 from shared.agent.prompts import OBSERVATION_PREFIX, SYSTEM_PROMPT
 from shared.schemas.agent import Step
-from tests.coordinator.test_report import gold, make_records  # noqa: F401  (gold is a fixture)
-
-
-@pytest.fixture(scope="module")
-def records(gold):  # noqa: F811
-    return make_records(gold)
 
 
 def test_messages_keep_correct_trajectories_with_their_keys(records):

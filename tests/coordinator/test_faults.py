@@ -17,8 +17,7 @@ import pytest
 import redis
 
 from shared.redis_server import EmbeddedRedis
-from tests.service_process import ServiceProcess
-from tests.trainer.test_e2e_service import fresh_home
+from tests.service_process import ServiceProcess, fresh_home
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from functools import lru_cache
 from pathlib import Path
+
+import httpx
 
 from shared.agent.format import episode_messages
 from shared.schemas.training import SFTHyperparameters
@@ -69,3 +72,16 @@ def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     events = EventAccumulator(str(log_dir))
     events.Reload()
     return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def wait_for(url: str, predicate, timeout_s: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout_s
+    job = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(url, timeout=10).json()
+        if predicate(job):
+            return job
+        if job.get("state") == "failed":
+            raise AssertionError(f"job failed: {job.get('error')}")
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out waiting for {what}; last: {job}")

@@ -6,31 +6,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_process import ServiceProcess
-from tests.trainer.sft_jobs import gold_lines, write_dataset
+from tests.service_process import ServiceProcess, fresh_home
+from tests.trainer.sft_jobs import gold_lines, wait_for, write_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def fresh_home(score_home: Path, root: Path) -> Path:
-    """A SCORE_HOME of its own (jobs, checkpoints) sharing the session's built-in models."""
-    home = root / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
-    return home
-
-
-def wait_for(url: str, predicate, timeout_s: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout_s
-    job = {}
-    while time.monotonic() < deadline:
-        job = httpx.get(url, timeout=10).json()
-        if predicate(job):
-            return job
-        if job.get("state") == "failed":
-            raise AssertionError(f"job failed: {job.get('error')}")
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}; last: {job}")
 
 
 def _alive(pid: int) -> bool:

@@ -15,9 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
-from tests.service_process import ServiceProcess
-from tests.trainer.sft_jobs import gold_conversations, tensorboard_scalars, write_dataset
-from tests.trainer.test_e2e_service import fresh_home, wait_for
+from tests.service_process import ServiceProcess, fresh_home
+from tests.trainer.sft_jobs import gold_conversations, tensorboard_scalars, wait_for, write_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -14,7 +14,7 @@ from shared.settings import Settings
 from services.trainer.app import create_app
 from services.trainer.config import TrainerConfig
 from tests.trainer.sft_jobs import gold_lines
-from tests.trainer.test_e2e_service import fresh_home
+from tests.service_process import fresh_home
 
 pytestmark = pytest.mark.slow
 
