@@ -66,3 +66,12 @@ def fresh_home(score_home: Path, root: Path) -> Path:
     (home / "models").mkdir(parents=True)
     (home / "models" / "builtin").symlink_to(score_home / "models" / "builtin")
     return home
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

@@ -60,3 +60,14 @@ def test_a_service_package_imports_no_other_service_package(service):
 def test_settings_name_the_sandbox_limits_without_the_sandbox():
     assert not any(m.startswith("shared.tools.sandbox") for m in imported_modules(ROOT / "shared" / "settings.py"))
     assert not any(m.startswith("shared.") for m in imported_modules(ROOT / "shared" / "tools" / "limits.py"))
+
+
+def test_no_test_module_imports_another_test_module():
+    """Shared helpers live in helper modules or a package's conftest.py, never in a `test_*.py` another one imports
+    (pytest would collect the imported fixtures twice and the two modules' runs would depend on each other)."""
+    offending = {}
+    for path in modules_under("tests"):
+        found = sorted(m for m in imported_modules(path) if m.startswith("tests.") and ".test_" in f".{m}")
+        if found:
+            offending[str(path.relative_to(ROOT))] = found
+    assert offending == {}

@@ -156,7 +156,7 @@ def test_trainer_exports_the_sft_jobs_progress_and_rl_sessions(score_home, tmp_p
     from services.trainer.app import create_app
     from services.trainer.config import TrainerConfig
     from tests.trainer.sft_jobs import gold_lines
-    from tests.trainer.test_grpo_api import batch, create
+    from tests.trainer.rl_sessions import batch, create
 
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)

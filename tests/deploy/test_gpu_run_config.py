@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from shared.schemas.runs import RunConfig
-from tests.deploy.test_compose import ROOT, active_services, argv, flag, gpu_setup, raw_compose
+from tests.deploy.compose_files import ROOT, active_services, argv, flag, gpu_setup, raw_compose
 
 GPU_RUN = ROOT / "configs" / "gpu.yaml"
 SFT_STAGES = ("bc_init", "sft", "baseline")

@@ -6,18 +6,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_process import ServiceProcess, fresh_home
+from tests.service_process import ServiceProcess, fresh_home, process_alive
 from tests.trainer.sft_jobs import gold_lines, wait_for, write_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_kill_9_mid_job_then_restart_resumes_and_finishes(score_home, tmp_path):
@@ -43,9 +35,9 @@ def test_kill_9_mid_job_then_restart_resumes_and_finishes(score_home, tmp_path):
     finally:
         first.stop()
     deadline = time.monotonic() + 10
-    while _alive(child_pid) and time.monotonic() < deadline:
+    while process_alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(child_pid), "the training process outlived the killed service"
+    assert not process_alive(child_pid), "the training process outlived the killed service"
     result = home / "trainer" / "jobs" / "resume-me" / "result.json"
     assert not result.exists(), "the job finished before the kill: nothing was left to resume (make it longer)"
 

@@ -1,65 +1,20 @@
 """The trainer's RL endpoints, served in-process from the app factory: sessions, steps, validation, restarts."""
 
 import json
-import random
-import uuid
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
-from services.trainer.app import create_app
-from services.trainer.config import TrainerConfig
-from shared.settings import Settings
+from tests.trainer.rl_sessions import MADE_UP, batch, create, new_id, trainer_app
 from tests.trainer.sft_jobs import tensorboard_scalars
-
-
-def trainer_app(score_home, **settings):
-    return create_app(TrainerConfig(device="cpu", settings=Settings(home=score_home, **settings)))
 
 
 @pytest.fixture(scope="module")
 def client(score_home):
     with TestClient(trainer_app(score_home)) as client:
         yield client
-
-
-# The samples below are made up, not sampled (their logprobs are not the model's): no behaviour-logprob bound.
-MADE_UP = {"max_logprob_diff": None}
-
-
-def new_id(prefix="s") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def sample(reward: float, *, version: int = 0, length: int = 12, prompt_len: int = 4, seed: int = 0) -> dict:
-    rng = random.Random(seed)
-    mask = [0] * prompt_len + [1] * (length - prompt_len)
-    return {
-        "token_ids": [rng.randrange(3, 2000) for _ in range(length)],
-        "loss_mask": mask,
-        "logprobs": [-7.5 if bit else 0.0 for bit in mask],  # about uniform over the 2k vocabulary
-        "policy_version": version,
-        "reward": reward,
-        "prompt_length": prompt_len,
-    }
-
-
-def batch(version: int = 0, rewards=((1.0, 0.0, 0.5), (0.0, 1.0)), **extra) -> dict:
-    groups = [
-        {"samples": [sample(r, version=version, seed=10 * g + i, length=10 + i) for i, r in enumerate(rs)]}
-        for g, rs in enumerate(rewards)
-    ]
-    return {"groups": groups, **extra}
-
-
-def create(client, **body) -> dict:
-    body.setdefault("session_id", new_id())
-    body.setdefault("hyperparameters", {**MADE_UP, "learning_rate": 1e-2})
-    response = client.post("/v1/rl/sessions", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def assert_error(response, status: int, param: str, text: str = "") -> None:

@@ -14,7 +14,7 @@ from shared.settings import Settings
 from services.trainer.app import create_app
 from services.trainer.config import TrainerConfig
 from tests.trainer.sft_jobs import gold_lines
-from tests.service_process import fresh_home
+from tests.service_process import fresh_home, process_alive
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,8 @@ def test_cancel_stops_the_running_training_process(client):
     pid = int(client.get(f"/v1/jobs/{job['id']}/events").text.split("(pid ")[1].split(",")[0])
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["state"] == "cancelled" and running["total_steps"] == 10_000
-    from tests.trainer.test_e2e_service import _alive
 
-    assert not _alive(pid)
+    assert not process_alive(pid)
     time.sleep(0.5)  # the watcher must not resurrect or fail a cancelled job
     assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "cancelled"
 

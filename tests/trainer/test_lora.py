@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from shared.models.loading import load_causal_lm
 from tests.trainer.sft_jobs import gold_lines, make_job_dir, progress
-from tests.trainer.test_grpo_api import batch, create, trainer_app
+from tests.trainer.rl_sessions import batch, create, trainer_app
 
 LORA = {"lora": True, "lora_r": 4, "lora_alpha": 8}
 TARGETS = ["q_proj", "v_proj"]
