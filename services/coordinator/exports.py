@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.agent.format import episode_messages
-from services.coordinator.records import training_messages
+from services.coordinator.records import sft_row
 from shared.fsutil import atomic_write, write_text_atomic
 from shared.schemas.runs import TrajectoryRecord
 
@@ -32,10 +32,10 @@ VERL_SCHEMA = pa.schema([
 
 
 def export_messages(records: list[TrajectoryRecord]) -> list[dict]:
-    """OpenAI chat rows (`messages`) of the correct trajectories, with `task_id`, `outcome` and `stage`; assistant
+    """OpenAI chat rows (`messages`) with `task_id`, `outcome` and `stage`: the rows the trainer's dataset file holds
+    (`records.sft_row`: correct trajectories with a turn to learn from), plus the stage that made each. Assistant
     turns carry OpenAI's `weight` (0: context only, as SCoRe-SFT trains them)."""
-    return [{"messages": training_messages(r), "task_id": r.task.id, "outcome": r.outcome,
-             "stage": r.stage} for r in records if r.correct]
+    return [{**row, "stage": record.stage} for record in records if (row := sft_row(record)) is not None]
 
 
 def sharegpt_conversation(messages: list[dict]) -> tuple[str | None, list[dict]]:

@@ -89,16 +89,19 @@ def training_messages(record: TrajectoryRecord) -> list[dict]:
     return [{**m, "weight": next(weights)} if m["role"] == "assistant" else m for m in messages]
 
 
+def sft_row(record: TrajectoryRecord) -> dict | None:
+    """The messages row SFT trains on, for a correct trajectory with at least one turn to learn from; else None."""
+    if not record.correct:
+        return None
+    messages = training_messages(record)
+    if not any(m.get("weight") for m in messages if m["role"] == "assistant"):
+        return None
+    return {"messages": messages, "task_id": record.task.id, "outcome": record.outcome}
+
+
 def rows_for_sft(records: list[TrajectoryRecord]) -> list[dict]:
-    """Messages rows of the correct trajectories that have at least one turn to learn from."""
-    rows = []
-    for record in records:
-        if not record.correct:
-            continue
-        messages = training_messages(record)
-        if any(m.get("weight") for m in messages if m["role"] == "assistant"):
-            rows.append({"messages": messages, "task_id": record.task.id, "outcome": record.outcome})
-    return rows
+    """The rows of a training stage's dataset file, in the records' order."""
+    return [row for row in map(sft_row, records) if row is not None]
 
 
 def keep_share(task_id: str, share: float, salt: str) -> bool:

@@ -9,11 +9,10 @@ import uuid
 from pathlib import Path
 
 from services.coordinator import pipeline
+from services.coordinator.datasets import dataset
 from services.coordinator.pools import FileRules, PoolError, draw_pools, save_pools
 from services.coordinator.queue import StageQueue
 from services.coordinator.records import records_of
-from services.coordinator.stages.rl import rl_prefixes
-from services.coordinator.stages.score_sft import sft_records
 from services.coordinator.store import IllegalTransition, RunNotFound, RunStore
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.schemas.runs import RunConfig, RunEvent, RunInfo, RunState, TrajectoryRecord
@@ -98,17 +97,9 @@ class RunManager:
         return [r for r in records if outcome is None or r.outcome == outcome]
 
     async def dataset_records(self, run_id: str, name: str) -> list[TrajectoryRecord]:
-        """The records behind a dataset, as the stages trained on them."""
-        if name == "sft":
-            config = await self.store.config(run_id)
-            return sft_records(await self.records(run_id, stage="mps"), config.mps.self_solved_share, run_id,
-                               cold_start=await self.records(run_id, stage="bc_init"), replay=config.sft.replay_bc_init)
-        if name == "rl":
-            return rl_prefixes(await self.records(run_id, stage="mps"))
-        if name == "baseline":
-            return [r for r in await self.records(run_id, stage="bc_init") + await self.records(run_id, stage="baseline")
-                    if r.correct]
-        return [r for r in await self.records(run_id, stage="bc_init") if r.correct]
+        """The records behind a dataset: what its stage trained on (`datasets.py`, shared with the stage)."""
+        await self.get(run_id)
+        return await dataset(name, self.store, run_id, await self.store.config(run_id))
 
     async def export(self, run_id: str, name: str, fmt: str) -> Path:
         """Write the dataset in `fmt` under the run folder; its path."""

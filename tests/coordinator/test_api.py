@@ -106,7 +106,7 @@ def test_openapi_describes_every_operation_and_field(client):
 
 
 def test_scoresft_data_is_repaired_plus_kept_self_solved_plus_replayed_cold_start():
-    from services.coordinator.stages.score_sft import sft_records
+    from services.coordinator.datasets import sft_records
     from shared.schemas.agent import Task
     from shared.schemas.runs import TrajectoryRecord
 

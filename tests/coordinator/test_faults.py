@@ -25,8 +25,10 @@ QUICK_SFT = {"max_steps": 2, "cpu_threads": 1, "learning_rate": 1e-3}
 TINY_RUN = {
     "name": "faults",
     "tasks": {"n_bc_init": 4, "n_train": 6, "n_rl": 4, "n_eval": 4},
-    "bc_init": {"hyperparameters": QUICK_SFT}, "sft": {"hyperparameters": QUICK_SFT},
-    "baseline": {"hyperparameters": QUICK_SFT},
+    "bc_init": {"hyperparameters": QUICK_SFT}, "sft": {"hyperparameters": QUICK_SFT, "replay_bc_init": 0.5},
+    # The fair baseline (from the cold-start checkpoint, replaying SCoRe-SFT's share): its dataset is the one
+    # an export could get wrong by re-deriving it.
+    "baseline": {"hyperparameters": QUICK_SFT, "start": "cold_start"},
     "mps": {"max_turns": 2, "max_tokens": 24}, "eval": {"max_turns": 2, "max_tokens": 24},
     "rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_turns": 1, "max_tokens": 24,
            "hyperparameters": {"learning_rate": 1e-3}},
@@ -91,7 +93,7 @@ def stage_running(stage: str):
     return lambda run: run["stages"][stage]["state"] == "running"
 
 
-def assert_every_task_once(url: str, run_id: str) -> None:
+def assert_every_task_once(url: str, run_id: str, home) -> None:
     trajectories = httpx.get(f"{url}/v1/runs/{run_id}/trajectories", params={"limit": 1000}, timeout=30).json()
     per_stage = Counter((t["stage"], t["task"]["id"]) for t in trajectories["trajectories"])
     assert per_stage and max(per_stage.values()) == 1, per_stage.most_common(3)
@@ -100,6 +102,18 @@ def assert_every_task_once(url: str, run_id: str) -> None:
     rows = httpx.get(f"{url}/v1/runs/{run_id}/datasets/sft", timeout=30).text.splitlines()
     ids = [json.loads(row)["task_id"] for row in rows]
     assert len(ids) == len(set(ids))
+    assert_exports_are_what_was_trained(url, run_id, home)
+
+
+def assert_exports_are_what_was_trained(url: str, run_id: str, home) -> None:
+    """Each exported dataset is, row for row, the file its stage handed the trainer (export rows add `stage`)."""
+    for name in ("bc_init", "sft", "baseline"):
+        exported = [json.loads(line) for line in
+                    httpx.get(f"{url}/v1/runs/{run_id}/datasets/{name}", timeout=30).text.splitlines()]
+        trained_file = home / "runs" / run_id / "datasets" / f"{name}.jsonl"
+        trained = [json.loads(line) for line in trained_file.read_text().splitlines()] if trained_file.exists() else []
+        assert [{k: v for k, v in row.items() if k != "stage"} for row in exported] == trained, name
+        assert trained or name == "sft", f"{name}: no training file"  # SFT is skipped when nothing was repaired
 
 
 def pending_worker_pid(redis_url: str, queue: str) -> int | None:
@@ -125,7 +139,7 @@ def test_a_worker_killed_mid_item_loses_nothing_and_duplicates_nothing(stack):
         assert pid is not None, "no mps item was ever in progress"
         os.kill(pid, signal.SIGKILL)
         run = wait_run(coordinator.url, run_id, lambda r: r["state"] == "succeeded", 300, "the run to finish")
-        assert_every_task_once(coordinator.url, run_id)
+        assert_every_task_once(coordinator.url, run_id, stack["home"])
         assert "reclaimed" in coordinator.log_tail(200_000)
         assert httpx.get(f"{coordinator.url}/ready", timeout=10).json()["workers"] == 2  # restarted
         assert set(run["eval"]) >= {"bc_init", "sft", "rl", "baseline", "teacher"}
@@ -147,7 +161,7 @@ def test_a_restarted_coordinator_finishes_the_run(stack):
     try:
         run = wait_run(restarted.url, run_id, lambda r: r["state"] == "succeeded", 300, "the run to finish")
         assert run["stages"]["mps"]["done"] == TINY_RUN["tasks"]["n_train"] + TINY_RUN["tasks"]["n_rl"]
-        assert_every_task_once(restarted.url, run_id)
+        assert_every_task_once(restarted.url, run_id, stack["home"])
     finally:
         restarted.stop()
 
@@ -171,7 +185,7 @@ def test_redis_outage_gives_clear_errors_then_the_run_recovers(stack):
         run = wait_run(coordinator.url, run_id, lambda r: r["state"] == "succeeded", 300, "the run to finish")
         assert run["state"] == "succeeded"
         assert "Redis unreachable" in coordinator.log_tail(400_000)
-        assert_every_task_once(coordinator.url, run_id)
+        assert_every_task_once(coordinator.url, run_id, stack["home"])
     finally:
         coordinator.stop()
 

@@ -10,7 +10,7 @@ import pytest
 from services.coordinator.records import rows_for_sft, trained_on
 from services.coordinator.stages.mentor import mentor
 from services.coordinator.stages.rl import answer_kind, episode_turns, judged_kind, reward_of
-from services.coordinator.stages.score_sft import sft_records
+from services.coordinator.datasets import sft_records
 from shared.agent.format import parse_act
 from shared.schemas.agent import Episode, Step, Task
 from shared.schemas.runs import KeyStepRewards, MPSParams, RLParams, TrajectoryRecord

@@ -8,6 +8,7 @@ the teacher solving the SCoRe-SFT tasks, so it sees the same training tasks as S
 from __future__ import annotations
 
 from services.coordinator.context import RunContext
+from services.coordinator.datasets import baseline_dataset, bc_init_dataset, replayed
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import add_spend, records_of, rows_for_sft, teacher_record
 from services.coordinator.stages.base import Stage, chunks
@@ -41,15 +42,12 @@ class TeacherSolveStage(Stage):
                                            "teacher_tokens": tokens})
         return {"records": records}
 
-    async def training_rows(self, ctx: RunContext) -> list[dict]:
-        return rows_for_sft(records_of(await ctx.store.results(ctx.run_id, self.name)))
-
 
 class BCInitStage(TeacherSolveStage):
     name, queue, pool = "bc_init", "bc_init", "bc_init"
 
     async def finish(self, ctx: RunContext) -> None:
-        rows = await self.training_rows(ctx)
+        rows = rows_for_sft(await bc_init_dataset(ctx.store, ctx.run_id, ctx.config))
         if not rows:
             raise RuntimeError("cold start: the teacher solved none of the cold-start tasks; nothing to train on")
         params = ctx.config.bc_init
@@ -57,14 +55,6 @@ class BCInitStage(TeacherSolveStage):
                                      hyperparameters=params.hyperparameters)
         await ctx.use_student(path=checkpoint.path, label="bc_init")
         await ctx.store.set_fields(ctx.run_id, bc_init_checkpoint=checkpoint.path)
-
-
-def replayed_rows(ctx: RunContext, cold_start_records) -> list[dict]:
-    """The cold-start rows SCoRe-SFT replays (its `replay_bc_init` share): reference arms from the cold-start
-    checkpoint replay the same ones, so they differ from SCoRe only in their new data."""
-    from services.coordinator.records import keep_share
-    share = ctx.config.sft.replay_bc_init
-    return rows_for_sft([r for r in cold_start_records if keep_share(r.task.id, share, ctx.run_id + "/replay")])
 
 
 class BaselineStage(TeacherSolveStage):
@@ -81,13 +71,11 @@ class BaselineStage(TeacherSolveStage):
         return ctx.pools.train
 
     async def finish(self, ctx: RunContext) -> None:
-        cold = records_of(await ctx.store.results(ctx.run_id, "bc_init"))
-        new_rows = await self.training_rows(ctx)
+        rows = rows_for_sft(await baseline_dataset(ctx.store, ctx.run_id, ctx.config))
         if ctx.config.baseline.start == "cold_start":
             base = await ctx.store.field(ctx.run_id, "bc_init_checkpoint")
-            rows = new_rows + replayed_rows(ctx, cold)
         else:
-            base, rows = ctx.config.bc_init.base, rows_for_sft(cold) + new_rows
+            base = ctx.config.bc_init.base
         if not rows:
             raise RuntimeError("baseline: the teacher solved none of the training tasks; nothing to train on")
         checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows,
@@ -139,7 +127,8 @@ class BaselineTokensStage(TeacherSolveStage):
         if used < budget:
             await ctx.store.event(ctx.run_id, "log", f"baseline_tokens: reserve exhausted at {used} of {budget} "
                                   "teacher tokens (raise tasks.n_reserve)", stage=self.name)
-        rows = rows_for_sft(chosen) + replayed_rows(ctx, records_of(await ctx.store.results(ctx.run_id, "bc_init")))
+        cold = records_of(await ctx.store.results(ctx.run_id, "bc_init"))
+        rows = rows_for_sft(chosen + replayed(cold, ctx.config.sft.replay_bc_init, ctx.run_id))
         if not rows:
             raise RuntimeError("baseline_tokens: no teacher trajectory fits the budget; nothing to train on")
         checkpoint = await fine_tune(ctx, stage=self.name, base=await ctx.store.field(ctx.run_id, "bc_init_checkpoint"),

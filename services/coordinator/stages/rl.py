@@ -9,8 +9,9 @@ trainer applies the update and publishes a version, the student loads it.
 from __future__ import annotations
 
 from services.coordinator.context import RunContext
+from services.coordinator.datasets import rl_dataset
 from services.coordinator.queue import WorkItem
-from services.coordinator.records import add_spend, correction_spend, records_of
+from services.coordinator.records import add_spend, correction_spend
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
@@ -23,12 +24,6 @@ from shared.scoring import score_answer_async
 from shared.tasks.expert import remaining_gold_turns
 
 REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
-
-
-def rl_prefixes(records: list[TrajectoryRecord]) -> list[TrajectoryRecord]:
-    """RL-pool trajectories the teacher corrected: each gives (prefix, chosen step, rejected step)."""
-    return sorted((r for r in records if r.pool == "rl" and r.chosen_step is not None and r.first_error_step is not None),
-                  key=lambda r: r.task.id)
 
 
 def session_id(ctx: RunContext) -> str:
@@ -106,7 +101,7 @@ class RLStage(Stage):
         return ctx.config.rl.steps > 0
 
     async def prefixes(self, ctx: RunContext) -> list[TrajectoryRecord]:
-        return rl_prefixes(records_of(await ctx.store.results(ctx.run_id, "mps")))
+        return await rl_dataset(ctx.store, ctx.run_id, ctx.config)
 
     async def skip_reason(self, ctx: RunContext) -> str | None:
         prefixes = await self.prefixes(ctx)

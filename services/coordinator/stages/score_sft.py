@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from services.coordinator.context import RunContext
-from services.coordinator.records import keep_share, records_of, rows_for_sft
+from services.coordinator.datasets import sft_dataset
+from services.coordinator.records import rows_for_sft
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import fine_tune
-
-
-def sft_records(records, share: float, run_id: str, *, cold_start=(), replay: float = 0.0):
-    """Repaired trajectories, a deterministic `share` of the self-solved ones (train pool only), and a `replay`
-    share of the correct cold-start trajectories."""
-    mentored = [r for r in records if r.pool == "train" and (
-        r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, run_id)))]
-    replayed = [r for r in cold_start if r.correct and keep_share(r.task.id, replay, run_id + "/replay")]
-    return mentored + replayed
 
 
 class SFTStage(Stage):
     name = "sft"
 
     async def finish(self, ctx: RunContext) -> None:
-        records = sft_records(records_of(await ctx.store.results(ctx.run_id, "mps")),
-                              ctx.config.mps.self_solved_share, ctx.run_id,
-                              cold_start=records_of(await ctx.store.results(ctx.run_id, "bc_init")),
-                              replay=ctx.config.sft.replay_bc_init)
-        rows = rows_for_sft(records)
+        rows = rows_for_sft(await sft_dataset(ctx.store, ctx.run_id, ctx.config))
         await ctx.store.add(ctx.run_id, sft_rows=len(rows))
         if not rows:
             # Nothing was repaired: the cold-start policy stays, and the report says so.
