@@ -69,7 +69,6 @@ def _tasks(args: argparse.Namespace) -> int:
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # The demo's teacher when --teacher is not given: the scripted solver until the tiny teacher is good enough.
 DEMO_TEACHER = "expert"
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class CLIError(Exception):
@@ -494,6 +493,7 @@ def _tiny_teacher(stack, home: Path) -> Path:
     import httpx
 
     from shared.checkpoints import CheckpointStore
+    from shared.schemas.training import TERMINAL_STATES, JobState
 
     print("preparing the tiny teacher's training data (expert trajectories) ...", flush=True)
     rows, digest, settings = _teacher_dataset()
@@ -516,7 +516,7 @@ def _tiny_teacher(stack, home: Path) -> Path:
         last_step = None
         while True:
             job = client.get(f"/v1/jobs/{job_id}").json()
-            if job["state"] in TERMINAL_STATES:
+            if JobState(job["state"]) in TERMINAL_STATES:
                 break
             if job.get("step") != last_step:
                 last_step = job.get("step")

@@ -41,7 +41,7 @@ class RunState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (RunState.succeeded, RunState.failed, RunState.cancelled)
+        return not RUN_TRANSITIONS[self]
 
 
 # Legal run-state transitions; anything else is a 409.

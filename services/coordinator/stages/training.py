@@ -7,7 +7,9 @@ import json
 
 from services.coordinator.context import RunContext
 from shared.fsutil import write_text_atomic
-from shared.schemas.training import DatasetSpec, JobCheckpoint, JobRequest, JobState, SFTHyperparameters
+from shared.schemas.training import (
+    TERMINAL_STATES, DatasetSpec, JobCheckpoint, JobRequest, JobState, SFTHyperparameters,
+)
 
 POLL_S = 1.0
 
@@ -40,7 +42,7 @@ async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list
     job = await ctx.services.trainer.create_job(request)
     ctx.log("%s: SFT job %s on %d conversations (%s)", stage, job.id, len(rows), job.state.value)
     last_step = -1
-    while job.state not in (JobState.succeeded, JobState.failed, JobState.cancelled):
+    while job.state not in TERMINAL_STATES:
         await asyncio.sleep(POLL_S)
         job = await ctx.services.trainer.job(job_id)
         if job.step != last_step:
