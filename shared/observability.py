@@ -258,6 +258,16 @@ def ops_router(auth, *, readiness, ready_doc: str, metrics_doc: str):
     return router
 
 
+SERVICE_VERSION = "0.1.0"
+
+
+def service_app(*, title: str, description: str, lifespan) -> FastAPI:
+    """A service's FastAPI app: its OpenAPI title and description; /docs and /redoc come from `mount_service`
+    (local assets), so FastAPI's CDN-backed pages are off."""
+    return FastAPI(docs_url=None, redoc_url=None, title=title, version=SERVICE_VERSION, description=description,
+                   lifespan=lifespan)
+
+
 def mount_service(app: FastAPI, *, metrics: ServiceMetrics, render_metrics, api_token: str | None, routers,
                   max_body_bytes: int) -> None:
     """What every service app shares after its own set-up: the error envelope, bounded bodies, request metrics,

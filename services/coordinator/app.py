@@ -20,7 +20,7 @@ from services.coordinator.runs import RunManager
 from services.coordinator.store import RunStore
 from services.coordinator.supervisor import WorkerSupervisor
 from shared.errors import create_error_response
-from shared.observability import ServiceMetrics, mount_service
+from shared.observability import ServiceMetrics, mount_service, service_app
 from shared.schemas.runs import RunState
 from shared.settings import Settings
 
@@ -118,11 +118,8 @@ def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> F
             await supervisor.stop()
             await client.aclose()
 
-    app = FastAPI(
-        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
-        redoc_url=None,
+    app = service_app(
         title="SCoRe coordinator",
-        version="0.1.0",
         description="Runs of the SCoRe pipeline (cold start, mentored problem solving, SCoRe-SFT, SCoRe-RL, "
         "evaluation, baseline) on Redis Streams: create and follow runs, read trajectories, reports and datasets.",
         lifespan=lifespan,

@@ -17,7 +17,7 @@ from shared.models.engine import Engine
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
-from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
+from shared.observability import ScrapedCounter, ServiceMetrics, mount_service, service_app
 from shared.settings import given_flags
 from shared.tools.sandbox import Sandbox, prepare_service
 from shared.tools.search import tools_for_corpus
@@ -85,11 +85,8 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         finally:
             await engine.close()
 
-    app = FastAPI(
-        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
-        redoc_url=None,
+    app = service_app(
         title="SCoRe student service",
-        version="0.1.0",
         description="The student policy: OpenAI-compatible generation, agent rollouts in sandboxed interpreters, "
         "token-exact training data, and weight reloads between policy versions.",
         lifespan=lifespan,

@@ -15,7 +15,7 @@ from shared.checkpoints import resolve_model
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
-from shared.observability import ScrapedCounter, ServiceMetrics, mount_service
+from shared.observability import ScrapedCounter, ServiceMetrics, mount_service, service_app
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
 from shared.tools.sandbox import Sandbox, prepare_service
@@ -104,11 +104,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         finally:
             await backend.close()
 
-    app = FastAPI(
-        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
-        redoc_url=None,
+    app = service_app(
         title="SCoRe teacher service",
-        version="0.1.0",
         description="The teacher: locates a student trajectory's first critical error and writes the corrected "
         "step (checked by execution, or judged by the teacher model), judges answer and step equivalence, and "
         "solves tasks in the agent format.",

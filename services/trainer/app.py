@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from shared.checkpoints import CheckpointStore
-from shared.observability import ServiceMetrics, mount_service
+from shared.observability import ServiceMetrics, mount_service, service_app
 from shared.schemas.training import JobInfo, JobState
 from shared.settings import given_flags
 from services.trainer.api import jobs_router, ops_router
@@ -84,11 +84,8 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
         finally:
             await jobs.close()
 
-    app = FastAPI(
-        docs_url=None,  # /docs and /redoc are served from local assets by mount_service
-        redoc_url=None,
+    app = service_app(
         title="SCoRe trainer service",
-        version="0.1.0",
         description="Supervised fine-tuning jobs (loss on assistant turns only, packed sequences, resumable, "
         "single process or torchrun) and GRPO steps; every result is a versioned Hugging Face checkpoint.",
         lifespan=lifespan,
