@@ -560,41 +560,35 @@ def _print_results(client, info: dict) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from services.launcher import ServiceStack, StackStartError, pick_ports, sigterm_as_interrupt
+    from services.launcher import ServiceStack, pick_ports, run_with_stack
 
     teacher = args.teacher or DEMO_TEACHER
     config, config_path = _demo_config(args.quick, args.no_baseline)
     home = _home(args.home)
     extra = {"teacher": ["--engine", "expert"]} if teacher == "expert" else {}
     stack = ServiceStack(home=home, ports=pick_ports(prefer_defaults=True), extra_args=extra)
-    with sigterm_as_interrupt():
-        try:
-            print(f"score demo: {config_path.name}, teacher {teacher}, data in {home}", flush=True)
-            print(f"starting Redis and the services on loopback ({stack.threads} thread(s) per model service, "
-                  f"logs in {stack.log_dir}) ...", flush=True)
-            started = time.monotonic()
-            stack.start()
-            print(f"services ready in {time.monotonic() - started:.0f}s: "
-                  + ", ".join(f"{name} {url}" for name, url in stack.urls.items()), flush=True)
-            if teacher == "tiny":
-                checkpoint = _tiny_teacher(stack, home)
-                print("restarting the teacher service on the trained checkpoint ...", flush=True)
-                stack.restart("teacher", ["--model", str(checkpoint)])
-            with _client(stack.coordinator_url) as client:
-                info = _submit(client, config, source=str(config_path))
-                print(f"run {info['id']} started; follow it elsewhere with "
-                      f"SCORE_COORDINATOR_URL={stack.coordinator_url} score status {info['id']}", flush=True)
-                info = _follow(client, info["id"])
-                _print_results(client, info)
-            return _final_exit(info)
-        except StackStartError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted; stopping the services ...", file=sys.stderr, flush=True)
-            return 130
-        finally:
-            stack.stop()
+
+    def session() -> int:
+        print(f"score demo: {config_path.name}, teacher {teacher}, data in {home}", flush=True)
+        print(f"starting Redis and the services on loopback ({stack.threads} thread(s) per model service, "
+              f"logs in {stack.log_dir}) ...", flush=True)
+        started = time.monotonic()
+        stack.start()
+        print(f"services ready in {time.monotonic() - started:.0f}s: "
+              + ", ".join(f"{name} {url}" for name, url in stack.urls.items()), flush=True)
+        if teacher == "tiny":
+            checkpoint = _tiny_teacher(stack, home)
+            print("restarting the teacher service on the trained checkpoint ...", flush=True)
+            stack.restart("teacher", ["--model", str(checkpoint)])
+        with _client(stack.coordinator_url) as client:
+            info = _submit(client, config, source=str(config_path))
+            print(f"run {info['id']} started; follow it elsewhere with "
+                  f"SCORE_COORDINATOR_URL={stack.coordinator_url} score status {info['id']}", flush=True)
+            info = _follow(client, info["id"])
+            _print_results(client, info)
+        return _final_exit(info)
+
+    return run_with_stack(stack, session)
 
 
 def _experiment(args: argparse.Namespace) -> int:

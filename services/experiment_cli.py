@@ -38,7 +38,7 @@ def quick_config(config: dict) -> dict:
 def experiment(args) -> int:
     from services.cli import CLIError, _client, _home, _load_config, _request
     from services.coordinator.experiment_results import table
-    from services.launcher import ServiceStack, StackStartError, pick_ports, sigterm_as_interrupt
+    from services.launcher import ServiceStack, pick_ports, run_with_stack
 
     path = Path(args.config)
     config, _ = _load_config(path)
@@ -47,42 +47,36 @@ def experiment(args) -> int:
     home = _home(args.home)
     stack = ServiceStack(home=home, ports=pick_ports(prefer_defaults=True),
                          extra_args={"teacher": ["--engine", "expert"]})
-    with sigterm_as_interrupt():
-        try:
-            print(f"score experiment: {path.name}{' (quick)' if args.quick else ''}, seeds {config.get('seeds')}, "
-                  f"data in {home}", flush=True)
-            started = time.monotonic()
-            stack.start()
-            print(f"services ready in {time.monotonic() - started:.0f}s", flush=True)
-            with _client(stack.coordinator_url) as client:
-                response = client.post("/v1/experiments", json=config)
-                if response.status_code >= 400:
-                    raise CLIError(f"{path}: the coordinator refused the experiment: {response.text}", 2)
-                info = response.json()
-                print(f"experiment {info['id']} started", flush=True)
-                info = _watch(client, info, _request)
-            if info["state"] != "succeeded":
-                print(f"experiment {info['id']} {info['state']}: {info.get('error')}", file=sys.stderr)
-                return 1
-            folder = Path(info["artifacts"])
-            results = json.loads((folder / "results.json").read_text())
-            print()
-            print(table(results))
-            print()
-            print(f"{'results.json':<13} {folder / 'results.json'}")
-            print(f"{'report.md':<13} {folder / 'report.md'}")
-            for plot in sorted((folder / "plots").glob("*.png")):
-                print(f"{'plot':<13} {plot}")
-            print(f"experiment {info['id']} succeeded in {time.monotonic() - started:.0f}s")
-            return 0
-        except StackStartError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+
+    def session() -> int:
+        print(f"score experiment: {path.name}{' (quick)' if args.quick else ''}, seeds {config.get('seeds')}, "
+              f"data in {home}", flush=True)
+        started = time.monotonic()
+        stack.start()
+        print(f"services ready in {time.monotonic() - started:.0f}s", flush=True)
+        with _client(stack.coordinator_url) as client:
+            response = client.post("/v1/experiments", json=config)
+            if response.status_code >= 400:
+                raise CLIError(f"{path}: the coordinator refused the experiment: {response.text}", 2)
+            info = response.json()
+            print(f"experiment {info['id']} started", flush=True)
+            info = _watch(client, info, _request)
+        if info["state"] != "succeeded":
+            print(f"experiment {info['id']} {info['state']}: {info.get('error')}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("\ninterrupted; stopping the services ...", file=sys.stderr, flush=True)
-            return 130
-        finally:
-            stack.stop()
+        folder = Path(info["artifacts"])
+        results = json.loads((folder / "results.json").read_text())
+        print()
+        print(table(results))
+        print()
+        print(f"{'results.json':<13} {folder / 'results.json'}")
+        print(f"{'report.md':<13} {folder / 'report.md'}")
+        for plot in sorted((folder / "plots").glob("*.png")):
+            print(f"{'plot':<13} {plot}")
+        print(f"experiment {info['id']} succeeded in {time.monotonic() - started:.0f}s")
+        return 0
+
+    return run_with_stack(stack, session)
 
 
 def _watch(client, info: dict, request) -> dict:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -270,3 +270,19 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_with_stack(stack: ServiceStack, session: Callable[[], int]) -> int:
+    """Run `session` (the work of `score demo` or `score experiment`) against `stack`, and its exit status: 1 with
+    the reason when the stack does not start, 130 on Ctrl-C or SIGTERM; the services are stopped on every way out."""
+    with sigterm_as_interrupt():
+        try:
+            return session()
+        except StackStartError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted; stopping the services ...", file=sys.stderr, flush=True)
+            return 130
+        finally:
+            stack.stop()
