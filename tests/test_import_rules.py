@@ -2,7 +2,7 @@
 
 - `shared/` is what both sides of every call use: it imports nothing from `services/`.
 - Each service package (coordinator, student, teacher, trainer) talks to the others over HTTP only: it imports
-  no other service package. `services/cli.py` and the launcher, which start every service, may import them all.
+  no other service package. The CLI (`services/cli/`) and the launcher, which start every service, may import them all.
 - The sandbox's limits are a leaf: settings name them without importing the sandbox.
 """
 

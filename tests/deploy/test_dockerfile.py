@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 # What the build copies: excluding any of these would break the image.
-BUILD_INPUTS = ("requirements.lock", "pyproject.toml", "README.md", "shared/settings.py", "services/cli.py",
+BUILD_INPUTS = ("requirements.lock", "pyproject.toml", "README.md", "shared/settings.py", "services/cli/__init__.py",
                 "configs/demo.yaml", "scripts/check_lock.py")
 
 

@@ -35,16 +35,17 @@ def quick_config(config: dict) -> dict:
     return config
 
 
-def experiment(args) -> int:
-    from services.cli import CLIError, _client, _home, _load_config, _request
+def experiment_command(args) -> int:
+    from services.cli.client import CLIError, api_request, coordinator_client, load_config
+    from services.cli.stack import home_dir
     from services.coordinator.experiment_results import table
     from services.launcher import ServiceStack, pick_ports, run_with_stack
 
     path = Path(args.config)
-    config, _ = _load_config(path)
+    config, _ = load_config(path)
     if args.quick:
         config = quick_config(config)
-    home = _home(args.home)
+    home = home_dir(args.home)
     stack = ServiceStack(home=home, ports=pick_ports(prefer_defaults=True),
                          extra_args={"teacher": ["--engine", "expert"]})
 
@@ -54,13 +55,13 @@ def experiment(args) -> int:
         started = time.monotonic()
         stack.start()
         print(f"services ready in {time.monotonic() - started:.0f}s", flush=True)
-        with _client(stack.coordinator_url) as client:
+        with coordinator_client(stack.coordinator_url) as client:
             response = client.post("/v1/experiments", json=config)
             if response.status_code >= 400:
                 raise CLIError(f"{path}: the coordinator refused the experiment: {response.text}", 2)
             info = response.json()
             print(f"experiment {info['id']} started", flush=True)
-            info = _watch(client, info, _request)
+            info = _watch(client, info, api_request)
         if info["state"] != "succeeded":
             print(f"experiment {info['id']} {info['state']}: {info.get('error')}", file=sys.stderr)
             return 1
