@@ -16,12 +16,14 @@ from services.coordinator import keys
 from services.coordinator.context import RunContext
 from services.coordinator.queue import StageQueue, WorkItem
 from services.coordinator.stages.base import Stage
-from services.coordinator.stages.cold_start import BaselineStage, BaselineTokensStage, BCInitStage, ControlStage
+from services.coordinator.stages.baseline import BaselineStage, BaselineTokensStage
+from services.coordinator.stages.bc_init import BCInitStage
+from services.coordinator.stages.control import ControlStage
 from services.coordinator.stages.evaluation import EvalStage
-from services.coordinator.stages.mentor import MPSStage
+from services.coordinator.stages.mps import MPSStage
 from services.coordinator.stages.report import ReportStage
 from services.coordinator.stages.rl import RLStage
-from services.coordinator.stages.score_sft import SFTStage
+from services.coordinator.stages.sft import SFTStage
 from shared.schemas.runs import STAGES, RunState
 
 PIPELINE: list[Stage] = [

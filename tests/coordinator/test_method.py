@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from services.coordinator.records import rows_for_sft, trained_on
-from services.coordinator.stages.mentor import mentor
+from services.coordinator.stages.mps import mentor
 from services.coordinator.stages.rl import answer_kind, episode_turns, judged_kind, reward_of
 from services.coordinator.datasets import sft_records
 from shared.agent.format import parse_act
@@ -255,7 +255,7 @@ def test_skipped_rl_is_not_evaluated_under_its_name(redis_url, tmp_path):
 
 def test_equal_token_baseline_takes_trajectories_until_the_budget_is_spent():
     from services.coordinator.records import teacher_record
-    from services.coordinator.stages.cold_start import within_budget
+    from services.coordinator.stages.baseline import within_budget
     from shared.schemas.teacher import TeacherEpisode
 
     steps = [PLAN, act("final_answer_print(5)", "5")]
