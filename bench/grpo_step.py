@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import report  # noqa: E402
-from services.trainer.grpo import grpo_step  # noqa: E402
+from services.trainer.grpo.step import grpo_step  # noqa: E402
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.models.loading import load_causal_lm  # noqa: E402
 from shared.schemas.rl import GRPOHyperparameters, RLSample  # noqa: E402

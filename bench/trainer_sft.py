@@ -6,7 +6,7 @@ loss (assistant tokens only), AdamW at the same learning rate, about the same to
 not padding) per second over the steps after the first (which pays one-off allocation costs), and the
 share of computed token slots that were padding.
 
-- trainer: `python -m services.trainer.sft` on a job directory, exactly what the service runs; micro-batches
+- trainer: `python -m services.trainer.sft.train` on a job directory, exactly what the service runs; micro-batches
   of `--batch` x the mean conversation length tokens, bucketed by length; output projection only where loss falls.
 - trl: `trl.SFTTrainer` with `assistant_only_loss=True` (the template's generation markers), batches of `--batch`
   conversations padded to the longest (TRL's default collator), in random order.
@@ -40,7 +40,7 @@ from bench.report import report  # noqa: E402
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.models.loading import load_tokenizer  # noqa: E402
 from shared.schemas.training import Conversation  # noqa: E402
-from services.trainer.data import IGNORE_INDEX, tokenize_conversation  # noqa: E402
+from services.trainer.sft.data import IGNORE_INDEX, tokenize_conversation  # noqa: E402
 from tests.trainer.sft_jobs import gold_conversations, make_job_dir, progress  # noqa: E402
 
 LEARNING_RATE = 1e-3
@@ -53,7 +53,7 @@ def ours(lines, *, model_dir: Path, home: Path, work: Path, batch_tokens: int, s
         log_every_steps=1, save_every_steps=10_000, cpu_threads=threads, device="cpu",
     )
     env = {**os.environ, "SCORE_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([sys.executable, "-m", "services.trainer.sft", "--job-dir", str(job)], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "services.trainer.sft.train", "--job-dir", str(job)], env=env, check=True,
                    capture_output=True, cwd=ROOT)
     records = progress(job)[1:]  # step 1 pays the one-off costs
     tokens = sum(r["metrics"]["tokens_per_s"] * r["step_time_s"] for r in records)

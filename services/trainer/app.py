@@ -12,11 +12,11 @@ from shared.checkpoints import CheckpointStore
 from shared.observability import ServiceMetrics, mount_service, service_app
 from shared.schemas.training import JobInfo, JobState
 from shared.settings import given_flags
-from services.trainer.api import jobs_router, ops_router
+from services.trainer.sft.api import jobs_router, ops_router
 from services.trainer.config import TrainerConfig
-from services.trainer.jobs import JobManager
-from services.trainer.rl import RLSessions
-from services.trainer.rl_api import rl_router
+from services.trainer.sft.jobs import JobManager
+from services.trainer.grpo.sessions import RLSessions
+from services.trainer.grpo.api import rl_router
 
 log = logging.getLogger("score.trainer")
 

@@ -13,7 +13,7 @@ import httpx
 from shared.agent.format import episode_messages
 from shared.schemas.training import SFTHyperparameters
 from shared.tasks.builtin import builtin_tasks
-from services.trainer.spec import DATASET, PROGRESS, SPEC, JobSpec
+from services.trainer.sft.spec import DATASET, PROGRESS, SPEC, JobSpec
 
 
 @lru_cache(maxsize=4)

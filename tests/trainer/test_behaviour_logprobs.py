@@ -6,7 +6,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from services.student.app import create_app
-from services.trainer.grpo import grpo_step, pad_mini_batch, per_token_logps
+from services.trainer.grpo.step import grpo_step, pad_mini_batch, per_token_logps
 from shared.models.loading import load_trainable_causal_lm
 from shared.schemas.agent import Episode
 from shared.schemas.rl import GRPOHyperparameters, RLSample

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from services.trainer.grpo import grpo_step
+from services.trainer.grpo.step import grpo_step
 from shared.models.loading import load_causal_lm
 from shared.schemas.rl import GRPOHyperparameters, RLSample
 
@@ -123,7 +123,7 @@ def test_two_iterations_reuse_the_batch_and_report_clipping(student):
 
 
 def test_per_token_logps_skip_the_prompt_but_match_a_full_forward(student):
-    from services.trainer.grpo import pad_mini_batch, per_token_logps
+    from services.trainer.grpo.step import pad_mini_batch, per_token_logps
 
     model = student[0]
     samples = behaviour_samples(model, [0.0, 1.0, 0.5], prompt_len=7)

@@ -145,7 +145,7 @@ def test_jobs_need_the_bearer_token_when_one_is_set(score_home, tmp_path):
 
 
 def test_nproc_beyond_the_machine_is_422_naming_it(client):
-    from services.trainer.jobs import machine_processes
+    from services.trainer.sft.jobs import machine_processes
 
     limit, _ = machine_processes("cpu")
     if limit >= 64:

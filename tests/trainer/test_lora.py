@@ -56,7 +56,7 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 
 def _run_sft(job_dir: Path, home: Path) -> dict:
     env = {**os.environ, "SCORE_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "services.trainer.sft", "--job-dir", str(job_dir)],
+    result = subprocess.run([sys.executable, "-m", "services.trainer.sft.train", "--job-dir", str(job_dir)],
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return progress(job_dir, "published")[0]["checkpoint"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from services.trainer import losses
+from services.trainer.grpo import losses
 
 
 def test_group_advantages_scaled_by_group_std():

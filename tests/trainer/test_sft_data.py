@@ -10,7 +10,7 @@ from shared.models.loading import load_causal_lm
 from shared.schemas.training import Conversation
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import expert_steps
-from services.trainer.data import (
+from services.trainer.sft.data import (
     IGNORE_INDEX,
     build_schedule,
     bucket,
@@ -21,7 +21,7 @@ from services.trainer.data import (
     pack,
     tokenize_conversation,
 )
-from services.trainer.sft_loss import PackedCausalLMLoss, reference_loss_sum
+from services.trainer.sft.loss import PackedCausalLMLoss, reference_loss_sum
 
 
 @pytest.fixture(scope="module")

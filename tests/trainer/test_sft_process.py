@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from services.trainer.spec import STATE_DIR
+from services.trainer.sft.spec import STATE_DIR
 from tests.trainer.sft_jobs import copy_job_inputs, gold_lines, make_job_dir, progress
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ HYPERPARAMETERS = dict(
 
 def _run(command, job_dir, home):
     env = {**os.environ, "SCORE_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command + ["-m", "services.trainer.sft", "--job-dir", str(job_dir)],
+    result = subprocess.run(command + ["-m", "services.trainer.sft.train", "--job-dir", str(job_dir)],
                             env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return progress(job_dir)

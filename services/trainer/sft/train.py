@@ -2,8 +2,8 @@
 
 The trainer service starts it for each job; it can also be run by hand on a prepared job directory:
 
-    python -m services.trainer.sft --job-dir $SCORE_HOME/trainer/jobs/<id>
-    torchrun --standalone --nproc_per_node 2 -m services.trainer.sft --job-dir $SCORE_HOME/trainer/jobs/<id>
+    python -m services.trainer.sft.train --job-dir $SCORE_HOME/trainer/jobs/<id>
+    torchrun --standalone --nproc_per_node 2 -m services.trainer.sft.train --job-dir $SCORE_HOME/trainer/jobs/<id>
 
 Under torchrun it trains data-parallel (DDP; gloo on CPU, nccl on GPU with one process per device): every
 rank rebuilds the same step schedule, takes micro-batches rank, rank+N, ... of each step, and gradients are
@@ -30,14 +30,14 @@ from shared.checkpoints import CheckpointStore
 from shared.fsutil import file_lock, write_json_atomic
 from shared.processes import die_with_parent
 from shared.models.loading import load_tokenizer, load_trainable_causal_lm
-from services.trainer.data import (
+from services.trainer.sft.data import (
     build_schedule, collate_packed, collate_padded, read_conversations, tokenize_conversation,
 )
 from services.trainer.optim import build_optimizer, build_scheduler
-from services.trainer.sft_loss import PackedCausalLMLoss
-from services.trainer.spec import DATASET, PROGRESS, RESULT, RUN_LOCK, STATE_DIR, JobSpec
+from services.trainer.sft.loss import PackedCausalLMLoss
+from services.trainer.sft.spec import DATASET, PROGRESS, RESULT, RUN_LOCK, STATE_DIR, JobSpec
 from services.trainer.tracking import MetricsTracker
-from services.trainer.train_state import latest_state_dir, load_state, rng_state, save_state
+from services.trainer.sft.state import latest_state_dir, load_state, rng_state, save_state
 
 log = logging.getLogger("score.trainer.sft")
 

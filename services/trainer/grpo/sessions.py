@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from services.trainer.grpo import grpo_step
+from services.trainer.grpo.step import grpo_step
 from services.trainer.tracking import MetricsTracker, tensorboard_dir
 from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError

@@ -31,7 +31,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from services.trainer import losses
+from services.trainer.grpo import losses
 from shared.schemas.rl import GRPOHyperparameters
 
 

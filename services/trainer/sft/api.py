@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from shared.errors import ERROR_RESPONSES, ErrorResponse
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.training import TERMINAL_STATES, JobInfo, JobList, JobRequest
-from services.trainer.jobs import JobManager
+from services.trainer.sft.jobs import JobManager
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with this id."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "The job's state does not allow this (e.g. it finished)."}}

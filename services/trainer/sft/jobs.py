@@ -1,7 +1,7 @@
 """Training jobs: durable records, the state machine, and the child processes that train.
 
 Each job lives in `SCORE_HOME/trainer/jobs/<id>/` (layout in `spec.py`). The service is the only writer of
-`job.json` and `events.jsonl`; a training process (one `python -m services.trainer.sft`, or `torchrun`
+`job.json` and `events.jsonl`; a training process (one `python -m services.trainer.sft.train`, or `torchrun`
 with N workers) writes `progress.jsonl`, its intermediate state and finally `result.json`. The service
 tails the progress file into the job record, so a restarted service finds every job where it was: jobs
 that were running go back to `queued` and their new process resumes from the last intermediate state.
@@ -40,8 +40,8 @@ from shared.schemas.training import (
     JobRequest,
     JobState,
 )
-from services.trainer.data import DatasetError, read_conversations, write_conversations
-from services.trainer.spec import DATASET, EVENTS, PROGRESS, RESULT, SPEC, TRAIN_LOG, JobSpec
+from services.trainer.sft.data import DatasetError, read_conversations, write_conversations
+from services.trainer.sft.spec import DATASET, EVENTS, PROGRESS, RESULT, SPEC, TRAIN_LOG, JobSpec
 from services.trainer.tracking import tensorboard_dir
 
 log = logging.getLogger("score.trainer.jobs")
@@ -52,10 +52,10 @@ EXIT_GRACE_S = 10.0
 def training_command(job_dir: Path, nproc: int) -> list[str]:
     """The command that trains one job: plain Python for one process, torchrun for several."""
     if nproc == 1:
-        return [sys.executable, "-m", "services.trainer.sft", "--job-dir", str(job_dir)]
+        return [sys.executable, "-m", "services.trainer.sft.train", "--job-dir", str(job_dir)]
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "services.trainer.sft", "--job-dir", str(job_dir),
+        "-m", "services.trainer.sft.train", "--job-dir", str(job_dir),
     ]
 
 
@@ -268,7 +268,7 @@ class JobManager:
         with (job.dir / TRAIN_LOG).open("ab") as log_file:
             # Started from the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
             job.process = subprocess.Popen(
-                command, cwd=str(Path(__file__).resolve().parents[2]), env=env, stdout=log_file,
+                command, cwd=str(Path(__file__).resolve().parents[3]), env=env, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
             )
         job.step_times.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from services.trainer.data import IGNORE_INDEX
+from services.trainer.sft.data import IGNORE_INDEX
 
 
 class PackedCausalLMLoss(torch.nn.Module):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse
 from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLSessionList, RLStepRequest, RLStepResponse
-from services.trainer.rl import RLSessions
+from services.trainer.grpo.sessions import RLSessions
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown RL session."}}
 CONFLICT = {
