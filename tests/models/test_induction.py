@@ -32,7 +32,7 @@ def test_special_tokens_are_never_sampled(student_model_dir):
 
 def test_the_recipe_records_the_stage_and_rehashes_when_it_changes(monkeypatch):
     base = builtin._model_recipe("student", "tok")
-    assert base["induction"]["steps"] > 0 and "induction" not in builtin._model_recipe("teacher", "tok")
+    assert base["induction"]["steps"] > 0
     monkeypatch.setitem(builtin.INDUCTION, "student", {**builtin.INDUCTION["student"], "lr": 1e-3})
     assert builtin._digest(builtin._model_recipe("student", "tok")) != builtin._digest(base)
     monkeypatch.setitem(builtin.INDUCTION, "student", {**builtin.INDUCTION["student"], "lr": base["induction"]["lr"]})
