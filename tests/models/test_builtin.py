@@ -65,11 +65,17 @@ def test_student_and_teacher_share_one_vocabulary(score_home):
     shared_tokenizer = score_home / "models" / "builtin" / "tokenizer"
     assert vocab(student) == vocab(teacher) == vocab(shared_tokenizer)
     assert manifest(student)["tokenizer_hash"] == manifest(teacher)["tokenizer_hash"]
-    assert manifest(teacher)["size"] == "micro" and manifest(teacher)["params"] > manifest(student)["params"]
+    assert manifest(teacher)["size"] == "nano-wide" and manifest(teacher)["params"] > manifest(student)["params"]
 
 
-# Build mechanics are tested on the teacher: it has no pre-training stage, so a build takes seconds.
-def test_tampered_recipe_hash_rebuilds_only_the_model(tmp_path):
+@pytest.fixture
+def quick_teacher(monkeypatch):
+    """Build mechanics are tested on the teacher with its training stages off, so a build takes seconds."""
+    monkeypatch.setitem(builtin.INDUCTION, "teacher", {"steps": 0})
+    monkeypatch.setitem(builtin.SFT, "teacher", None)
+
+
+def test_tampered_recipe_hash_rebuilds_only_the_model(tmp_path, quick_teacher):
     model_dir = ensure_builtin_model("teacher", tmp_path)
     tokenizer_dir = model_dir.parent / "tokenizer"
     first, tokenizer_build = manifest(model_dir), manifest(tokenizer_dir)["build_id"]
@@ -83,7 +89,7 @@ def test_tampered_recipe_hash_rebuilds_only_the_model(tmp_path):
     assert not list(model_dir.parent.glob(".*"))  # no temp or stale dirs left beside it
 
 
-def test_failed_build_leaves_nothing_visible(tmp_path, monkeypatch):
+def test_failed_build_leaves_nothing_visible(tmp_path, monkeypatch, quick_teacher):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
@@ -99,7 +105,9 @@ CHILD = """
 import json, logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from shared.models import builtin
 from shared.models.builtin import ensure_builtin_model
+builtin.INDUCTION["teacher"], builtin.SFT["teacher"] = {"steps": 0}, None  # training stages off: a quick build
 path = ensure_builtin_model("teacher", Path(sys.argv[1]))
 print(json.loads((path / "builtin.json").read_text())["build_id"])
 """
