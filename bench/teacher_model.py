@@ -70,7 +70,8 @@ class InProcessSandbox:
 
 
 def validation_tasks(family: str, n: int, *, exclude: set[str], seed: int = 101):
-    """Train-split tasks whose questions are not in `exclude` (the build's training questions)."""
+    """Train-split tasks of `family` whose questions are not in `exclude` (the build's training questions of that
+    family; the list for a larger n extends the smaller one's, so n + len(exclude) candidates are enough)."""
     tasks = [t for t in builtin_tasks(family=family, split="train", n=n + len(exclude), seed=seed)
              if t.question not in exclude]
     return tasks[:n]
@@ -126,11 +127,11 @@ def main() -> None:
     torch.set_num_threads(1)
 
     build_seconds = None
-    exclude: set[str] = set()
+    trained = []
     if args.model:
         model_dir = args.model
     else:
-        from shared.models.builtin import builtin_training_questions, ensure_builtin_model
+        from shared.models.builtin import ensure_builtin_model
 
         started = time.perf_counter()
         model_dir = str(ensure_builtin_model("teacher"))
@@ -139,13 +140,17 @@ def main() -> None:
         print(f"built-in teacher at {model_dir} (build {build_seconds}s; ready in "
               f"{time.perf_counter() - started:.1f}s)")
         if args.split == "train":
-            exclude = builtin_training_questions("teacher")
+            from shared.models.builtin import SFT
+            from shared.models.teacher_build import training_tasks
+
+            trained = training_tasks(SFT["teacher"]["tasks"], SFT["teacher"]["task_seed"])
     results = {"model": model_dir, "split": args.split, "build_seconds": build_seconds, "families": {}}
     print(f"{'family':<8}{'solved':>8}{'n':>5}{'success':>9}  95% interval   seconds")
     for family in ("arith", "kb"):
         if args.split == "eval":
             tasks = builtin_tasks(family=family, split="eval", n=args.n, seed=args.seed)
         else:
+            exclude = {task.question for task in trained if task.family == family}
             tasks = validation_tasks(family, args.n, exclude=exclude, seed=101 + args.seed)
         row = success(model_dir, tasks, sandbox=args.sandbox)
         results["families"][family] = row

@@ -182,8 +182,10 @@ def _validation_tasks(settings: dict, exclude: set[str]) -> dict[str, list]:
     n = SFT_VALIDATION["tasks_per_family"]
     chosen = {}
     for family in settings["tasks"]:
-        candidates = builtin_tasks(family=family, split="train", n=n + len(exclude),
-                                   seed=SFT_VALIDATION["task_seed"])
+        # Enough candidates to skip every excluded task (the list for a larger n extends the smaller one's).
+        excluded = sum(1 for task in teacher_build.training_tasks({family: settings["tasks"][family]},
+                                                                  settings["task_seed"]) if task.question in exclude)
+        candidates = builtin_tasks(family=family, split="train", n=n + excluded, seed=SFT_VALIDATION["task_seed"])
         chosen[family] = [task for task in candidates if task.question not in exclude][:n]
     return chosen
 
