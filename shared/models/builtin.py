@@ -66,7 +66,7 @@ INDUCTION: dict[str, dict] = {
 # the student is not: learning the suite is what the experiments measure.
 SFT: dict[str, dict | None] = {
     "student": None,
-    "teacher": {"tasks": {"arith": 2000, "kb": 1500}, "task_seed": 0, "epochs": 1.0, "lr": 1e-2,
+    "teacher": {"tasks": {"arith": 4000, "kb": 3000}, "task_seed": 0, "epochs": 1.0, "lr": 1e-2,
                 "batch_tokens": 2048, "warmup": 30, "seed": 0},
 }
 # Checks at build time, per family: validation on train-split tasks of `task_seed` that the SFT did not use, and

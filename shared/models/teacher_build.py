@@ -1,9 +1,10 @@
 """Build-time SFT of the built-in teacher on expert trajectories of the built-in suite.
 
-The teacher must solve held-out tasks of both families by itself, greedily, in the agent format. A tiny model
-learns that from the scripted expert (`shared.tasks.expert`) once it can copy (induction pre-training,
-`shared.models.induction`): this module turns distinct train-split tasks into token sequences exactly as a
-rollout feeds them to the model, and runs a small SFT loop on them (loss on the model's own turns only).
+The teacher should solve held-out tasks of both families by itself, greedily, in the agent format, having learnt
+from the scripted expert (`shared.tasks.expert`) after induction pre-training (`shared.models.induction`). This
+module turns distinct train-split tasks into token sequences exactly as a rollout feeds them to the model, runs
+a small SFT loop on them (loss on the model's own turns only), and checks episodes under teacher forcing.
+How far the current recipe gets (short of the targets) is measured in docs/teacher.md.
 
 Token-exactness. A rollout starts from `chat_token_ids(system + question, generation prompt)`, appends the
 tokens the model generates (its turn and `<|im_end|>`), then `tool_turn_ids` of the observation that follows;

@@ -2,8 +2,8 @@
 
 Greedy `POST /v1/rollouts` with `engine=transformers` (the model runs in the service, code in the real sandbox)
 on eval-split tasks the build never trained on. The issue's targets (>= 90% arith, >= 80% kb) are not met by the
-current recipe: measured with `bench/teacher_model.py` on 50 held-out tasks per family, arith 18% (95% CI
-10-31%) and kb 0% (docs/teacher.md). The floor below sits under the arith figure by about the sampling error
+current recipe: measured with `bench/teacher_model.py` on 50 held-out tasks per family, arith 30% (95% CI
+19-44%) and kb 0% (docs/teacher.md). The floor below sits under the arith figure by about the sampling error
 of this many tasks, so the test says the built teacher solves tasks the untrained one (0%) did not; kb has no
 floor until a recipe solves any.
 """
@@ -19,7 +19,7 @@ from tests.teacher.conftest import teacher_config
 pytestmark = pytest.mark.slow
 
 N_TASKS = 24
-FLOORS = {"arith": 1 / N_TASKS}
+FLOORS = {"arith": 2 / N_TASKS}  # 6 of these 24 solved when measured
 
 
 @pytest.fixture(scope="module")
