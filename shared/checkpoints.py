@@ -131,15 +131,15 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student",
     references raise KeyError naming what was looked for. With `roots` (references from requests), a
     directory must lie under one of them (`shared.paths`), else ValueError.
     """
-    from shared.models.builtin import ROLES, ensure_builtin_model  # building pulls in the task suite
+    from shared.models.builtin import MODELS, ensure_builtin_model  # building pulls in the task suite
 
     if ref is None or not str(ref).strip():
         return ensure_builtin_model(default_role, home), f"builtin:{default_role}"
     ref = str(ref).strip()
     if ref.startswith("builtin:"):
         role = ref.split(":", 1)[1]
-        if role not in ROLES:
-            raise KeyError(f"unknown built-in model {ref!r}; available: {', '.join('builtin:' + r for r in ROLES)}")
+        if role not in MODELS:
+            raise KeyError(f"unknown built-in model {ref!r}; available: {', '.join('builtin:' + r for r in MODELS)}")
         return ensure_builtin_model(role, home), ref
     published = CheckpointStore(home / "checkpoints").resolve(ref)
     if published is not None:

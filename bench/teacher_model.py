@@ -1,0 +1,172 @@
+"""Held-out success of a model as the teacher: greedy agent episodes on built-in tasks, per family.
+
+    .venv/bin/python bench/teacher_model.py                  # builtin:teacher-sft (built on first use: ~6 min)
+    .venv/bin/python bench/teacher_model.py --model DIR --n 50 --split eval --json out.json
+
+Prints a table and writes bench/results/teacher_model.json (or --json).
+
+Episodes run the way the teacher service runs them with its in-process engine: `TransformersEngine` and
+`RolloutRunner` (greedy, 256 tokens a turn, 8 turns), code executed in the real sandbox (`--sandbox
+inprocess` runs it with `exec` in this process instead: trusted model output only, for quick experiments).
+Answers are scored with `shared.scoring`; intervals are Wilson 95% (`shared.stats.wilson`).
+
+`--split train` measures on train-split tasks the build-time SFT of `teacher-sft` did not use (validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.agent.rollout import RolloutRunner  # noqa: E402
+from shared.models.transformers_engine import TransformersEngine  # noqa: E402
+from shared.schemas.rollout import RolloutItem  # noqa: E402
+from shared.schemas.sampling import SamplingParams  # noqa: E402
+from shared.scoring import score_answer  # noqa: E402
+from shared.stats import wilson  # noqa: E402
+from shared.tasks.builtin import builtin_search_backend, builtin_tasks  # noqa: E402
+from shared.tools.search import agent_tools  # noqa: E402
+
+MAX_TURNS = 8
+MAX_STEP_TOKENS = 256
+
+
+class InProcessSandbox:
+    """`exec` with the agent's tools and the sandbox's observation rules; no isolation at all."""
+
+    def __init__(self, tools: dict) -> None:
+        self.namespace: dict = dict(tools)
+        self.answer: str | None = None
+
+        def final_answer_print(value):
+            self.answer = str(value)
+            print(value)
+
+        self.namespace["final_answer_print"] = final_answer_print
+
+    def run(self, code: str):
+        from shared.tools.sandbox import ExecResult
+
+        self.answer = None
+        out = io.StringIO()
+        error = None
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, "<cell>", "exec"), self.namespace)  # noqa: S102 - trusted experiments only
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        text = out.getvalue().rstrip("\n")
+        if error:
+            text = f"{text}\n{error}" if text else error
+        return ExecResult(text or "Execution finished with no output.", self.answer, "error" if error else "ok", 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def validation_tasks(family: str, n: int, *, exclude: set[str], seed: int = 101):
+    """Train-split tasks of `family` whose questions are not in `exclude` (the build's training questions of that
+    family; the list for a larger n extends the smaller one's, so n + len(exclude) candidates are enough)."""
+    tasks = [t for t in builtin_tasks(family=family, split="train", n=n + len(exclude), seed=seed)
+             if t.question not in exclude]
+    return tasks[:n]
+
+
+async def run_episodes(model_dir: str, tasks, *, sandbox: str = "real", max_batch_size: int = 32):
+    from shared.tools.sandbox import Sandbox
+
+    tools = agent_tools(builtin_search_backend())
+    if sandbox == "real":
+        factory = lambda: Sandbox(tools=tools)  # noqa: E731
+    else:
+        factory = lambda: InProcessSandbox(tools)  # noqa: E731
+    engine = TransformersEngine(model_dir, device="cpu", max_batch_size=max_batch_size)
+    await engine.start()
+    try:
+        runner = RolloutRunner(engine, factory, max_concurrent_episodes=max_batch_size, max_concurrent_executions=4)
+        items = [RolloutItem(task=task) for task in tasks]
+        sampling = SamplingParams(temperature=0.0, max_tokens=MAX_STEP_TOKENS)
+        return await runner.run(items, n=1, max_turns=MAX_TURNS, sampling=sampling)
+    finally:
+        await engine.close()
+
+
+def success(model_dir: str, tasks, *, sandbox: str = "real") -> dict:
+    """Solved share of `tasks` with the greedy teacher: successes, n, rate, 95% interval, seconds, failures."""
+    started = time.perf_counter()
+    episodes = asyncio.run(run_episodes(model_dir, tasks, sandbox=sandbox))
+    solved, failures = 0, []
+    for task, episode in zip(tasks, episodes):
+        if score_answer(episode.final_answer, task.true_answer).correct:
+            solved += 1
+        elif len(failures) < 5:
+            failures.append({"question": task.question, "answer": episode.final_answer,
+                             "true_answer": task.true_answer, "stop_reason": episode.stop_reason,
+                             "steps": [s.raw or "" for s in episode.steps[episode.n_prefix_steps:]][:6]})
+    low, high = wilson(solved, len(tasks))
+    return {"solved": solved, "n": len(tasks), "success": round(solved / max(1, len(tasks)), 4),
+            "ci95": [round(low, 4), round(high, 4)], "seconds": round(time.perf_counter() - started, 1),
+            "failures": failures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model directory (default: builtin:teacher-sft, built if needed)")
+    parser.add_argument("--split", choices=("eval", "train"), default="eval",
+                        help="eval: held-out tasks; train: train-split tasks the built-in SFT did not use")
+    parser.add_argument("--n", type=int, default=50, help="tasks per family")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sandbox", choices=("real", "inprocess"), default="real")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "teacher_model.json"),
+                        help="write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    build_seconds = None
+    trained = []
+    if args.model:
+        model_dir = args.model
+    else:
+        from shared.models.builtin import ensure_builtin_model
+
+        started = time.perf_counter()
+        model_dir = str(ensure_builtin_model("teacher-sft"))
+        manifest = json.loads((Path(model_dir) / "builtin.json").read_text())
+        build_seconds = manifest.get("build_seconds")
+        print(f"builtin:teacher-sft at {model_dir} (build {build_seconds}s; ready in "
+              f"{time.perf_counter() - started:.1f}s)")
+        if args.split == "train":
+            from shared.models.builtin import SFT
+            from shared.models.teacher_build import training_tasks
+
+            trained = training_tasks(SFT["teacher-sft"]["tasks"], SFT["teacher-sft"]["task_seed"])
+    results = {"model": model_dir, "split": args.split, "build_seconds": build_seconds, "families": {}}
+    print(f"{'family':<8}{'solved':>8}{'n':>5}{'success':>9}  95% interval   seconds")
+    for family in ("arith", "kb"):
+        if args.split == "eval":
+            tasks = builtin_tasks(family=family, split="eval", n=args.n, seed=args.seed)
+        else:
+            exclude = {task.question for task in trained if task.family == family}
+            tasks = validation_tasks(family, args.n, exclude=exclude, seed=101 + args.seed)
+        row = success(model_dir, tasks, sandbox=args.sandbox)
+        results["families"][family] = row
+        print(f"{family:<8}{row['solved']:>8}{row['n']:>5}{row['success']:>9.1%}  "
+              f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]  {row['seconds']:>8}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
