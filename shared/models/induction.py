@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from shared.models.build_context import seeded_threads
+
 logger = logging.getLogger("score.models")
 
 # Bump when the generated sequences change; the built-in recipe records it, so new data rebuilds the models.
@@ -75,15 +77,9 @@ def pretrain_induction(model, tokenizer, *, steps: int, lr: float, seed: int, ba
                        seq_len: int = 64, segment: int = 10, warmup: int = 50, threads: int = 1,
                        log_every_s: float = 5.0) -> dict:
     """Train on repeated random segments (loss on the repeats only); returns steps, tokens, seconds, accuracy."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return _loop(model, copy_vocabulary(tokenizer), steps=steps, lr=lr, seed=seed, batch_size=batch_size,
-                         seq_len=seq_len, segment=segment, warmup=warmup, log_every_s=log_every_s)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with seeded_threads(seed, threads):
+        return _loop(model, copy_vocabulary(tokenizer), steps=steps, lr=lr, seed=seed, batch_size=batch_size,
+                     seq_len=seq_len, segment=segment, warmup=warmup, log_every_s=log_every_s)
 
 
 def _loop(model, vocab, *, steps, lr, seed, batch_size, seq_len, segment, warmup, log_every_s) -> dict:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from shared.models.build_context import seeded_threads
+
 logger = logging.getLogger("score.models")
 
 # Bump when the generated text changes; the built-in model recipe records it, so a new corpus rebuilds models.
@@ -243,15 +245,9 @@ def batches(tokenizer, *, seed: int, batch_size: int, seq_len: int) -> Iterator[
 def pretrain(model, tokenizer, *, steps: int, lr: float, seed: int, batch_size: int = 16, seq_len: int = 256,
              warmup: int = 20, weight_decay: float = 0.01, threads: int = 1, log_every_s: float = 5.0) -> dict:
     """Causal-LM training on the generated corpus (every token in the loss), AdamW with cosine decay."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return _loop(model, tokenizer, steps=steps, lr=lr, seed=seed, batch_size=batch_size,
-                         seq_len=seq_len, warmup=warmup, weight_decay=weight_decay, log_every_s=log_every_s)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with seeded_threads(seed, threads):
+        return _loop(model, tokenizer, steps=steps, lr=lr, seed=seed, batch_size=batch_size,
+                     seq_len=seq_len, warmup=warmup, weight_decay=weight_decay, log_every_s=log_every_s)
 
 
 def _loop(model, tokenizer, *, steps, lr, seed, batch_size, seq_len, warmup, weight_decay, log_every_s) -> dict:

@@ -24,6 +24,7 @@ import torch
 
 from shared.agent.format import episode_messages, render_step, tool_turn
 from shared.agent.tokens import chat_token_ids, tool_turn_ids
+from shared.models.build_context import seeded_threads
 
 logger = logging.getLogger("score.models")
 
@@ -105,15 +106,9 @@ def _collate(examples, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 def sft(model, examples, *, epochs: float, lr: float, seed: int, batch_tokens: int = 8192, warmup: int = 30,
         pad_id: int = 0, threads: int = 1, log_every_s: float = 10.0, time_budget_s: float | None = None) -> dict:
     """Train on (ids, mask) examples, right-padded (causal attention never sees the padding), cosine lr."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return _sft_loop(model, examples, epochs=epochs, lr=lr, seed=seed, batch_tokens=batch_tokens,
-                             warmup=warmup, pad_id=pad_id, log_every_s=log_every_s, time_budget_s=time_budget_s)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with seeded_threads(seed, threads):
+        return _sft_loop(model, examples, epochs=epochs, lr=lr, seed=seed, batch_tokens=batch_tokens,
+                         warmup=warmup, pad_id=pad_id, log_every_s=log_every_s, time_budget_s=time_budget_s)
 
 
 def _sft_loop(model, examples, *, epochs, lr, seed, batch_tokens, warmup, pad_id, log_every_s, time_budget_s):
