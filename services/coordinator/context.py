@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from services.coordinator.batching import MicroBatcher
 from services.coordinator.clients import Services
 from services.coordinator.pools import Pools, load_pools
 from services.coordinator.queue import StageQueue
 from services.coordinator.store import RunStore
 from shared.schemas.runs import RunConfig
+from shared.schemas.teacher import Correction, CorrectionItem
 from shared.settings import Settings, is_configured_service_url
 
 logger = logging.getLogger("score.coordinator")
@@ -40,6 +42,16 @@ class RunContext:
     @cached_property
     def pools(self) -> Pools:
         return load_pools(self.run_dir)
+
+    @cached_property
+    def corrections(self) -> MicroBatcher[CorrectionItem, Correction]:
+        """The teacher's corrections for this run's concurrent items, gathered into batched requests."""
+        params = self.config.mps
+
+        async def call(items: list[CorrectionItem]) -> list[Correction]:
+            return (await self.services.teacher.corrections(items, params.strategy)).corrections
+
+        return MicroBatcher(call, max_size=params.correction_batch, max_wait_s=params.correction_wait_ms / 1000)
 
     def log(self, message: str, *args) -> None:
         logger.info("[run %s] " + message, self.run_id, *args)

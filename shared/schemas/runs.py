@@ -189,6 +189,17 @@ class MPSParams(BaseModel):
         description="Share of the tasks the student solved alone that are kept for SCoRe-SFT (the paper keeps about half).",
         examples=[0.5],
     )
+    correction_batch: int = Field(
+        default=32, ge=1, le=256,
+        description="Most failed trajectories of concurrent tasks gathered into one teacher corrections request, "
+        "so the teacher batches its work across them (1: one request per trajectory). Outcomes do not depend on it.",
+        examples=[32],
+    )
+    correction_wait_ms: int = Field(
+        default=20, ge=0, le=10_000,
+        description="How long the first trajectory of a corrections batch waits for others before the batch is sent.",
+        examples=[20],
+    )
 
 
 class SFTStageParams(BaseModel):

@@ -100,8 +100,8 @@ class MPSStage(Stage):
             return response.episodes[0]
 
         async def correct(task: Task, steps: list[Step]) -> Correction:
-            item = CorrectionItem(task=GradedTask.model_validate(task.model_dump()), steps=steps)
-            return (await ctx.services.teacher.corrections([item], params.strategy)).corrections[0]
+            return await ctx.corrections.submit(
+                CorrectionItem(task=GradedTask.model_validate(task.model_dump()), steps=steps))
 
         done = await mentor(task, pool=pool, params=params, rollout=rollout, correct=correct)
         episode, first = done.episode, done.first
