@@ -4,9 +4,10 @@ One `Sandbox` per episode: model-written code runs in a separate stdlib-only
 interpreter process inside a bubblewrap boundary (its own read-only root, a
 size-limited tmpfs work dir, no network, its own pids, uid 65534: see
 `boundary.py`), hardened further before any model code runs (`_sandbox_child.py`,
-docs/sandbox.md); `process.py` starts it and speaks the control protocol. Variables persist across `run()` calls, and parent-side tools
-(search indexes, web search) are reached through request frames on a control pipe,
-so they never enter the sandbox.  Where the boundary cannot be set up, `run()`
+docs/sandbox.md); `process.py` starts it and speaks the control protocol.
+Variables persist across `run()` calls, and parent-side tools (search indexes,
+web search) are reached through request frames on a control pipe, so they never
+enter the sandbox.  Where the boundary cannot be set up, `run()`
 raises `SandboxError` saying what is missing (fail closed), unless the sandbox was
 made `unconfined=True` (trusted development only).
 
