@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import report  # noqa: E402
-from shared.tools.sandbox import Sandbox, SandboxLimits, sandbox_report  # noqa: E402
+from shared.sandbox.limits import SandboxLimits  # noqa: E402
+from shared.sandbox.report import sandbox_report  # noqa: E402
+from shared.sandbox.sandbox import Sandbox  # noqa: E402
 
 LIMITS = SandboxLimits(step_timeout_s=30.0)
 

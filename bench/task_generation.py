@@ -26,9 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import report  # noqa: E402
+from shared.sandbox.limits import SandboxLimits  # noqa: E402
+from shared.sandbox.sandbox import Sandbox  # noqa: E402
 from shared.tasks import kb  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
-from shared.tools.sandbox import Sandbox, SandboxLimits  # noqa: E402
 
 
 def timed(fn) -> float:

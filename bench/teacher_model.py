@@ -56,7 +56,7 @@ class InProcessSandbox:
         self.namespace["final_answer_print"] = final_answer_print
 
     def run(self, code: str):
-        from shared.tools.sandbox import ExecResult
+        from shared.sandbox.sandbox import ExecResult
 
         self.answer = None
         out = io.StringIO()
@@ -84,7 +84,7 @@ def validation_tasks(family: str, n: int, *, exclude: set[str], seed: int = 101)
 
 
 async def run_episodes(model_dir: str, tasks, *, sandbox: str = "real", max_batch_size: int = 32):
-    from shared.tools.sandbox import Sandbox
+    from shared.sandbox.sandbox import Sandbox
 
     tools = agent_tools(builtin_search_backend())
     if sandbox == "real":

@@ -2,7 +2,7 @@
 
     python scripts/hostile_probe.py --student-url http://127.0.0.1:8001 [--token T] [--secret S]
 
-Every snippet of tests/tools/hostile_snippets.py goes in as a trusted prefix step (replayed with `max_turns: 0`,
+Every snippet of tests/sandbox/hostile_snippets.py goes in as a trusted prefix step (replayed with `max_turns: 0`,
 the path model-written code takes through the service), followed by `print(1 + 1)`, which must still answer
 `2`; the benign snippets must give their exact observations. Then `/health` and a normal rollout must each
 answer within 2 s. Prints one line per case and a JSON summary; exit status 1 when anything was not contained
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.tools.hostile_snippets import BENIGN_CASES, ESCAPED_MARK, HOSTILE_CASES  # noqa: E402
+from tests.sandbox.hostile_snippets import BENIGN_CASES, ESCAPED_MARK, HOSTILE_CASES  # noqa: E402
 
 FOLLOW_UP = "print(1 + 1)"
 ANSWER_WITHIN_S = 2.0

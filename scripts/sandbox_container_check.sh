@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The sandbox in the container configuration compose gives the model services, for real: uid 10001, cap_drop ALL,
-# no-new-privileges, deploy/seccomp-sandbox.json. Runs the whole hostile suite (tests/tools/hostile_runner.py)
+# no-new-privileges, deploy/seccomp-sandbox.json. Runs the whole hostile suite (tests/sandbox/hostile_runner.py)
 # there, then checks that under Docker's default seccomp profile the sandbox refuses to run code and says why.
 #
 #   scripts/sandbox_container_check.sh            # exit status 0: every case contained, and the refusal is clean
@@ -31,12 +31,14 @@ run() {   # run [docker options...] -- command...
 }
 
 echo "== hostile suite, uid 10001, cap_drop ALL, seccomp=deploy/seccomp-sandbox.json"
-run --security-opt "seccomp=$ROOT/deploy/seccomp-sandbox.json" -- python3.11 -m tests.tools.hostile_runner \
+run --security-opt "seccomp=$ROOT/deploy/seccomp-sandbox.json" -- python3.11 -m tests.sandbox.hostile_runner \
     | tee /dev/stderr | tail -1 | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); sys.exit(r["failures"] != 0)'
 
 echo "== Docker's default seccomp profile: code execution must be refused, with the reason"
 run -- python3.11 -c '
-from shared.tools.sandbox import Sandbox, SandboxError, sandbox_report
+from shared.sandbox.process import SandboxError
+from shared.sandbox.report import sandbox_report
+from shared.sandbox.sandbox import Sandbox
 report = sandbox_report()
 print(report["problem"])
 assert not report["ok"] and "seccomp-sandbox.json" in report["problem"], report

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.tools.limits import SandboxLimits
+from shared.sandbox.limits import SandboxLimits
 
 DEFAULT_PORTS = {"coordinator": 8000, "student": 8001, "teacher": 8002, "trainer": 8003}
 

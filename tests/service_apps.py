@@ -3,8 +3,8 @@ that stay queued, the scripted teacher, the built-in student on CPU."""
 
 from __future__ import annotations
 
+from shared.sandbox.limits import SandboxLimits
 from shared.settings import Settings
-from shared.tools.sandbox import SandboxLimits
 
 SERVICES = ("coordinator", "student", "teacher", "trainer")
 

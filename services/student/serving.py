@@ -31,7 +31,7 @@ from shared.schemas.rollout import RolloutRequest, RolloutResponse
 from shared.schemas.sampling import SamplingParams, offset_seed
 from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
 from shared.settings import Settings
-from shared.tools.sandbox import SandboxError
+from shared.sandbox.process import SandboxError
 from shared.versioning import VersionGate
 
 log = logging.getLogger("score.student")

@@ -16,9 +16,10 @@ from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service, service_app
+from shared.sandbox.report import prepare_service
+from shared.sandbox.sandbox import Sandbox
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
-from shared.tools.sandbox import Sandbox, prepare_service
 from shared.tools.search import tools_for_corpus
 from services.teacher.api import api_router, ops_router
 from services.teacher.backends import EngineBackend, ExpertBackend, OpenAIBackend, TeacherBackend

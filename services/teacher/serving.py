@@ -12,7 +12,7 @@ from shared.schemas.teacher import (
     CorrectionRequest, CorrectionResponse, Cost, JudgementRequest, JudgementResponse, TeacherEpisode,
     TeacherRolloutRequest, TeacherRolloutResponse,
 )
-from shared.tools.sandbox import SandboxError
+from shared.sandbox.process import SandboxError
 from services.teacher.backends import BackendError, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor

@@ -22,106 +22,18 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
+from shared.models.batch import LiveBatch, Request, Row, cached_states
 from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
-from shared.models.prefix_cache import CachedPrefix, PrefixCache
+from shared.models.prefix_cache import PrefixCache
 from shared.models.sampling import sample_next
 from shared.schemas.sampling import SamplingParams
 
 log = logging.getLogger("score.engine")
-
-
-@dataclass
-class _Request:
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    max_new: int = 0
-
-
-@dataclass
-class _Row:
-    """Generation state of one request inside a batch."""
-
-    request: _Request
-    generator: torch.Generator | None
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish_reason: str | None = None
-    stop_cut: int | None = None  # text length to keep when a stop string matched
-    source: CachedPrefix | None = None  # the prefix cache entry its prefill reused
-    reused: int = 0                     # prompt tokens taken from that entry instead of prefilled
-
-
-@dataclass
-class _LiveBatch:
-    """The rows being decoded together and their shared KV cache (all rows padded to one length)."""
-
-    rows: list[_Row]
-    cache: DynamicCache
-    attention_mask: torch.Tensor  # (B, L) 0 on left padding
-    next_pos: torch.Tensor        # (B,) position id of each row's next token
-    logits: torch.Tensor          # (B, V) float32, for the token to sample next
-    temperature: torch.Tensor     # (B,)
-    top_p: torch.Tensor           # (B,)
-
-    def select(self, keep: list[int]) -> None:
-        """Drop finished rows from the batch and its cache."""
-        index = torch.tensor(keep, dtype=torch.long, device=self.attention_mask.device)
-        for layer in self.cache.layers:
-            layer.batch_select_indices(index)
-        self.rows = [self.rows[i] for i in keep]
-        self.attention_mask, self.next_pos = self.attention_mask[index], self.next_pos[index]
-        self.logits, self.temperature, self.top_p = self.logits[index], self.temperature[index], self.top_p[index]
-
-    def step(self, model, tokens: torch.Tensor) -> None:
-        """Feed each row its sampled token; leaves the logits for the following one."""
-        ones = self.attention_mask.new_ones((len(self.rows), 1))
-        self.attention_mask = torch.cat([self.attention_mask, ones], dim=-1)
-        out = model(
-            input_ids=tokens.unsqueeze(-1), attention_mask=self.attention_mask,
-            position_ids=self.next_pos.unsqueeze(-1), past_key_values=self.cache, use_cache=True,
-        )
-        self.logits = out.logits[:, -1, :].float()
-        self.next_pos = self.next_pos + 1
-
-    def row_states(self, i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Row i's KV states per layer without its padding: (heads, tokens seen, head_dim) each."""
-        columns = self.attention_mask[i].nonzero().squeeze(-1)
-        keys = [layer.keys[i].index_select(1, columns) for layer in self.cache.layers]
-        values = [layer.values[i].index_select(1, columns) for layer in self.cache.layers]
-        return keys, values
-
-    def merge(self, other: "_LiveBatch") -> "_LiveBatch":
-        """Join two batches: left-pad the shorter cache (masked out) and stack the rows."""
-        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)])
-        self.attention_mask = torch.cat(
-            [_left_pad(self.attention_mask, width, dim=1), _left_pad(other.attention_mask, width, dim=1)]
-        )
-        self.rows = self.rows + other.rows
-        self.next_pos = torch.cat([self.next_pos, other.next_pos])
-        self.logits = torch.cat([self.logits, other.logits])
-        self.temperature = torch.cat([self.temperature, other.temperature])
-        self.top_p = torch.cat([self.top_p, other.top_p])
-        return self
-
-
-def _left_pad(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:
-    missing = width - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 class TransformersEngine(Engine):
@@ -148,10 +60,10 @@ class TransformersEngine(Engine):
         self.gather_gap_s = gather_gap_ms / 1000
         self.gather_max_s = gather_max_ms / 1000
         self.policy_version = policy_version
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._queue: queue.Queue[Request | None] = queue.Queue()
         self._model_lock = threading.Lock()  # the worker holds it for a batch; weight swaps wait for it
         self._worker: threading.Thread | None = None
-        self._current: list[_Row] = []  # rows of the batch being decoded (to fail them if it crashes)
+        self._current: list[Row] = []  # rows of the batch being decoded (to fail them if it crashes)
         self._failure: str | None = None  # why the worker stopped, once it has
         self.model = None
         self.tokenizer = None
@@ -212,7 +124,7 @@ class TransformersEngine(Engine):
         if self.failure() is not None:
             raise EngineStoppedError(f"engine cannot generate: {self.failure()}")
         loop = asyncio.get_running_loop()
-        request = _Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room))
+        request = Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room))
         self._queue.put(request)
         if not self._worker.is_alive():  # it stopped between the check and the put: nobody will answer
             self._fail_waiting(EngineStoppedError("engine cannot generate: the generation worker stopped"))
@@ -249,12 +161,12 @@ class TransformersEngine(Engine):
                 self._failure = "the engine was closed"
             self._fail_waiting(EngineStoppedError(f"engine cannot generate: {self._failure}"))
 
-    def _rows(self, requests: list[_Request]) -> list[_Row]:
+    def _rows(self, requests: list[Request]) -> list[Row]:
         """Rows for `requests`; a request whose sampling cannot be set up is failed on its own."""
         rows = []
         for request in requests:
             try:
-                rows.append(_Row(request, self._generator(request.sampling.seed)))
+                rows.append(Row(request, self._generator(request.sampling.seed)))
             except Exception as exc:
                 self._resolve(request, ValueError(f"cannot sample with {request.sampling!r}: {exc}"))
         return rows
@@ -268,7 +180,7 @@ class TransformersEngine(Engine):
             if item is not None:
                 self._resolve(item, exc)
 
-    def _gather(self, first: _Request) -> list[_Request]:
+    def _gather(self, first: Request) -> list[Request]:
         """Collect requests while they keep arriving (gap-bounded) up to the batch size and a time cap."""
         batch = [first]
         deadline = time.monotonic() + self.gather_max_s
@@ -287,7 +199,7 @@ class TransformersEngine(Engine):
         return batch
 
     @staticmethod
-    def _resolve(request: _Request, result: GenerationOutput | Exception) -> None:
+    def _resolve(request: Request, result: GenerationOutput | Exception) -> None:
         def _set() -> None:
             if request.future.done():
                 return
@@ -302,7 +214,7 @@ class TransformersEngine(Engine):
             pass
 
     @torch.inference_mode()
-    def _run_batch(self, rows: list[_Row]) -> None:
+    def _run_batch(self, rows: list[Row]) -> None:
         """Decode `rows`, answering each request as it finishes; requests that arrive meanwhile join the
         batch at the next step (continuous batching), so a burst is not split into serial batches."""
         eos_ids = self._eos_ids()
@@ -336,8 +248,8 @@ class TransformersEngine(Engine):
         self._stats["prompt_tokens"] += sum(len(r.request.prompt_ids) for r in rows)
         self._stats["generated_tokens"] += sum(len(row.token_ids) for row in rows)
 
-    def _take_waiting(self, room: int) -> list[_Request]:
-        taken: list[_Request] = []
+    def _take_waiting(self, room: int) -> list[Request]:
+        taken: list[Request] = []
         while len(taken) < room:
             try:
                 item = self._queue.get_nowait()
@@ -349,7 +261,7 @@ class TransformersEngine(Engine):
             taken.append(item)
         return taken
 
-    def _prefill(self, rows: list[_Row]) -> "_LiveBatch":
+    def _prefill(self, rows: list[Row]) -> LiveBatch:
         """Run the prompts of `rows` through the model into a fresh KV cache, reusing cached prefixes.
 
         Rows with a cached prefix and rows without are prefilled apart and merged: a short new segment
@@ -365,7 +277,7 @@ class TransformersEngine(Engine):
         self._stats["prefill_tokens"] += sum(len(row.request.prompt_ids) - row.reused for row in rows)
         return live
 
-    def _prefill_group(self, rows: list[_Row]) -> "_LiveBatch":
+    def _prefill_group(self, rows: list[Row]) -> LiveBatch:
         """One forward over the uncached part of each prompt.
 
         Layout per row: [pad | cached prefix (c tokens) | pad | new tokens (n)] in C + N columns, C and N
@@ -387,12 +299,12 @@ class TransformersEngine(Engine):
             position_ids[i, new_width - new:] = torch.arange(reused, len(prompt))
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = position_ids.to(self.device)
-        cache = DynamicCache() if cached_width == 0 else DynamicCache(ddp_cache_data=self._cached_states(rows))
+        cache = DynamicCache() if cached_width == 0 else DynamicCache(ddp_cache_data=cached_states(rows))
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         )
-        return _LiveBatch(
+        return LiveBatch(
             rows=list(rows), cache=cache, attention_mask=attention_mask,
             next_pos=torch.tensor([len(r.request.prompt_ids) for r in rows], device=self.device),
             logits=out.logits[:, -1, :].float(),
@@ -400,23 +312,7 @@ class TransformersEngine(Engine):
             top_p=torch.tensor([r.request.sampling.top_p for r in rows], device=self.device),
         )
 
-    @staticmethod
-    def _cached_states(rows: list[_Row]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, (keys, values) of shape (B, heads, C, head_dim): each row's reused states right-aligned."""
-        width = max(row.reused for row in rows)
-        template = next(row.source for row in rows if row.reused)
-        states = []
-        for layer, (k, v) in enumerate(zip(template.keys, template.values)):
-            keys = k.new_zeros((len(rows), k.shape[0], width, k.shape[2]))
-            values = v.new_zeros((len(rows), v.shape[0], width, v.shape[2]))
-            for i, row in enumerate(rows):
-                if row.reused:
-                    keys[i, :, width - row.reused:] = row.source.keys[layer][:, : row.reused]
-                    values[i, :, width - row.reused:] = row.source.values[layer][:, : row.reused]
-            states.append((keys, values))
-        return states
-
-    def _keep_prefix(self, live: "_LiveBatch", i: int) -> None:
+    def _keep_prefix(self, live: LiveBatch, i: int) -> None:
         """Store finished row i's states: prompt + generated[:-1] (the last token was sampled, never fed)."""
         if self._prefix_cache is None:
             return
@@ -430,7 +326,7 @@ class TransformersEngine(Engine):
             self._prefix_cache.remove(row.source.id)  # the new entry extends it: same reuse, no second copy
         self._prefix_cache.insert(tokens, keys, values)
 
-    def _append(self, row: _Row, token: int, token_logp: float, eos_ids: set[int]) -> None:
+    def _append(self, row: Row, token: int, token_logp: float, eos_ids: set[int]) -> None:
         row.token_ids.append(token)
         row.logprobs.append(token_logp)
         if token in eos_ids:
@@ -450,7 +346,7 @@ class TransformersEngine(Engine):
         if len(row.token_ids) >= row.request.max_new:
             row.finish_reason = "length"
 
-    def _output(self, row: _Row) -> GenerationOutput:
+    def _output(self, row: Row) -> GenerationOutput:
         text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
         if row.stop_cut is not None:
             text = text[: row.stop_cut]

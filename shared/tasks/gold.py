@@ -5,10 +5,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.agent.execute import replay_steps
+from shared.sandbox.sandbox import Sandbox
 from shared.schemas.agent import Episode, Task
 from shared.tasks.builtin import builtin_search_backend
 from shared.tasks.expert import expert_steps
-from shared.tools.sandbox import Sandbox
 from shared.tools.search import agent_tools
 
 

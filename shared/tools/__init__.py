@@ -1,1 +1,1 @@
-"""Sandboxed tools the agent calls: the Python interpreter and search."""
+"""Tools the agent calls from the sandbox, kept outside it: search."""

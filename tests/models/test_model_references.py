@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from shared.checkpoints import CheckpointStore
 from shared.models.builtin import ensure_builtin_model
+from shared.sandbox.limits import SandboxLimits
 from shared.settings import Settings
-from shared.tools.sandbox import SandboxLimits
 
 SERIES = "refs-student"
 

@@ -3,8 +3,8 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from shared.sandbox.limits import SandboxLimits
 from shared.settings import Settings
-from shared.tools.sandbox import SandboxLimits
 from services.student.app import create_app
 from services.student.config import StudentConfig
 

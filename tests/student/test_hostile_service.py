@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.service_process import ServiceProcess
-from tests.tools.hostile_snippets import CANARY_PATH, ESCAPE_PATHS, SCORE_HOMES, SECRET_ENV
+from tests.sandbox.hostile_snippets import CANARY_PATH, ESCAPE_PATHS, SCORE_HOMES, SECRET_ENV
 
 pytestmark = pytest.mark.slow
 SECRET = "hostile-suite-secret-4f1c9a"

@@ -4,7 +4,7 @@ what is missing; the explicit development opt-out runs code and says so. (In-pro
 import pytest
 from fastapi.testclient import TestClient
 
-import shared.tools.boundary as boundary_module
+import shared.sandbox.boundary as boundary_module
 from shared.settings import Settings
 from services.student.app import create_app
 from tests.student.conftest import student_config

@@ -7,10 +7,10 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
+from shared.sandbox.limits import SandboxLimits
 from shared.settings import Settings
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import broken_trajectory
-from shared.tools.sandbox import SandboxLimits
 from services.teacher.app import create_app
 from services.teacher.config import TeacherConfig
 

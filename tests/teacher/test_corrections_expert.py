@@ -1,12 +1,12 @@
 """`POST /v1/corrections` with the scripted expert: both strategies find deliberately broken steps."""
 
 from shared.agent.execute import execute_step, replay_steps
+from shared.sandbox.sandbox import Sandbox
 from shared.schemas.agent import Step, Task
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import expert_next_step, expert_steps
 from shared.tasks.gold import builtin_tools
-from shared.tools.sandbox import Sandbox
 from tests.teacher.conftest import broken_items
 
 N_BROKEN = 40  # 20 per family; the bench runs 200

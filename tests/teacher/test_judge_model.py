@@ -8,11 +8,11 @@ strategy in `test_model_backends.py` and `test_e2e_process.py`.
 import asyncio
 from functools import partial
 
+from shared.sandbox.sandbox import Sandbox
 from shared.schemas.teacher import CorrectionItem, Cost
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import broken_trajectory, expert_steps
 from shared.tasks.gold import builtin_tools
-from shared.tools.sandbox import Sandbox
 from services.teacher.backends import BackendError, ChatReply, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor

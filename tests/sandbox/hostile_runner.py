@@ -1,10 +1,10 @@
 """Run the hostile and benign suites against the library sandbox and report, in whatever configuration this
-process is in (root, an unprivileged uid, a container). Used by tests/tools/test_sandbox.py and, as a script,
+process is in (root, an unprivileged uid, a container). Used by tests/sandbox/test_sandbox.py and, as a script,
 by the unprivileged-user test and scripts/sandbox_container_check.sh:
 
-    python -m tests.tools.hostile_runner [--only NAME ...]     # exit status 1 when a case is not contained
+    python -m tests.sandbox.hostile_runner [--only NAME ...]     # exit status 1 when a case is not contained
 
-Stdlib plus the project's sandbox module only, so it also runs under a bare interpreter in a container.
+Stdlib plus the project's sandbox package only, so it also runs under a bare interpreter in a container.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 if __package__ in (None, ""):   # run as a file: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.tools.sandbox import Sandbox, SandboxLimits, sandbox_report  # noqa: E402
-from tests.tools.hostile_snippets import (  # noqa: E402
+from shared.sandbox.limits import SandboxLimits  # noqa: E402
+from shared.sandbox.report import sandbox_report  # noqa: E402
+from shared.sandbox.sandbox import Sandbox  # noqa: E402
+from tests.sandbox.hostile_snippets import (  # noqa: E402
     BENIGN_CASES,
     ESCAPED_MARK,
     HOSTILE_CASES,

@@ -26,7 +26,7 @@ from pathlib import Path
 ESCAPED_MARK = "escaped:"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SANDBOX_SOURCE = PROJECT_ROOT / "shared" / "tools" / "sandbox.py"
+SANDBOX_SOURCE = PROJECT_ROOT / "shared" / "sandbox" / "sandbox.py"
 SETTINGS_SOURCE = PROJECT_ROOT / "shared" / "settings.py"
 SECRET_ENV = "SCORE_API_TOKEN"
 # Unique per test process: concurrent test runs must not see (or delete) each other's files.

@@ -1,8 +1,8 @@
-"""Bootstrap of the sandboxed interpreter: the child side of `shared/tools/sandbox.py`.
+"""Bootstrap of the sandboxed interpreter: the child side of `shared/sandbox/process.py`.
 
 The parent starts this file's *text* as
 `<base python> -S -s -B -P -c <source> <config json>` with a scrubbed environment,
-inside the bubblewrap boundary (see `shared/tools/boundary.py`): its own read-only
+inside the bubblewrap boundary (see `shared/sandbox/boundary.py`): its own read-only
 root holding only the interpreter, the stdlib and the shared libraries, a
 size-limited tmpfs work dir, no /proc, no network, its own pids, uid 65534.
 Only the standard library is importable.  Before any model code runs the

@@ -1,4 +1,4 @@
-"""Library-level tests of the sandboxed interpreter (shared/tools/sandbox.py, boundary.py).
+"""Library-level tests of the sandboxed interpreter (the shared/sandbox/ package).
 
 Short timeouts keep the file fast; every hostile case gets a fresh sandbox so one case
 cannot influence the next.  The suite runs in whatever configuration pytest runs in
@@ -23,19 +23,14 @@ from pathlib import Path
 
 import pytest
 
-import shared.tools.boundary as boundary_module
-import shared.tools.sandbox as sandbox_module
-from shared.tools.sandbox import (
-    BOUNDARY_LAYERS,
-    LAYERS,
-    MAX_CODE_CHARS,
-    Sandbox,
-    SandboxError,
-    SandboxLimits,
-    sandbox_report,
-)
-from tests.tools.hostile_runner import FAST, ROOMY, run_benign, run_hostile
-from tests.tools.hostile_snippets import (
+import shared.sandbox.boundary as boundary_module
+import shared.sandbox.process as process_module
+from shared.sandbox.limits import SandboxLimits
+from shared.sandbox.process import BOUNDARY_LAYERS, LAYERS, SandboxError
+from shared.sandbox.report import sandbox_report
+from shared.sandbox.sandbox import MAX_CODE_CHARS, Sandbox
+from tests.sandbox.hostile_runner import FAST, ROOMY, run_benign, run_hostile
+from tests.sandbox.hostile_snippets import (
     BENIGN_CASES,
     CANARY_PATH,
     ESCAPE_PATHS,
@@ -120,7 +115,7 @@ def test_hostile_suite_is_large_enough():
 
 def test_boundary_holds_without_the_audit_hook(outside_world, monkeypatch):
     """As if model code had got past the hook: bwrap (and seccomp) still refuse everything that matters."""
-    monkeypatch.setattr(sandbox_module, "_DISABLED_LAYERS", frozenset({"audit-hooks"}))
+    monkeypatch.setattr(process_module, "_DISABLED_LAYERS", frozenset({"audit-hooks"}))
     code = textwrap.dedent(f"""
         import os, socket
         results = {{}}
@@ -439,7 +434,7 @@ def test_isolation_lists_the_active_layers():
 
 
 def test_disabled_layers_are_not_reported(monkeypatch):
-    monkeypatch.setattr(sandbox_module, "_DISABLED_LAYERS", frozenset({"seccomp", "audit-hooks", "no-child-processes"}))
+    monkeypatch.setattr(process_module, "_DISABLED_LAYERS", frozenset({"seccomp", "audit-hooks", "no-child-processes"}))
     with Sandbox(limits=ROOMY) as sandbox:
         assert sandbox.isolation == BOUNDARY_LAYERS + PARENT_LAYERS + ("rlimits",)
         assert sandbox.run("print(1 + 1)").observation == "2"
@@ -520,7 +515,7 @@ def test_hostile_suite_as_an_unprivileged_user():
                                    if path == PROJECT_ROOT else str(path)], capture_output=True)
         if readable.returncode != 0:
             pytest.skip(f"{path} is not readable by uid {UNPRIVILEGED_UID}")
-    done = subprocess.run([*command, "-m", "tests.tools.hostile_runner"], cwd=PROJECT_ROOT, capture_output=True,
+    done = subprocess.run([*command, "-m", "tests.sandbox.hostile_runner"], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=900, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{PROJECT_ROOT}:{site}",
                                                        "HOME": "/nonexistent", "SCORE_HOME": "/nonexistent"})
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
