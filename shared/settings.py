@@ -28,7 +28,8 @@ class Settings(BaseSettings):
         default=None, description="Redis URL. Unset: `score up`/`score demo` start an embedded server."
     )
     api_token: str | None = Field(
-        default=None, description="When set, every endpoint but /health requires `Authorization: Bearer <token>`."
+        default=None, repr=False,  # kept out of validation errors that echo a config holding these settings
+        description="When set, every endpoint but /health requires `Authorization: Bearer <token>`.",
     )
     coordinator_url: str = Field(
         default=f"http://127.0.0.1:{DEFAULT_PORTS['coordinator']}",

@@ -96,7 +96,10 @@ def test_flags_and_environment_are_checked_together(clean_environment):
 
 def test_rule_holds_for_settings_built_in_code(clean_environment):
     from services.teacher.config import TeacherConfig
+    from shared.settings import Settings
 
-    with pytest.raises(ValidationError, match="base_url is unset"):
-        TeacherConfig(engine="openai")
+    secret = "a-real-secret-token"
+    with pytest.raises(ValidationError, match="base_url is unset") as refused:
+        TeacherConfig(engine="openai", settings=Settings(api_token=secret))
+    assert secret not in repr(refused.value.errors())  # its input: the whole config, the shared settings with it
     assert TeacherConfig(engine="openai", base_url=VLLM).base_url == VLLM
