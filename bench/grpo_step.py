@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import report  # noqa: E402
 from services.trainer.grpo.step import grpo_step  # noqa: E402
+from services.trainer.optim import build_optimizer  # noqa: E402
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.models.loading import load_causal_lm  # noqa: E402
 from shared.schemas.rl import GRPOHyperparameters, RLSample  # noqa: E402
@@ -60,7 +61,7 @@ def main() -> None:
         for mini_batch_size in (8, 32, 64):
             hp = GRPOHyperparameters(learning_rate=1e-4, mini_batch_size=mini_batch_size, max_logprob_diff=None)
             policy = copy.deepcopy(model)
-            optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=0.0)
+            optimizer = build_optimizer(policy, hp)
             grpo_step(policy, optimizer, groups, hp, pad_id=0)  # warm-up: allocator, kernels
             runs = [grpo_step(policy, optimizer, groups, hp, pad_id=0) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["update_time_s"])

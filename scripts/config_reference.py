@@ -33,7 +33,8 @@ def _settings_sections():
 
     return [
         ("Every service and the CLI", Settings, "`score up`, `score demo` and each `score serve` read these."),
-        ("Coordinator", CoordinatorConfig, "`score serve coordinator`: its stage-worker processes."),
+        ("Coordinator", CoordinatorConfig, "`score serve coordinator`: its stage-worker processes. It refuses to "
+         "start without `SCORE_REDIS_URL` (`score up` and `score demo` set it)."),
         ("Student", StudentConfig, "`score serve student`; the flags `--model`, `--engine`, `--base-url`, "
          "`--served-model-name` and `--device` win over these."),
         ("Teacher", TeacherConfig, "`score serve teacher`; the same flags win over these (the teacher also takes "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.sandbox.limits import SandboxLimits
@@ -28,7 +28,8 @@ class Settings(BaseSettings):
         default=None, description="Redis URL. Unset: `score up`/`score demo` start an embedded server."
     )
     api_token: str | None = Field(
-        default=None, description="When set, every endpoint but /health requires `Authorization: Bearer <token>`."
+        default=None, repr=False,  # kept out of validation errors that echo a config holding these settings
+        description="When set, every endpoint but /health requires `Authorization: Bearer <token>`.",
     )
     coordinator_url: str = Field(
         default=f"http://127.0.0.1:{DEFAULT_PORTS['coordinator']}",
@@ -116,7 +117,8 @@ class ModelServiceConfig(BaseSettings):
         default=None, description="Checkpoint directory or name (`name`, `name/vN`) for the model engines; unset: "
         "the built-in tiny model of the service's role, built on first use under SCORE_HOME.")
     base_url: str | None = Field(
-        default=None, description="The OpenAI-compatible server for engine `openai`, e.g. http://vllm-student:8000/v1.")
+        default=None, description="The OpenAI-compatible server for engine `openai`, e.g. http://vllm-student:8000/v1: "
+        "that engine needs it, the others refuse it.")
     served_model_name: str | None = Field(
         default=None, description="The model's name on that server (and in the student's /v1/models); unset: from "
         "the checkpoint directory, or the server's first model.")
@@ -142,6 +144,17 @@ class ModelServiceConfig(BaseSettings):
         default_factory=SandboxLimits, description="Limits of the sandboxed interpreter (JSON object).")
     settings: Settings = Field(default_factory=Settings, description="Shared settings (SCORE_HOME, token, ...).",
                                exclude=True)
+
+    @model_validator(mode="after")
+    def _base_url_with_openai_only(self) -> "ModelServiceConfig":
+        # `engine` is each subclass's own field (the teacher has one more engine than the student).
+        where = f"{self.model_config.get('env_prefix', '')}BASE_URL, --base-url"
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError(f"base_url is unset ({where}): engine openai needs an OpenAI-compatible server, "
+                             "e.g. http://vllm:8000/v1")
+        if self.engine != "openai" and self.base_url:
+            raise ValueError(f"base_url ({where}) applies only to engine openai, not {self.engine}")
+        return self
 
 
 def _origin(url: str) -> tuple[str, str, int | None] | None:
@@ -171,3 +184,14 @@ def given_flags(args, *names: str) -> dict:
     """The command-line flags among `names` that were given: they win over a service's `SCORE_<SERVICE>_*`
     environment variables, and flags left out must not mask those variables with None."""
     return {name: value for name in names if (value := getattr(args, name, None)) is not None}
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A settings error as one line per problem, each naming its field, for a command line's `error:`. The
+    input values stay out: they may hold the API token."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        lines.append(f"{field}: {message}" if field else message)
+    return "\n".join(lines)

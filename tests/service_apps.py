@@ -16,7 +16,7 @@ def build_app(service: str, home, redis_url: str | None = None, *, api_token: st
         from services.coordinator.config import CoordinatorConfig
 
         # No stage workers: created runs stay queued and nothing calls the model services.
-        return create_app(settings, CoordinatorConfig(workers=0))
+        return create_app(CoordinatorConfig(workers=0, settings=settings))
     if service == "student":
         from services.student.app import create_app
         from services.student.config import StudentConfig

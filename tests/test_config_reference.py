@@ -39,7 +39,8 @@ def test_service_settings_come_from_the_environment(monkeypatch):
         ("openai", "http://vllm-student:8000/v1", 9)
     assert TeacherConfig().engine == "expert"
     assert TrainerConfig().max_running_jobs == 3
-    assert StudentConfig(engine="transformers").engine == "transformers"  # explicit values (CLI flags) win
+    explicit = "http://vllm-2:8000/v1"
+    assert StudentConfig(base_url=explicit).base_url == explicit  # explicit values (CLI flags) win
 
 
 def test_bad_environment_value_names_the_variable(monkeypatch):

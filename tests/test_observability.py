@@ -102,7 +102,7 @@ def test_teacher_counts_corrections_and_its_lines_carry_the_callers_ids(score_ho
 
 
 def test_coordinator_exports_queue_depth_runs_and_policy_versions(redis_url, tmp_path):
-    app = coordinator_app(Settings(home=tmp_path / "home", redis_url=redis_url), CoordinatorConfig(workers=0))
+    app = coordinator_app(CoordinatorConfig(workers=0, settings=Settings(home=tmp_path / "home", redis_url=redis_url)))
     with TestClient(app) as client:
         created = client.post("/v1/runs", json={"tasks": {"n_bc_init": 2, "n_train": 2, "n_rl": 1, "n_eval": 2}})
         assert created.status_code == 201, created.text
@@ -143,7 +143,7 @@ def test_worker_lines_carry_run_stage_and_item_and_dead_letters_are_counted(redi
     assert dropped[0].request_id and len(dropped[0].request_id) == 16
     assert all(r.run_id is None for r in caplog.records if "consuming" in r.getMessage())
 
-    with TestClient(coordinator_app(settings, CoordinatorConfig(workers=0))) as client:
+    with TestClient(coordinator_app(CoordinatorConfig(workers=0, settings=settings))) as client:
         families = scrape(client)
     assert value(families, "score_queue_items", queue="mps", kind="dead") == 1
     assert value(families, "score_queue_items", queue="mps", kind="waiting") == 0

@@ -12,6 +12,8 @@ from tests.service_apps import SERVICES, build_app
 from tests.service_process import ServiceProcess
 
 TOKEN = "bounds-test-token"
+# The coordinator refuses to be built without a Redis URL; no lifespan runs here, so this one is never dialled.
+UNDIALLED_REDIS = "redis://127.0.0.1:1"
 
 
 # --- every number bounded -----------------------------------------------------------------------------
@@ -43,7 +45,7 @@ def _unbounded_numbers(spec: dict, node: dict, where: str, found: set[str], seen
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_number_a_request_carries_has_a_lower_and_an_upper_bound(service, tmp_path):
-    spec = build_app(service, tmp_path).openapi()
+    spec = build_app(service, tmp_path, UNDIALLED_REDIS).openapi()
     found: set[str] = set()
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
@@ -61,7 +63,7 @@ def test_every_number_a_request_carries_has_a_lower_and_an_upper_bound(service, 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_an_unauthenticated_body_is_401_and_an_oversized_one_413_in_the_envelope(service, tmp_path):
-    app = build_app(service, tmp_path, api_token=TOKEN, max_body_bytes=4096)
+    app = build_app(service, tmp_path, UNDIALLED_REDIS, api_token=TOKEN, max_body_bytes=4096)
     client = TestClient(app)  # no lifespan: these requests must be answered before any route runs
     path = {"coordinator": "/v1/runs", "student": "/v1/rollouts", "teacher": "/v1/judgements",
             "trainer": "/v1/jobs"}[service]

@@ -33,13 +33,12 @@ def app_from_args(args, settings: Settings) -> FastAPI:
     for flag in ("model", "engine", "base_url", "served_model_name", "device"):
         if getattr(args, flag, None):
             raise ValueError(f"--{flag.replace('_', '-')} does not apply to the coordinator: it holds no model")
-    if not settings.redis_url:
-        raise ValueError("the coordinator needs Redis: set SCORE_REDIS_URL (or use `score up`, which starts one)")
-    return create_app(settings, CoordinatorConfig())
+    return create_app(CoordinatorConfig(settings=settings))
 
 
-def create_app(settings: Settings, config: CoordinatorConfig | None = None) -> FastAPI:
+def create_app(config: CoordinatorConfig | None = None) -> FastAPI:
     config = config or CoordinatorConfig()
+    settings = config.settings
     metrics = ServiceMetrics("coordinator")
     queue_gauge = Gauge("score_queue_items", "Stage queue items by kind: waiting (not yet read by a worker), "
                         "pending (read, not acked) and dead (dead-lettered).", ["service", "queue", "kind"],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import Settings
 
 
 class CoordinatorConfig(BaseSettings):
-    """Read from `SCORE_COORDINATOR_<NAME>` environment variables."""
+    """Read from `SCORE_COORDINATOR_<NAME>` environment variables; the shared settings from `SCORE_<NAME>`."""
 
     model_config = SettingsConfigDict(env_prefix="SCORE_COORDINATOR_", extra="ignore", env_ignore_empty=True)
 
@@ -19,3 +21,13 @@ class CoordinatorConfig(BaseSettings):
         description="An item whose worker shows no sign of life for this long is handed to another worker.",
     )
     restart_backoff_s: float = Field(default=1.0, gt=0, description="First delay before restarting a dead worker.")
+    settings: Settings = Field(default_factory=Settings, description="Shared settings (SCORE_HOME, Redis, token, ...).",
+                               exclude=True)
+
+    @model_validator(mode="after")
+    def _needs_redis(self) -> "CoordinatorConfig":
+        # Runs, queues and the workers' hand-offs all live in Redis: without it nothing can be accepted.
+        if not self.settings.redis_url:
+            raise ValueError("redis_url is unset: the coordinator needs Redis; set SCORE_REDIS_URL (or use "
+                             "`score up`, which starts one)")
+        return self

@@ -24,6 +24,7 @@ import uuid
 
 import redis.asyncio as aioredis
 import uvloop
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,7 +36,7 @@ from services.coordinator.store import RunNotFound, RunStore
 from shared import scoring_pool
 from shared.observability import configure_logging, log_context, new_request_id
 from shared.schemas.runs import RunState
-from shared.settings import Settings
+from shared.settings import Settings, describe_invalid, given_flags
 
 logger = logging.getLogger("score.coordinator.worker")
 
@@ -279,22 +280,24 @@ def _describe(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Started by the coordinator with every flag; run by hand, the defaults are the coordinator's settings.
-    config = CoordinatorConfig()
+    # Started by the coordinator with every flag; run by hand, flags left out come from the coordinator's
+    # settings (SCORE_REDIS_URL, SCORE_COORDINATOR_*), checked by the same rules.
     parser = argparse.ArgumentParser(description="A SCoRe coordinator stage worker.")
     parser.add_argument("--redis-url", default=None)
-    parser.add_argument("--concurrency", type=int, default=config.worker_concurrency)
-    parser.add_argument("--visibility-ms", type=int, default=config.visibility_ms)
+    parser.add_argument("--concurrency", dest="worker_concurrency", type=int, default=None, metavar="N")
+    parser.add_argument("--visibility-ms", type=int, default=None, metavar="MS")
     parser.add_argument("--consumer", default=None, help="consumer name prefix (the pid is appended)")
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        config = CoordinatorConfig(settings=Settings(**given_flags(args, "redis_url")),
+                                   **given_flags(args, "worker_concurrency", "visibility_ms"))
+    except ValidationError as exc:
+        parser.error(describe_invalid(exc))
+    settings = config.settings
     configure_logging(settings.log_level, "coordinator", settings.log_format, pid=True)
     scoring_pool.configure(settings)  # answers scored by the stages: bounded by these settings
-    redis_url = args.redis_url or settings.redis_url
-    if not redis_url:
-        parser.error("no Redis: pass --redis-url or set SCORE_REDIS_URL")
-    worker = Worker(settings, redis_url=redis_url, consumer=args.consumer, concurrency=args.concurrency,
-                    visibility_ms=args.visibility_ms)
+    worker = Worker(settings, redis_url=settings.redis_url, consumer=args.consumer,
+                    concurrency=config.worker_concurrency, visibility_ms=config.visibility_ms)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

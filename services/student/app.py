@@ -35,8 +35,6 @@ def build_engine(config: StudentConfig) -> Engine:
     name = config.served_model_name or (
         "score-student" if not config.model else Path(label).name if Path(label).is_absolute() else label)
     if config.engine == "openai":
-        if not config.base_url:
-            raise ValueError("--engine openai needs --base-url (an OpenAI-compatible server, e.g. http://vllm:8000/v1)")
         tokenizer = load_tokenizer(path)
         return OpenAIEngine(
             config.base_url, tokenizer=tokenizer, model_name=config.served_model_name,
@@ -48,8 +46,6 @@ def build_engine(config: StudentConfig) -> Engine:
 
 def app_from_args(args, settings) -> FastAPI:
     """The app `score serve student` runs: its flags over `SCORE_STUDENT_*` variables over the defaults."""
-    if args.engine == "expert":
-        raise ValueError("--engine expert is the teacher's scripted solver; the student takes transformers or openai")
     return create_app(StudentConfig(settings=settings, **given_flags(
         args, "model", "engine", "base_url", "served_model_name", "device")))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ModelServiceConfig
@@ -22,3 +22,10 @@ class StudentConfig(ModelServiceConfig):
         default="lora", description="How the `openai` engine takes new weights: `lora` loads each trainer "
         "checkpoint as a LoRA adapter (`/v1/load_lora_adapter`, vLLM); `score` posts the checkpoint path to a "
         "SCoRe student service's /v1/weights.")
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _not_the_teachers_engine(cls, value):
+        if value == "expert":
+            raise ValueError("expert is the teacher's scripted solver; the student takes transformers or openai")
+        return value

@@ -32,19 +32,8 @@ log = logging.getLogger("score.teacher")
 
 def app_from_args(args, settings) -> FastAPI:
     """The app `score serve teacher` runs: its flags over `SCORE_TEACHER_*` variables over the defaults."""
-    config = TeacherConfig(settings=settings, **given_flags(
-        args, "engine", "model", "base_url", "served_model_name", "device"))
-    if config.engine == "expert":
-        for name in ("model", "base_url", "served_model_name", "device"):
-            if getattr(config, name):
-                raise ValueError(f"--{name.replace('_', '-')} (SCORE_TEACHER_{name.upper()}) does not apply to engine "
-                                 "expert (the scripted solver of the built-in suite runs no model)")
-    if config.engine == "openai" and not config.base_url:
-        raise ValueError("engine openai needs --base-url or SCORE_TEACHER_BASE_URL (an OpenAI-compatible server, "
-                         "e.g. http://vllm:8000/v1)")
-    if config.engine != "openai" and config.base_url:
-        raise ValueError("--base-url (SCORE_TEACHER_BASE_URL) applies only to engine openai")
-    return create_app(config)
+    return create_app(TeacherConfig(settings=settings, **given_flags(
+        args, "engine", "model", "base_url", "served_model_name", "device")))
 
 
 def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) -> TeacherBackend:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ModelServiceConfig
@@ -21,7 +21,7 @@ class TeacherConfig(ModelServiceConfig):
     engine: EngineKind = Field(
         default="transformers", description="`transformers`: a model in-process (the built-in tiny teacher by "
         "default); `openai`: a remote OpenAI-compatible server (needs `base_url`); `expert`: the built-in suite's "
-        "scripted solver, no model.")
+        "scripted solver, no model (so it refuses `model`, `base_url`, `served_model_name` and `device`).")
     temperature: float = Field(
         default=0.0, ge=0, description="Teacher sampling temperature: greedy by default, so corrections are "
         "reproducible.")
@@ -38,3 +38,12 @@ class TeacherConfig(ModelServiceConfig):
     max_concurrent_sandboxes: int = Field(default=8, ge=1, description="Sandboxes replaying or executing at once "
                                           "(comparisons, judge, expert).")
     judgement_cache_size: int = Field(default=4096, ge=0, description="Judgements remembered by content hash (LRU).")
+
+    @model_validator(mode="after")
+    def _expert_runs_no_model(self) -> "TeacherConfig":
+        if self.engine == "expert":
+            for name in ("model", "base_url", "served_model_name", "device"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} (SCORE_TEACHER_{name.upper()}, --{name.replace('_', '-')}) does not "
+                                     "apply to engine expert (the scripted solver of the built-in suite runs no model)")
+        return self

@@ -1,4 +1,5 @@
-"""AdamW with decay only on matrices, and warmup + cosine/linear/constant learning-rate schedules."""
+"""AdamW with the Hugging Face Trainer's weight-decay rule, and warmup + cosine/linear/constant learning-rate
+schedules."""
 
 from __future__ import annotations
 
@@ -7,19 +8,35 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from shared.schemas.optimizer import OptimizerSettings
 from shared.schemas.training import SFTHyperparameters
 
 
-def build_optimizer(model: torch.nn.Module, hp: SFTHyperparameters, *, fused: bool = False) -> torch.optim.AdamW:
-    """Norm weights and biases (1-D tensors) get no weight decay: shrinking them only hurts."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def no_decay_parameters(model: torch.nn.Module) -> set[int]:
+    """The ids of the biases and normalisation-layer weights (LayerNorm, RMSNorm, ...): shrinking them toward
+    zero only hurts (a norm's scale is meant to stay near 1), so weight decay spares them, as in TRL and the
+    Hugging Face Trainer."""
+    spared = set()
+    for module in model.modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for name, parameter in module.named_parameters(recurse=False):
+            if is_norm or name.endswith("bias"):
+                spared.add(id(parameter))
+    return spared
+
+
+def build_optimizer(model: torch.nn.Module, settings: OptimizerSettings, *, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over the trained tensors (all weights, or a LoRA adapter's), in two groups: decayed, then spared.
+    The groups and their order follow from the model alone, so a saved optimizer state loads into a rebuilt one."""
+    spared = no_decay_parameters(model)
+    trained = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in trained if id(p) not in spared], "weight_decay": settings.weight_decay},
+        {"params": [p for p in trained if id(p) in spared], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=hp.learning_rate, betas=(hp.adam_beta1, hp.adam_beta2),
-        eps=hp.adam_epsilon, fused=fused,
+        [g for g in groups if g["params"]], lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
+        eps=settings.adam_epsilon, fused=fused,
     )
 
 

@@ -15,13 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from shared.names import SAFE_NAME
 from shared.schemas.agent import MAX_POLICY_VERSION, MAX_TOKEN_ID, Episode
 from shared.schemas.lora import LoRASettings
+from shared.schemas.optimizer import LearningRate, OptimizerSettings
 from shared.schemas.training import ReportTo
 
 SESSION_ID = SAFE_NAME
 MAX_STEP_SAMPLES = 4096  # samples per step; a bigger batch should be split into several steps by the caller
 
 
-class GRPOHyperparameters(LoRASettings):
+class GRPOHyperparameters(OptimizerSettings, LoRASettings):
     """How each GRPO step updates the policy. Defaults follow TRL's GRPOConfig and the SCoRe paper.
 
     With `lora`, every step publishes the adapter directory (never merged): what vLLM loads at run time.
@@ -29,8 +30,8 @@ class GRPOHyperparameters(LoRASettings):
 
     model_config = ConfigDict(extra="forbid")
 
-    learning_rate: float = Field(
-        default=1e-6, gt=0.0, le=1.0,
+    learning_rate: LearningRate = Field(
+        default=1e-6,
         description="AdamW learning rate. The paper uses 7e-7 for a 7B student; tiny models need far larger "
         "values (the built-in student moves within a few steps at 3e-4 to 2e-2; the demo uses 3e-4).",
         examples=[0.001],
@@ -84,17 +85,6 @@ class GRPOHyperparameters(LoRASettings):
         "normalised once, so this trades memory for speed without changing the update.",
         examples=[8],
     )
-    max_grad_norm: float | None = Field(
-        default=1.0, gt=0.0, le=1e6, description="Clip the global gradient norm to this value; None disables clipping.",
-        examples=[1.0],
-    )
-    weight_decay: float = Field(
-        default=0.0, ge=0.0, lt=1.0,
-        description="AdamW decoupled weight decay. 0 (TRL's default) keeps a zero-advantage step a no-op.",
-        examples=[0.0],
-    )
-    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW first-moment decay.", examples=[0.9])
-    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0, description="AdamW second-moment decay.", examples=[0.999])
     max_staleness: int = Field(
         default=1, ge=0, le=1000,
         description="Oldest accepted sample: `policy_version >= current - max_staleness`. 0 = strictly on-policy "

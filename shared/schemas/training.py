@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.names import SAFE_NAME
 from shared.schemas.lora import LoRASettings
+from shared.schemas.optimizer import LearningRate, OptimizerSettings
 
 _JOB_ID = SAFE_NAME
 
@@ -96,7 +97,7 @@ class DatasetSpec(BaseModel):
 ReportTo = Literal["tensorboard"]
 
 
-class SFTHyperparameters(LoRASettings):
+class SFTHyperparameters(OptimizerSettings, LoRASettings):
     """Supervised fine-tuning settings. Every field has a default; unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
@@ -112,8 +113,8 @@ class SFTHyperparameters(LoRASettings):
         description="Optimizer steps to run; overrides `num_epochs`. Useful for fixed-budget runs and tests.",
         examples=[200],
     )
-    learning_rate: float = Field(
-        default=2e-3, gt=0, le=1.0,
+    learning_rate: LearningRate = Field(
+        default=2e-3,
         description="Peak AdamW learning rate, reached after warmup. The default suits the built-in tiny models; "
         "pretrained 1-10B models usually want 1e-5 to 2e-5 (1e-4 to 2e-4 with LoRA).",
         examples=[0.002],
@@ -130,18 +131,6 @@ class SFTHyperparameters(LoRASettings):
     min_lr_ratio: float = Field(
         default=0.0, ge=0, le=1, description="Final learning rate as a share of the peak (cosine and linear schedules).",
         examples=[0.1],
-    )
-    weight_decay: float = Field(
-        default=0.0, ge=0, le=10.0, description="AdamW decoupled weight decay on matrices (not on norms and biases).",
-        examples=[0.01],
-    )
-    adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW first-moment decay.", examples=[0.9])
-    adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW second-moment decay.", examples=[0.999])
-    adam_epsilon: float = Field(default=1e-8, gt=0, le=1.0, description="AdamW denominator epsilon.", examples=[1e-08])
-    max_grad_norm: float | None = Field(
-        default=1.0, gt=0, le=1e6,
-        description="Clip the global gradient norm to this value before each step (None: no clipping).",
-        examples=[1.0],
     )
     micro_batch_tokens: int = Field(
         default=4096, ge=16, le=1_048_576,

@@ -21,7 +21,7 @@ def home(tmp_path):
 
 @pytest.fixture
 def client(redis_url, home):
-    app = create_app(Settings(home=home, redis_url=redis_url), CoordinatorConfig(workers=0))
+    app = create_app(CoordinatorConfig(workers=0, settings=Settings(home=home, redis_url=redis_url)))
     with TestClient(app) as client:
         yield client
 

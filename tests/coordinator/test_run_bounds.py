@@ -25,7 +25,7 @@ def home(tmp_path):
 
 
 def _client(redis_url, home, **settings):
-    app = create_app(Settings(home=home, redis_url=redis_url, **settings), CoordinatorConfig(workers=0))
+    app = create_app(CoordinatorConfig(workers=0, settings=Settings(home=home, redis_url=redis_url, **settings)))
     return TestClient(app)
 
 

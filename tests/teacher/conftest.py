@@ -16,9 +16,10 @@ from services.teacher.config import TeacherConfig
 
 
 def teacher_config(score_home, **overrides) -> TeacherConfig:
-    values = dict(engine="expert", settings=Settings(home=score_home), device="cpu",
-                  sandbox=SandboxLimits(step_timeout_s=5.0))
+    values = dict(engine="expert", settings=Settings(home=score_home), sandbox=SandboxLimits(step_timeout_s=5.0))
     values.update(overrides)
+    if values["engine"] != "expert":  # the scripted solver runs no model, so it takes no device
+        values.setdefault("device", "cpu")
     return TeacherConfig(**values)
 
 

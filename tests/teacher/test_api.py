@@ -3,7 +3,6 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.settings import Settings
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import expert_steps
 from services.teacher.app import create_app
@@ -115,22 +114,6 @@ def test_every_request_and_response_field_is_described(score_home):
     assert {"CorrectionRequest", "CorrectionResponse", "Correction", "Cost", "Step", "StepJudgementItem",
             "Judgement", "TeacherRolloutRequest", "TeacherRolloutResponse", "TeacherEpisode", "RolloutItem"} <= seen
     assert not missing, missing
-
-
-@pytest.mark.parametrize("flags, message", [
-    ({"engine": "expert", "model": "x"}, r"--model \(SCORE_TEACHER_MODEL\) does not apply"),
-    ({"engine": "openai"}, "needs --base-url"),
-    ({"engine": "transformers", "base_url": "http://x"}, "applies only to engine openai"),
-])
-def test_flags_that_do_not_apply_are_refused(score_home, flags, message):
-    import argparse
-
-    from services.teacher.app import app_from_args
-
-    args = argparse.Namespace(**{"model": None, "engine": None, "base_url": None, "served_model_name": None,
-                                 "device": None, "host": "127.0.0.1", "port": None, **flags})
-    with pytest.raises(ValueError, match=message):
-        app_from_args(args, Settings(home=score_home))
 
 
 def test_an_unreachable_teacher_server_makes_hard_corrections_not_errors(score_home):

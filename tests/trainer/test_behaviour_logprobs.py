@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from services.student.app import create_app
 from services.trainer.grpo.step import grpo_step, pad_mini_batch, per_token_logps
+from services.trainer.optim import build_optimizer
 from shared.models.loading import load_trainable_causal_lm
 from shared.schemas.agent import Episode
 from shared.schemas.rl import GRPOHyperparameters, RLSample
@@ -45,7 +46,7 @@ def test_service_logprobs_match_the_trainers_recomputation(episodes):
     assert difference.item() <= 1e-4
 
     # The GRPO step reports the same check, and keeps every sample.
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    optimizer = build_optimizer(policy, hp)  # as an RL session builds its optimizer
     metrics = grpo_step(policy, optimizer, [samples[:2], samples[2:4], samples[4:]], hp, pad_id=0)
     assert metrics["logprob_diff/mean"] <= 1e-4
     assert metrics["logprob_diff/checked_samples"] == len(samples)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
@@ -172,7 +173,7 @@ def test_unknown_and_closed_sessions(client):
 
 # Full weights, and a LoRA adapter (AdamW then holds the adapter's tensors only, and the adapter is published).
 RESTART_CASES = {
-    "full": ({**MADE_UP, "learning_rate": 1e-2}, "model.safetensors"),
+    "full": ({**MADE_UP, "learning_rate": 1e-2, "weight_decay": 0.1}, "model.safetensors"),  # two AdamW groups
     "lora": ({**MADE_UP, "learning_rate": 1e-2, "lora": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj"]},
              "adapter_model.safetensors"),
 }
@@ -204,6 +205,21 @@ def test_a_restarted_trainer_continues_the_session_exactly(score_home, case):
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert (ours[name] - theirs[name]).abs().max().item() < 1e-6, name
+
+
+def test_a_step_decays_weights_but_not_biases_or_norm_weights(client):
+    """Equal rewards in every group: zero advantages and zero gradients, so the step moves only what weight decay
+    moves, lr x weight_decay of each weight; biases and norm weights stay as they were."""
+    info = create(client, hyperparameters={**MADE_UP, "learning_rate": 1e-2, "weight_decay": 0.5})
+    step = client.post(f"/v1/rl/sessions/{info['id']}/steps", json=batch(rewards=((1.0, 1.0, 1.0), (0.0, 0.0))))
+    assert step.status_code == 200, step.text
+    before = load_file(Path(info["base_path"]) / "model.safetensors")
+    after = load_file(Path(step.json()["checkpoint"]["path"]) / "model.safetensors")
+    spared = {name for name in before if name.endswith(".bias") or "norm" in name}
+    assert spared and len(spared) < len(before)
+    for name, tensor in before.items():
+        expected = tensor if name in spared else tensor * (1 - 1e-2 * 0.5)
+        torch.testing.assert_close(after[name], expected, msg=name)
 
 
 def test_rl_endpoints_require_the_token_when_one_is_set(score_home):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from services.trainer.grpo.step import grpo_step
+from services.trainer.optim import build_optimizer
 from shared.models.loading import load_causal_lm
 from shared.schemas.rl import GRPOHyperparameters, RLSample
 
@@ -45,7 +46,7 @@ def changed(model, before: dict[str, torch.Tensor]) -> list[str]:
 
 
 def adamw(model, lr=1e-3):
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    return build_optimizer(model, GRPOHyperparameters(learning_rate=lr))
 
 
 def test_a_step_with_reward_differences_changes_the_parameters(student):

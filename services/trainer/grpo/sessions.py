@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from services.trainer.grpo.step import grpo_step
+from services.trainer.optim import build_optimizer
 from services.trainer.tracking import MetricsTracker, tensorboard_dir
 from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
@@ -263,17 +264,18 @@ class RLSessions:
         # the latest published adapter is continued, so a restart resumes the adapter the session had trained.
         policy = load_trainable_causal_lm(source, hp, device=self.device)
         tokenizer = load_tokenizer(source)
-        # Only the trained tensors (all weights, or the adapter's): the saved AdamW state lists exactly these,
-        # in the model's parameter order, which a reload rebuilds the same.
-        optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad], lr=hp.learning_rate,
-            betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=hp.weight_decay,
-        )
+        # Only the trained tensors (all weights, or the adapter's), grouped and ordered as a reload rebuilds them,
+        # so the saved AdamW state fits.
+        optimizer = build_optimizer(policy, hp)
         saved = self._dir(record.id) / OPTIMIZER_FILE
         if record.request.save_optimizer_state and saved.is_file():
             state = torch.load(saved, map_location=self.device, weights_only=True)
             if state.get("policy_version") == record.policy_version:
-                optimizer.load_state_dict(state["optimizer"])
+                try:
+                    optimizer.load_state_dict(state["optimizer"])
+                except ValueError as exc:  # saved by a trainer that grouped the parameters otherwise
+                    log.warning("rl session=%s optimizer state does not fit the parameter groups (%s): starting "
+                                "fresh moments", record.id, exc)
             else:
                 log.warning("rl session=%s optimizer state is from version %s, not %d: starting fresh moments",
                             record.id, state.get("policy_version"), record.policy_version)
