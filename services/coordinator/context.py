@@ -13,7 +13,7 @@ from services.coordinator.clients import Services
 from services.coordinator.pools import Pools, load_pools
 from services.coordinator.queue import StageQueue
 from services.coordinator.store import RunStore
-from shared.schemas.runs import RunConfig
+from shared.schemas.run_config import RunConfig
 from shared.settings import Settings, is_configured_service_url
 
 logger = logging.getLogger("score.coordinator")

@@ -13,9 +13,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.coordinator import keys
-from shared.schemas.runs import (
-    RUN_TRANSITIONS, STAGES, DeadLetter, RunConfig, RunEvent, RunInfo, RunState, StageProgress,
-)
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import RUN_TRANSITIONS, STAGES, DeadLetter, RunEvent, RunInfo, RunState, StageProgress
 
 EVENTS_MAXLEN = 20_000  # per run; SSE clients that fall further behind resume from the oldest kept
 

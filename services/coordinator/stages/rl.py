@@ -17,9 +17,10 @@ from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
 from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
-from shared.schemas.runs import KeyStepRewards, RLParams, TrajectoryRecord
+from shared.schemas.run_config import KeyStepRewards, RLParams
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import JudgementRequest, StepJudgementItem
+from shared.schemas.trajectories import TrajectoryRecord
 from shared.scoring import score_answer_async
 from shared.tasks.expert import remaining_gold_turns
 
