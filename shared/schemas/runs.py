@@ -1,4 +1,5 @@
-"""A coordinator run's state (`/v1/runs`): its state machine, stage progress, events, dead letters.
+"""A coordinator run's state (`/v1/runs`): its state machine, stage progress, events, dead letters, and the
+checkpoints it points at.
 
 A run moves tasks through the SCoRe stages (`bc_init -> mps -> sft -> rl`, with `eval` after each, and the
 plain-distillation `baseline`). Its config is in `shared.schemas.run_config`, its trajectories in
@@ -12,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.run_config import RunConfig
 
 
@@ -61,6 +63,35 @@ class StageProgress(BaseModel):
     detail: str | None = Field(
         default=None, description="What the stage is doing now (e.g. the trainer job's progress).",
         examples=["trainer job sft-arith-01: step 120/200"],
+    )
+
+
+class ServedCheckpoint(BaseModel):
+    """A checkpoint as the student serves it for a run."""
+
+    checkpoint: Checkpoint = Field(description="The published checkpoint.")
+    policy_version: int = Field(
+        ge=1, description="The policy version it is served as: a run's versions grow across checkpoint series (RL "
+        "step 1 follows SFT), so this is not the checkpoint's own version.", examples=[3],
+    )
+    label: str = Field(description="The policy it is: a training stage or an RL step.", examples=["sft"])
+
+
+class RunPointers(BaseModel):
+    """The checkpoints a run points at, each field one field of the run's Redis hash. Stages read and set them
+    through the run store (`pointers`, `set_pointers`); a field never set is null."""
+
+    student_checkpoint: ServedCheckpoint | None = Field(
+        default=None, description="What the student should be serving now (reloaded if the student restarted).",
+    )
+    score_checkpoint: ServedCheckpoint | None = Field(
+        default=None, description="The SCoRe policy the run ends on (reference arms are only evaluated).",
+    )
+    bc_init_checkpoint: Checkpoint | None = Field(
+        default=None, description="The cold-start checkpoint the later fine-tunes start from.",
+    )
+    policy_version: int | None = Field(
+        default=None, description="The student's policy version the run last loaded.", examples=[3],
     )
 
 
