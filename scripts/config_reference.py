@@ -133,7 +133,7 @@ def rows(model, default_instance, prefix: str, missing: list[str], *, env_prefix
 
 
 def render() -> str:
-    from shared.schemas.runs import RunConfig
+    from shared.schemas.run_config import RunConfig
     from shared.schemas.training import SFTHyperparameters
     from shared.sandbox.limits import SandboxLimits
 

@@ -19,26 +19,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.fsutil import atomic_directory, file_lock, remove_leftovers, write_json_atomic
 from shared.names import NAME_PATTERN, SAFE_NAME
+from shared.schemas.checkpoints import Checkpoint
 
 INDEX = "index.json"
 _NAME = SAFE_NAME
 _REF = re.compile(rf"^(?P<name>{NAME_PATTERN})(?:[/@]v?(?P<version>\d+))?$")
 
 
-class CheckpointRef(BaseModel):
-    """One published checkpoint version and where it came from."""
+class CheckpointRef(Checkpoint):
+    """One published checkpoint version (an index row) and where it came from."""
 
-    name: str = Field(description="Checkpoint series name, e.g. `student-sft`.")
-    version: int = Field(ge=1, description="Version within the series (1, 2, ...); the student serves it as policy_version.")
-    path: str = Field(description="Directory of the Hugging Face format checkpoint.")
     parent: str | None = Field(default=None, description="What it was trained from: `name/vN`, a path, or `builtin:<role>`.")
     job_id: str | None = Field(default=None, description="Trainer job or RL session that wrote it.")
     created_at: float = Field(default_factory=time.time, description="Unix time of publication.")
     metrics: dict = Field(default_factory=dict, description="Training metrics at publication (loss, steps, ...).")
+
+    def identity(self) -> Checkpoint:
+        """The version alone, without its lineage: what the services pass to each other."""
+        return Checkpoint(name=self.name, version=self.version, path=self.path)
 
 
 def check_name(name: str) -> str:
@@ -143,7 +145,7 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student",
         return ensure_builtin_model(role, home), ref
     published = CheckpointStore(home / "checkpoints").resolve(ref)
     if published is not None:
-        return Path(published.path), f"{published.name}/v{published.version}"
+        return Path(published.path), published.reference
     unknown = KeyError(f"{ref!r} is neither a published checkpoint (name, name/vN) nor a checkpoint directory")
     path = Path(ref).expanduser()
     if roots is not None:

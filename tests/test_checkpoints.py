@@ -84,3 +84,9 @@ def test_resolve_model_references(tmp_path, score_home):
         resolve_model("no-such-model", home=score_home)
     with pytest.raises(KeyError, match="unknown built-in"):
         resolve_model("builtin:oracle", home=score_home)
+
+
+def test_an_index_row_is_the_wire_checkpoint_plus_lineage(tmp_path):
+    ref = CheckpointStore(tmp_path).publish("student-sft", _write_marker("a"), parent="builtin:student", job_id="j1")
+    assert ref.identity().model_dump() == {"name": "student-sft", "version": 1, "path": str(tmp_path / "student-sft" / "v1")}
+    assert ref.reference == "student-sft/v1"  # what a job's or session's `base` reads back as this version

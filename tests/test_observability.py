@@ -13,6 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.coordinator import keys
 from services.coordinator.app import create_app as coordinator_app
 from services.coordinator.clients import TeacherClient
 from services.coordinator.config import CoordinatorConfig
@@ -108,7 +109,7 @@ def test_coordinator_exports_queue_depth_runs_and_policy_versions(redis_url, tmp
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
         store = redis.Redis.from_url(redis_url)
-        store.hset(f"score:run:{run_id}", "policy_version", 3)  # as a stage sets it when the student loads weights
+        store.hset(keys.run(run_id), "policy_version", 3)  # as a stage sets it when the student loads weights
         store.close()
         families = scrape(client)
 
@@ -129,7 +130,7 @@ def test_worker_lines_carry_run_stage_and_item_and_dead_letters_are_counted(redi
         worker = Worker(settings, redis_url=redis_url, block_ms=100)
         await worker.queue.ensure_groups()
         await worker.queue.put("mps", [WorkItem("run-gone", "mps", "task-7:0")])
-        await worker.redis.xadd("score:q:mps", {"junk": "1"})  # not a work item: dead-lettered on read
+        await worker.redis.xadd(keys.queue("mps"), {"junk": "1"})  # not a work item: dead-lettered on read
         running = asyncio.create_task(worker.run())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any("dropping" in r.getMessage() for r in caplog.records):

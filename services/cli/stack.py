@@ -101,6 +101,7 @@ def tiny_teacher(stack, home: Path) -> Path:
     import httpx
 
     from shared.checkpoints import CheckpointStore
+    from shared.schemas.checkpoints import Checkpoint
     from shared.schemas.training import TERMINAL_STATES, JobState
 
     print("preparing the tiny teacher's training data (expert trajectories) ...", flush=True)
@@ -137,9 +138,9 @@ def tiny_teacher(stack, home: Path) -> Path:
     progress.close()
     if job["state"] != "succeeded" or not job.get("checkpoint"):
         raise CLIError(f"training the tiny teacher {job['state']}: {job.get('error') or 'no checkpoint'}")
-    checkpoint = job["checkpoint"]
-    print(f"tiny teacher published as {checkpoint['name']}/v{checkpoint['version']}", flush=True)
-    return Path(checkpoint["path"])
+    checkpoint = Checkpoint.model_validate(job["checkpoint"])
+    print(f"tiny teacher published as {checkpoint.reference}", flush=True)
+    return Path(checkpoint.path)
 
 
 def demo_command(args: argparse.Namespace) -> int:

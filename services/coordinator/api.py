@@ -15,7 +15,9 @@ from services.coordinator.runs import RunManager
 from shared.errors import ERROR_RESPONSES, ErrorResponse, NotFoundError, UnprocessableError
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.experiments import ExperimentConfig, ExperimentInfo
-from shared.schemas.runs import DeadLetterList, RunConfig, RunInfo, RunList, TrajectoryList
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import DeadLetterList, RunInfo, RunList
+from shared.schemas.trajectories import TrajectoryList
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No run with this id (or the artifact is not written yet)."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "The run's state does not allow this (it already ended)."}}

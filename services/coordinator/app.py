@@ -59,9 +59,9 @@ def create_app(config: CoordinatorConfig | None = None) -> FastAPI:
             runs_gauge.labels("coordinator", state.value).set(sum(s == state for s in states.values()))
         version_gauge.clear()  # ended runs drop out
         for run_id, state in states.items():
-            version = None if state.terminal else await app.state.store.field(run_id, "policy_version")
+            version = None if state.terminal else (await app.state.store.pointers(run_id)).policy_version
             if version is not None:
-                version_gauge.labels("coordinator", run_id).set(float(version))
+                version_gauge.labels("coordinator", run_id).set(version)
         workers_gauge.labels("coordinator").set(app.state.supervisor.alive())
         return depth
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from shared.observability import traced_async_client
 from shared.schemas.agent import Step, Task
+from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLStepRequest, RLStepResponse
 from shared.schemas.rollout import RolloutItem, RolloutRequest, RolloutResponse
 from shared.schemas.sampling import SamplingParams
@@ -89,8 +90,8 @@ class StudentClient(ServiceClient):
     async def weights(self) -> WeightsInfo:
         return WeightsInfo.model_validate((await self.call("GET", "/v1/weights")).json())
 
-    async def load(self, *, path: str | None = None, name: str | None = None, version: int | None = None) -> WeightsInfo:
-        request = LoadWeightsRequest(path=path, name=name, version=version)
+    async def load(self, checkpoint: Checkpoint, *, policy_version: int) -> WeightsInfo:
+        request = LoadWeightsRequest.serving(checkpoint, policy_version)
         return WeightsInfo.model_validate((await self.call("POST", "/v1/weights", request)).json())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,7 +13,9 @@ from services.coordinator.clients import Services
 from services.coordinator.pools import Pools, load_pools
 from services.coordinator.queue import StageQueue
 from services.coordinator.store import RunStore
-from shared.schemas.runs import RunConfig
+from shared.schemas.checkpoints import Checkpoint
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import RunPointers, ServedCheckpoint
 from shared.schemas.teacher import Correction, CorrectionItem
 from shared.settings import Settings, is_configured_service_url
 
@@ -56,41 +57,36 @@ class RunContext:
     def log(self, message: str, *args) -> None:
         logger.info("[run %s] " + message, self.run_id, *args)
 
-    async def student_checkpoint(self) -> dict | None:
-        """The checkpoint the student should be serving for this run (set by each training stage)."""
-        raw = await self.store.field(self.run_id, "student_checkpoint")
-        return json.loads(raw) if raw else None
-
-    async def use_student(self, *, path: str, label: str, version: int | None = None) -> int:
+    async def use_student(self, checkpoint: Checkpoint, *, label: str, version: int | None = None) -> int:
         """Load a checkpoint into the student and remember it, so a restarted student is brought back to it.
 
         Without `version`, the run's next policy version: versions only grow within a run, whatever series
         the checkpoint was published in, so every sample's `policy_version` orders it in time. The student's
         versions only grow too (it refuses a lower one), so after another run it starts above that run's."""
         if version is None:
-            run_next = int(await self.store.field(self.run_id, "policy_version") or 0) + 1
+            run_next = ((await self.store.pointers(self.run_id)).policy_version or 0) + 1
             version = max(run_next, (await self.services.student.weights()).policy_version + 1)
-        info = await self.services.student.load(path=path, version=version)
-        checkpoint = json.dumps({"path": path, "version": version, "label": label})
-        fields = {"student_checkpoint": checkpoint, "policy_version": info.policy_version}
-        if label not in REFERENCE_ARMS:  # the SCoRe policy the run ends on (reference arms are only evaluated)
-            fields["score_checkpoint"] = checkpoint
-        await self.store.set_fields(self.run_id, **fields)
+        info = await self.services.student.load(checkpoint, policy_version=version)
+        served = ServedCheckpoint(checkpoint=checkpoint, policy_version=version, label=label)
+        # The SCoRe policy the run ends on moves with it; reference arms are only evaluated.
+        score = {} if label in REFERENCE_ARMS else {"score_checkpoint": served}
+        await self.store.set_pointers(self.run_id, RunPointers(
+            student_checkpoint=served, policy_version=info.policy_version, **score))
         await self.store.event(self.run_id, "log", f"student now serves {label} (policy version {version})",
-                               data={"path": path, "version": version, "label": label})
+                               data={"path": checkpoint.path, "version": version, "label": label})
         return version
 
     async def ensure_student(self) -> int | None:
         """Make sure the student serves this run's current checkpoint (it may have restarted); its version."""
-        expected = await self.student_checkpoint()
+        expected = (await self.store.pointers(self.run_id)).student_checkpoint
         if expected is None:
             return (await self.services.student.weights()).policy_version
         current = await self.services.student.weights()
-        if current.path != expected["path"] or current.policy_version != expected["version"]:
+        if current.path != expected.checkpoint.path or current.policy_version != expected.policy_version:
             self.log("student serves %s v%s, expected %s v%s: reloading", current.path, current.policy_version,
-                     expected["path"], expected["version"])
-            await self.services.student.load(path=expected["path"], version=expected["version"])
-        return expected["version"]
+                     expected.checkpoint.path, expected.policy_version)
+            await self.services.student.load(expected.checkpoint, policy_version=expected.policy_version)
+        return expected.policy_version
 
 
 def services_for(config: RunConfig, settings: Settings) -> Services:

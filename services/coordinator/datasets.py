@@ -10,7 +10,8 @@ from typing import Literal
 
 from services.coordinator.records import keep_share, records_of
 from services.coordinator.store import RunStore
-from shared.schemas.runs import RunConfig, TrajectoryRecord
+from shared.schemas.run_config import RunConfig
+from shared.schemas.trajectories import TrajectoryRecord
 
 DatasetName = Literal["bc_init", "sft", "baseline", "rl"]
 DATASETS: tuple[str, ...] = ("bc_init", "sft", "baseline", "rl")

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from shared.agent.format import episode_messages
 from services.coordinator.records import sft_row
 from shared.fsutil import atomic_write, write_text_atomic
-from shared.schemas.runs import TrajectoryRecord
+from shared.schemas.trajectories import TrajectoryRecord
 
 ExportFormat = Literal["messages", "sharegpt", "verl"]
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "verl")

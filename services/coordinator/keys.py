@@ -1,7 +1,8 @@
 """Every Redis key the coordinator uses, in one place (the coordinator is the only owner of these keys).
 
     score:runs                          zset   run id -> created_at
-    score:run:<id>                      hash   config, state, stage, error, timestamps, policy_version
+    score:run:<id>                      hash   config, state, stage, error, timestamps, and the run's pointers
+                                               (RunPointers: checkpoints served, ended on, started from; policy_version)
     score:run:<id>:stages               hash   <stage> -> StageProgress JSON; <stage>:settled -> count
     score:run:<id>:counters             hash   running totals (self_solved, repaired, teacher_tokens, ...)
     score:run:<id>:eval                 hash   policy label -> held-out results JSON
@@ -9,6 +10,7 @@
     score:run:<id>:planned:<stage>      set    item keys the stage expects (anything else is dead-lettered)
     score:run:<id>:attempts             hash   <stage>/<item key> -> deliveries started
     score:run:<id>:events               stream progress events (SSE)
+    score:run:<id>:claim:<item key>     string the worker running a control action (expires unless refreshed)
     score:q:<stage>                     stream work items of a stage, consumer group `workers`
     score:q:control                     stream stage transitions (enter / finish), consumer group `workers`
     score:dlq:<stage>                   stream items that exhausted their attempts, with the error
@@ -57,6 +59,10 @@ def attempts(run_id: str) -> str:
 
 def events(run_id: str) -> str:
     return f"{run(run_id)}:events"
+
+
+def claim(run_id: str, item_key: str) -> str:
+    return f"{run(run_id)}:claim:{item_key}"
 
 
 def queue(stream: str) -> str:

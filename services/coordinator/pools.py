@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from shared.fsutil import write_text_atomic
 from shared.paths import PathRefused, regular_file
 from shared.schemas.agent import Task
-from shared.schemas.runs import TaskSource
+from shared.schemas.run_config import TaskSource
 from shared.tasks.builtin import builtin_tasks, split_of
 from shared.tasks.loader import TaskFileError, load_task_file
 

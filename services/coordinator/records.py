@@ -6,8 +6,8 @@ import hashlib
 
 from shared.agent.format import episode_messages
 from shared.schemas.agent import Step, Task
-from shared.schemas.runs import TeacherSpend, TrajectoryRecord
 from shared.schemas.teacher import Cost
+from shared.schemas.trajectories import TeacherSpend, TrajectoryRecord
 
 
 # The purpose a teacher-solved trajectory's tokens count under, by stage.

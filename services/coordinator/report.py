@@ -12,7 +12,8 @@ from pathlib import Path
 
 from services.coordinator.records import add_spend, keep_share
 from shared.fsutil import atomic_write
-from shared.schemas.runs import TEACHER_PURPOSES, DeadLetter, RunInfo, TeacherSpend, TrajectoryRecord
+from shared.schemas.runs import DeadLetter, RunInfo
+from shared.schemas.trajectories import TEACHER_PURPOSES, TeacherSpend, TrajectoryRecord
 from shared.stats import wilson
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.

@@ -15,7 +15,9 @@ from services.coordinator.queue import StageQueue
 from services.coordinator.records import records_of
 from services.coordinator.store import IllegalTransition, RunNotFound, RunStore
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
-from shared.schemas.runs import RunConfig, RunEvent, RunInfo, RunState, TrajectoryRecord
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import RunEvent, RunInfo, RunState
+from shared.schemas.trajectories import TrajectoryRecord
 from shared.settings import Settings, is_configured_service_url
 
 RECORD_STAGES = ("bc_init", "mps", "baseline", "baseline_tokens")

@@ -13,8 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.coordinator import keys
+from shared.schemas.run_config import RunConfig
 from shared.schemas.runs import (
-    RUN_TRANSITIONS, STAGES, DeadLetter, RunConfig, RunEvent, RunInfo, RunState, StageProgress,
+    RUN_TRANSITIONS, STAGES, DeadLetter, RunEvent, RunInfo, RunPointers, RunState, StageProgress,
 )
 
 EVENTS_MAXLEN = 20_000  # per run; SSE clients that fall further behind resume from the oldest kept
@@ -124,7 +125,7 @@ class RunStore:
         return RunInfo(
             id=run_id, name=RunConfig.model_validate_json(record["config"]).name, state=RunState(record["state"]),
             stage=record.get("stage") or None, stages=stages, counters=counters, eval=evals,
-            policy_version=int(record["policy_version"]) if record.get("policy_version") else None,
+            policy_version=_pointers(record).policy_version,
             error=record.get("error") or None, created_at=float(record["created_at"]),
             updated_at=float(record["updated_at"]), artifacts=str(self.runs_dir / run_id),
             config=RunConfig.model_validate_json(record["config"]),
@@ -132,6 +133,18 @@ class RunStore:
 
     async def list_ids(self) -> list[str]:
         return [i.decode() if isinstance(i, bytes) else i for i in await self.redis.zrevrange(keys.runs(), 0, -1)]
+
+    # --- pointers ------------------------------------------------------------------------------
+
+    async def pointers(self, run_id: str) -> RunPointers:
+        """The checkpoints the run points at and its policy version (unset ones are None)."""
+        names = list(RunPointers.model_fields)
+        return _pointers(_decode(dict(zip(names, await self.redis.hmget(keys.run(run_id), names)))))
+
+    async def set_pointers(self, run_id: str, pointers: RunPointers) -> None:
+        """Write the pointers `pointers` was given (the others keep their values) in one write, each as JSON."""
+        given = pointers.model_dump(mode="json", exclude_unset=True)
+        await self.set_fields(run_id, **{name: json.dumps(value) for name, value in given.items()})
 
     # --- stages --------------------------------------------------------------------------------
 
@@ -234,6 +247,12 @@ class RunStore:
 def _decode(mapping: dict) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in mapping.items()}
+
+
+def _pointers(record: dict[str, str | None]) -> RunPointers:
+    """The pointers among a run hash's fields (each stored as JSON)."""
+    return RunPointers.model_validate({name: json.loads(record[name]) for name in RunPointers.model_fields
+                                       if record.get(name) is not None})
 
 
 def _scalar(value: Any) -> str | int | float:

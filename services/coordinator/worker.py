@@ -237,7 +237,7 @@ class Worker:
 
     async def _control(self, ctx: RunContext, item: WorkItem) -> None:
         # Two copies of one action (a redelivery racing the original) must not run side by side.
-        claim = f"{keys.run(item.run_id)}:claim:{item.key}"
+        claim = keys.claim(item.run_id, item.key)
         if not await self.redis.set(claim, self.consumer, nx=True, px=self.visibility_ms):
             holder = await self.redis.get(claim)
             if holder is not None and holder.decode() != self.consumer:

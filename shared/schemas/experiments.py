@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.schemas.runs import RunConfig, safe_label
+from shared.schemas.run_config import RunConfig, safe_label
 
 ExperimentState = Literal["running", "succeeded", "failed"]
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from shared.names import SAFE_NAME
 from shared.schemas.agent import MAX_POLICY_VERSION, MAX_TOKEN_ID, Episode
+from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.lora import LoRASettings
 from shared.schemas.optimizer import LearningRate, OptimizerSettings
 from shared.schemas.training import ReportTo
@@ -162,17 +163,6 @@ class RLSessionCreate(BaseModel):
     )
 
 
-class CheckpointInfo(BaseModel):
-    """Where a published checkpoint version lives."""
-
-    name: str = Field(description="Checkpoint series.", examples=["student-rl"])
-    version: int = Field(description="Version within the series.", examples=[4])
-    path: str = Field(
-        description="Hugging Face format checkpoint directory (give it to the student's POST /v1/weights).",
-        examples=["/data/score/checkpoints/student-rl/v4"],
-    )
-
-
 class RLSessionInfo(BaseModel):
     """An RL session's state."""
 
@@ -194,7 +184,7 @@ class RLSessionInfo(BaseModel):
     steps: int = Field(description="GRPO steps applied so far.", examples=[2])
     hyperparameters: GRPOHyperparameters = Field(description="The session's GRPO settings.")
     save_optimizer_state: bool = Field(description="Whether the AdamW state is saved after each step.", examples=[True])
-    checkpoint: CheckpointInfo | None = Field(description="Latest published checkpoint; null before the first step.")
+    checkpoint: Checkpoint | None = Field(description="Latest published checkpoint; null before the first step.")
     loaded: bool = Field(
         description="Whether the policy is in this process's memory (false after a restart until the next step).",
         examples=[True],
@@ -365,7 +355,7 @@ class RLStepResponse(BaseModel):
     policy_version: int = Field(
         description="Version of the updated policy; load `checkpoint.path` as this version.", examples=[4],
     )
-    checkpoint: CheckpointInfo = Field(description="The checkpoint published by this step.")
+    checkpoint: Checkpoint = Field(description="The checkpoint published by this step.")
     metrics: dict[str, float] = Field(
         description="TRL/verl-style metrics: `reward/mean`, `reward_std`, `frac_reward_zero_std`, `loss`, "
         "`grad_norm`, `clip_ratio` (+ `/low_mean`, `/high_mean`), `entropy`, `kl` (when beta > 0), `ppo_kl`, "

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.names import SAFE_NAME
+from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.lora import LoRASettings
 from shared.schemas.optimizer import LearningRate, OptimizerSettings
 
@@ -281,17 +282,6 @@ class JobMetrics(BaseModel):
     )
 
 
-class JobCheckpoint(BaseModel):
-    name: str = Field(description="Checkpoint series name.", examples=["student-sft"])
-    version: int = Field(
-        description="Published version; load it with the student's `POST /v1/weights {name, version}`.", examples=[2],
-    )
-    path: str = Field(
-        description="Directory of the Hugging Face format checkpoint.",
-        examples=["/data/score/checkpoints/student-sft/v2"],
-    )
-
-
 class JobInfo(BaseModel):
     """A job as `GET /v1/jobs/{id}` reports it."""
 
@@ -308,7 +298,7 @@ class JobInfo(BaseModel):
     eta_s: float | None = Field(
         default=None, description="Estimated seconds to finish, from recent step times.", examples=[48.5],
     )
-    checkpoint: JobCheckpoint | None = Field(default=None, description="The published result, once succeeded.")
+    checkpoint: Checkpoint | None = Field(default=None, description="The published result, once succeeded.")
     error: str | None = Field(
         default=None, description="Why the job failed.",
         examples=["training process exited with code 1 (see train.log)"],

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.names import SAFE_NAME
 from shared.schemas.agent import MAX_POLICY_VERSION
+from shared.schemas.checkpoints import Checkpoint
 
 
 class WeightsInfo(BaseModel):
@@ -44,3 +45,9 @@ class LoadWeightsRequest(BaseModel):
         if self.path is None and (self.name is None or self.version is None):
             raise ValueError("give `path`, or both `name` and `version`")
         return self
+
+    @classmethod
+    def serving(cls, checkpoint: Checkpoint, policy_version: int) -> "LoadWeightsRequest":
+        """Load a published checkpoint as `policy_version`. By path, since a caller's policy versions (a run's
+        grow across checkpoint series) need not be the checkpoint's own version, which `{name, version}` uses."""
+        return cls(path=checkpoint.path, version=policy_version)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.schemas.agent import Step
-from shared.schemas.runs import Repair, TrajectoryRecord
+from shared.schemas.trajectories import Repair, TrajectoryRecord
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.gold import builtin_tools, gold_episode
 

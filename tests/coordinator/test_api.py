@@ -108,7 +108,7 @@ def test_openapi_describes_every_operation_and_field(client):
 def test_scoresft_data_is_repaired_plus_kept_self_solved_plus_replayed_cold_start():
     from services.coordinator.datasets import sft_records
     from shared.schemas.agent import Task
-    from shared.schemas.runs import TrajectoryRecord
+    from shared.schemas.trajectories import TrajectoryRecord
 
     def record(task_id, stage, pool, outcome, correct=True):
         return TrajectoryRecord(run_id="r", stage=stage, pool=pool, task=Task(id=task_id, question="q?", true_answer=1),

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from services.coordinator import keys
 from shared.redis_server import EmbeddedRedis
 from tests.service_process import ServiceProcess, fresh_home
 
@@ -119,7 +120,7 @@ def assert_exports_are_what_was_trained(url: str, run_id: str, home) -> None:
 def pending_worker_pid(redis_url: str, queue: str) -> int | None:
     client = redis.Redis.from_url(redis_url)
     try:
-        for consumer in client.xinfo_consumers(f"score:q:{queue}", "workers"):
+        for consumer in client.xinfo_consumers(keys.queue(queue), keys.GROUP):
             if consumer["pending"] > 0:
                 return int(consumer["name"].decode().split("-")[1])
     finally:
@@ -196,9 +197,9 @@ def test_a_poisoned_item_is_dead_lettered_and_the_run_still_finishes(stack):
         run_id = create_run(coordinator)
         wait_run(coordinator.url, run_id, stage_running("mps"), 180, "the mps stage")
         client = redis.Redis.from_url(stack["redis"].url)
-        client.xadd("score:q:mps", {"run_id": run_id, "stage": "mps", "key": "train-no-such-task",
+        client.xadd(keys.queue("mps"), {"run_id": run_id, "stage": "mps", "key": "train-no-such-task",
                                     "payload": json.dumps({"task_id": "no-such-task", "pool": "train"})})
-        client.xadd("score:q:mps", {"garbage": "no fields a work item has"})
+        client.xadd(keys.queue("mps"), {"garbage": "no fields a work item has"})
         client.close()
         run = wait_run(coordinator.url, run_id, lambda r: r["state"] == "succeeded", 300, "the run to finish")
         letters = httpx.get(f"{coordinator.url}/v1/runs/{run_id}/dead_letters", timeout=10).json()["dead_letters"]

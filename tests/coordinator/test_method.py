@@ -13,8 +13,9 @@ from services.coordinator.stages.rl import answer_kind, episode_turns, judged_ki
 from services.coordinator.datasets import sft_records
 from shared.agent.format import parse_act
 from shared.schemas.agent import Episode, Step, Task
-from shared.schemas.runs import KeyStepRewards, MPSParams, RLParams, TrajectoryRecord
+from shared.schemas.run_config import KeyStepRewards, MPSParams, RLParams
 from shared.schemas.teacher import Correction, Cost
+from shared.schemas.trajectories import TrajectoryRecord
 from shared.scoring import score_answer
 from shared.stats import discordant, mcnemar_exact, paired_bootstrap, wilson
 from shared.tasks.builtin import builtin_tasks
@@ -231,7 +232,7 @@ def test_skipped_rl_is_not_evaluated_under_its_name(redis_url, tmp_path):
     from services.coordinator.pipeline import BY_NAME, enter
     from services.coordinator.queue import StageQueue
     from services.coordinator.store import RunStore
-    from shared.schemas.runs import RunConfig
+    from shared.schemas.run_config import RunConfig
 
     async def scenario():
         client = aioredis.Redis.from_url(redis_url)

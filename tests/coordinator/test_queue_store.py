@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from services.coordinator import keys
 from services.coordinator.queue import StageQueue, WorkItem
 from services.coordinator.store import IllegalTransition, RunStore
-from shared.schemas.runs import RunConfig, RunState
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import RunState
 
 
 def run(coro):

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from services.coordinator.report import PLOTS, build_metrics, results_table, write_report
-from shared.schemas.runs import DeadLetter, RunConfig, RunInfo, RunState
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import DeadLetter, RunInfo, RunState
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_ID = "run-test"

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from services.coordinator.app import create_app
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.context import services_for
-from shared.schemas.runs import RunConfig
+from shared.schemas.run_config import RunConfig
 from shared.settings import Settings
 
 TOKEN = "run-bounds-token"

@@ -15,7 +15,8 @@ from services.coordinator.runs import RunManager
 from services.coordinator.store import RunStore
 from services.coordinator.worker import Worker
 from shared.redis_server import free_port
-from shared.schemas.runs import RunConfig, RunState
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import RunState
 from shared.settings import Settings
 
 

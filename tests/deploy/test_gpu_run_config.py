@@ -9,7 +9,7 @@ import copy
 import pytest
 import yaml
 
-from shared.schemas.runs import RunConfig
+from shared.schemas.run_config import RunConfig
 from tests.deploy.compose_files import ROOT, active_services, argv, flag, gpu_setup, raw_compose
 
 GPU_RUN = ROOT / "configs" / "gpu.yaml"

@@ -6,7 +6,9 @@ import time
 import torch
 from fastapi.testclient import TestClient
 
+from shared.checkpoints import CheckpointStore
 from shared.models.loading import load_causal_lm
+from shared.schemas.weights import LoadWeightsRequest
 from services.student.app import create_app
 from tests.student.conftest import student_config
 
@@ -38,6 +40,17 @@ def test_load_weights_changes_generation_and_version(score_home, student_model_d
 
         info = client.post("/v1/weights", json={"name": "unit-student", "version": 7}).json()
         assert info["policy_version"] == 7 and info["path"] == str(named)
+
+
+def test_a_published_checkpoint_is_served_as_the_callers_policy_version(score_home, student_model_dir):
+    # A run's policy versions grow across checkpoint series: v1 of a series may be served as version 6.
+    store = CheckpointStore(score_home / "checkpoints")
+    ref = store.publish("unit-served", lambda directory: _perturbed_checkpoint(student_model_dir, directory, 0.2))
+    request = LoadWeightsRequest.serving(ref.identity(), policy_version=6)
+    with TestClient(create_app(student_config(score_home))) as client:
+        info = client.post("/v1/weights", json=request.model_dump(mode="json", exclude_none=True)).json()
+    assert request.model_dump(exclude_none=True) == {"path": ref.path, "version": 6}  # the documented shape
+    assert (ref.version, info["policy_version"], info["path"]) == (1, 6, ref.path)
 
 
 def test_a_rollout_in_flight_finishes_on_the_version_it_started_with(score_home, student_model_dir, tmp_path):

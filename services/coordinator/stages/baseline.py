@@ -26,14 +26,14 @@ class BaselineStage(TeacherSolveStage):
     async def finish(self, ctx: RunContext) -> None:
         rows = rows_for_sft(await baseline_dataset(ctx.store, ctx.run_id, ctx.config))
         if ctx.config.baseline.start == "cold_start":
-            base = await ctx.store.field(ctx.run_id, "bc_init_checkpoint")
+            base = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
         else:
             base = ctx.config.bc_init.base
         if not rows:
             raise RuntimeError("baseline: the teacher solved none of the training tasks; nothing to train on")
         checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows,
                                      hyperparameters=ctx.config.baseline.hyperparameters)
-        await ctx.use_student(path=checkpoint.path, label=self.name)
+        await ctx.use_student(checkpoint, label=self.name)
 
 
 def score_teacher_spend(mps_records, rl_results: dict) -> int:
@@ -84,6 +84,7 @@ class BaselineTokensStage(TeacherSolveStage):
         rows = rows_for_sft(chosen + replayed(cold, ctx.config.sft.replay_bc_init, ctx.run_id))
         if not rows:
             raise RuntimeError("baseline_tokens: no teacher trajectory fits the budget; nothing to train on")
-        checkpoint = await fine_tune(ctx, stage=self.name, base=await ctx.store.field(ctx.run_id, "bc_init_checkpoint"),
-                                     rows=rows, hyperparameters=ctx.config.baseline.hyperparameters)
-        await ctx.use_student(path=checkpoint.path, label=self.name)
+        base = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
+        checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows,
+                                     hyperparameters=ctx.config.baseline.hyperparameters)
+        await ctx.use_student(checkpoint, label=self.name)

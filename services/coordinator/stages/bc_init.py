@@ -8,6 +8,7 @@ from services.coordinator.datasets import bc_init_dataset
 from services.coordinator.records import rows_for_sft
 from services.coordinator.stages.teacher_solve import TeacherSolveStage
 from services.coordinator.stages.training import fine_tune
+from shared.schemas.runs import RunPointers
 
 
 class BCInitStage(TeacherSolveStage):
@@ -20,5 +21,5 @@ class BCInitStage(TeacherSolveStage):
         params = ctx.config.bc_init
         checkpoint = await fine_tune(ctx, stage=self.name, base=params.base, rows=rows,
                                      hyperparameters=params.hyperparameters)
-        await ctx.use_student(path=checkpoint.path, label="bc_init")
-        await ctx.store.set_fields(ctx.run_id, bc_init_checkpoint=checkpoint.path)
+        await ctx.use_student(checkpoint, label="bc_init")
+        await ctx.store.set_pointers(ctx.run_id, RunPointers(bc_init_checkpoint=checkpoint))

@@ -25,6 +25,6 @@ class ControlStage(Stage):
             await ctx.store.update_stage(ctx.run_id, self.name, detail="SCoRe took no optimizer steps; nothing to match")
             return
         hyperparameters = ctx.config.sft.hyperparameters.model_copy(update={"max_steps": steps})
-        checkpoint = await fine_tune(ctx, stage=self.name, base=await ctx.store.field(ctx.run_id, "bc_init_checkpoint"),
-                                     rows=rows, hyperparameters=hyperparameters)
-        await ctx.use_student(path=checkpoint.path, label=self.name)
+        base = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
+        checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows, hyperparameters=hyperparameters)
+        await ctx.use_student(checkpoint, label=self.name)

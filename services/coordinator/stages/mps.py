@@ -21,9 +21,10 @@ from services.coordinator.records import add_spend, correction_spend
 from services.coordinator.stages.base import Stage
 from shared.schemas.agent import Episode, Step, Task
 from shared.schemas.rollout import RolloutItem
-from shared.schemas.runs import MPSParams, Repair, TrajectoryRecord
+from shared.schemas.run_config import MPSParams
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import Correction, CorrectionItem, GradedTask
+from shared.schemas.trajectories import Repair, TrajectoryRecord
 from shared.scoring import score_answer_async
 
 # (task, prefix steps, max new turns) -> the student's episode; (task, steps) -> the teacher's correction.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from services.coordinator.context import RunContext
@@ -38,9 +37,10 @@ class ReportStage(Stage):
     async def finish(self, ctx: RunContext) -> None:
         from services.coordinator.report import build_metrics, write_report
 
-        final = await self._final_checkpoint(ctx)
+        # The SCoRe policy (RL, else SFT, else cold start): the reference arms' evaluations may have replaced it.
+        final = (await ctx.store.pointers(ctx.run_id)).score_checkpoint
         if final is not None:
-            await ctx.use_student(path=final["path"], label=final["label"])
+            await ctx.use_student(final.checkpoint, label=final.label)
         rl_steps = sorted((r for r in (await ctx.store.results(ctx.run_id, "rl")).values() if "step" in r),
                           key=lambda r: r["step"])
         # The report is the last stage: once it is written the run succeeds, so that is the state it records.
@@ -51,7 +51,3 @@ class ReportStage(Stage):
         await asyncio.to_thread(write_report, ctx.run_dir, metrics)
         await ctx.store.event(ctx.run_id, "log", f"report written to {ctx.run_dir / 'report.md'}", stage=self.name,
                               data={"report": str(ctx.run_dir / "report.md"), "metrics": str(ctx.run_dir / "metrics.json")})
-
-    async def _final_checkpoint(self, ctx: RunContext) -> dict | None:
-        """The SCoRe policy (RL, else SFT, else cold start): the baseline evaluation may have replaced it."""
-        return json.loads(await ctx.store.field(ctx.run_id, "score_checkpoint") or "null")

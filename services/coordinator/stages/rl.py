@@ -17,9 +17,10 @@ from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
 from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
-from shared.schemas.runs import KeyStepRewards, RLParams, TrajectoryRecord
+from shared.schemas.run_config import KeyStepRewards, RLParams
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import JudgementRequest, StepJudgementItem
+from shared.schemas.trajectories import TrajectoryRecord
 from shared.scoring import score_answer_async
 from shared.tasks.expert import remaining_gold_turns
 
@@ -109,10 +110,10 @@ class RLStage(Stage):
         return None if prefixes else "no corrected prefixes in the RL pool"
 
     async def plan(self, ctx: RunContext) -> list[WorkItem]:
-        checkpoint = await ctx.student_checkpoint()
+        served = (await ctx.store.pointers(ctx.run_id)).student_checkpoint
         version = await ctx.ensure_student()
         await ctx.services.trainer.create_session(RLSessionCreate(
-            session_id=session_id(ctx), base=checkpoint["path"] if checkpoint else None,
+            session_id=session_id(ctx), base=served.checkpoint.path if served else None,
             output_name=session_id(ctx), initial_policy_version=version or 0,
             hyperparameters=with_run_trackers(ctx, ctx.config.rl.hyperparameters),
         ))
@@ -129,7 +130,7 @@ class RLStage(Stage):
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:
             # The trainer applied this step before a crash lost its result: adopt what it published.
-            await ctx.use_student(path=session.checkpoint.path, version=session.policy_version, label=f"rl step {step + 1}")
+            await ctx.use_student(session.checkpoint, version=session.policy_version, label=f"rl step {step + 1}")
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "rewards": {}, "recovered": True}
         await ctx.ensure_student()  # the previous step loaded its checkpoint; a restarted student gets it back
@@ -150,7 +151,7 @@ class RLStage(Stage):
             groups.append(RolloutGroup(prompt_id=record.task.id, samples=[
                 RLSample.from_episode(e, reward_of(kind, params.rewards)) for e, kind in zip(episodes, kinds)]))
         result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
-        await ctx.use_student(path=result.checkpoint.path, version=result.policy_version, label=f"rl step {step + 1}")
+        await ctx.use_student(result.checkpoint, version=result.policy_version, label=f"rl step {step + 1}")
         n = sum(counts.values())
         teacher = add_spend(*(correction_spend(c, purpose_of_judgements="rl_judgements") for c in spent))
         summary = {"step": step, "metrics": result.metrics, "policy_version": result.policy_version,

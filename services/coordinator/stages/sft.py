@@ -21,7 +21,7 @@ class SFTStage(Stage):
             await ctx.store.event(ctx.run_id, "log", "SCoRe-SFT skipped: no repaired or kept self-solved trajectories",
                                   stage=self.name)
             return
-        base = await ctx.store.field(ctx.run_id, "bc_init_checkpoint")
+        base = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
         checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows,
                                      hyperparameters=ctx.config.sft.hyperparameters)
-        await ctx.use_student(path=checkpoint.path, label="sft")
+        await ctx.use_student(checkpoint, label="sft")

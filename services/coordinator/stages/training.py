@@ -7,9 +7,8 @@ import json
 
 from services.coordinator.context import RunContext
 from shared.fsutil import write_text_atomic
-from shared.schemas.training import (
-    TERMINAL_STATES, DatasetSpec, JobCheckpoint, JobRequest, JobState, SFTHyperparameters,
-)
+from shared.schemas.checkpoints import Checkpoint
+from shared.schemas.training import TERMINAL_STATES, DatasetSpec, JobRequest, JobState, SFTHyperparameters
 
 POLL_S = 1.0
 
@@ -30,13 +29,16 @@ def with_run_trackers(ctx: RunContext, hyperparameters):
     return hyperparameters.model_copy(update={"report_to": wanted})
 
 
-async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list[dict],
-                    hyperparameters: SFTHyperparameters) -> JobCheckpoint:
-    """Train `base` on `rows` (messages) and return the published checkpoint. Safe to call again after a crash:
-    the job id is derived from the run and stage, so the trainer returns the job it already has."""
+async def fine_tune(ctx: RunContext, *, stage: str, base: Checkpoint | str | None, rows: list[dict],
+                    hyperparameters: SFTHyperparameters) -> Checkpoint:
+    """Train `base` (a checkpoint the run published, or a trainer model reference; None: the built-in student) on
+    `rows` (messages) and return the published checkpoint. Safe to call again after a crash: the job id is
+    derived from the run and stage, so the trainer returns the job it already has."""
     job_id = f"{ctx.run_id}-{stage}"
     path = write_rows(ctx, stage, rows)
     hyperparameters = with_run_trackers(ctx, hyperparameters)
+    if isinstance(base, Checkpoint):
+        base = base.path
     request = JobRequest(base=base, dataset=DatasetSpec(path=path), hyperparameters=hyperparameters,
                          output_name=job_id, job_id=job_id)
     job = await ctx.services.trainer.create_job(request)
@@ -60,6 +62,6 @@ async def fine_tune(ctx: RunContext, *, stage: str, base: str | None, rows: list
     # What each arm cost in training, for comparisons at equal optimizer steps.
     await ctx.store.set_counters(ctx.run_id, **{f"{stage}_optimizer_steps": int(job.total_steps or job.step),
                                                 f"{stage}_train_rows": len(rows)})
-    await ctx.store.event(ctx.run_id, "log", f"{stage}: published {job.checkpoint.name}/v{job.checkpoint.version}",
+    await ctx.store.event(ctx.run_id, "log", f"{stage}: published {job.checkpoint.reference}",
                           stage=stage, data={"checkpoint": job.checkpoint.model_dump(), "loss": job.metrics.loss})
     return job.checkpoint

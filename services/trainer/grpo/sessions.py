@@ -35,8 +35,8 @@ from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.fsutil import write_json_atomic
 from shared.models.loading import checkpoint_dir, load_causal_lm, load_tokenizer, load_trainable_causal_lm
+from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.rl import (
-    CheckpointInfo,
     RLSessionCreate,
     RLSessionInfo,
     RLSessionList,
@@ -63,7 +63,7 @@ class SessionRecord(BaseModel):
     output_name: str
     policy_version: int
     steps: int = 0
-    checkpoint: CheckpointInfo | None = None
+    checkpoint: Checkpoint | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     last_metrics: dict[str, float] = Field(default_factory=dict)
@@ -227,7 +227,7 @@ class RLSessions:
         metrics["staleness/mean"] = sum(record.policy_version - s.policy_version for s in samples) / len(samples)
 
         started = time.perf_counter()
-        parent = f"{record.checkpoint.name}/v{record.checkpoint.version}" if record.checkpoint else record.base
+        parent = record.checkpoint.reference if record.checkpoint else record.base
         ref = self.store.save_model(
             record.output_name, live.policy, live.tokenizer,
             parent=parent, job_id=f"rl:{record.id}", metrics={**metrics, "policy_version": version},
@@ -241,7 +241,7 @@ class RLSessions:
             live.tracker = MetricsTracker(hp.report_to, tensorboard_dir(self.settings.home, record.output_name, "rl"))
         live.tracker.log(record.steps + 1, metrics)
 
-        checkpoint = CheckpointInfo(name=ref.name, version=ref.version, path=ref.path)
+        checkpoint = ref.identity()
         response = RLStepResponse(
             session_id=record.id, step=record.steps + 1, policy_version=version, checkpoint=checkpoint, metrics=metrics,
         )

@@ -29,11 +29,11 @@ from shared.models.loading import checkpoint_dir
 from shared.fsutil import write_json_atomic
 from shared.paths import PathRefused, regular_file
 from shared.processes import die_with_parent
+from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.training import (
     TERMINAL_STATES,
     VALID_TRANSITIONS,
     Conversation,
-    JobCheckpoint,
     JobEvent,
     JobInfo,
     JobMetrics,
@@ -286,10 +286,10 @@ class JobManager:
             return
         if code == 0 and (job.dir / RESULT).is_file():
             result = json.loads((job.dir / RESULT).read_text())
-            job.info.checkpoint = JobCheckpoint(**result["checkpoint"])
+            checkpoint = Checkpoint.model_validate(result["checkpoint"])
+            job.info.checkpoint = checkpoint
             job.info.eta_s = 0.0
-            job.transition(JobState.succeeded, f"published {result['checkpoint']['name']} "
-                                               f"v{result['checkpoint']['version']}")
+            job.transition(JobState.succeeded, f"published {checkpoint.name} v{checkpoint.version}")
         else:
             job.info.error = f"training process exited with {code}: {self._log_tail(job)}"
             job.transition(JobState.failed, job.info.error)
@@ -332,9 +332,9 @@ class JobManager:
         elif kind == "checkpoint":
             job.event("checkpoint", step=record["step"], message=f"intermediate state saved at step {record['step']}")
         elif kind == "published":
-            info.checkpoint = JobCheckpoint(**record["checkpoint"])
-            job.event("checkpoint", step=record["step"], message=f"published {record['checkpoint']['name']} "
-                      f"v{record['checkpoint']['version']}", metrics=record.get("metrics"))
+            info.checkpoint = Checkpoint.model_validate(record["checkpoint"])
+            job.event("checkpoint", step=record["step"], message=f"published {info.checkpoint.name} "
+                      f"v{info.checkpoint.version}", metrics=record.get("metrics"))
 
     def _stop_process(self, job: Job) -> None:
         """SIGTERM the job's process group (torchrun and its workers), SIGKILL if it lingers."""

@@ -276,7 +276,7 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
         final.update(steps=total_steps, examples=len(examples), nproc=ctx.world)
         model.eval()
         ref = publish(spec, model, tokenizer, final)
-        checkpoint = {"name": ref.name, "version": ref.version, "path": ref.path}
+        checkpoint = ref.identity().model_dump()
         write_json_atomic(job_dir / RESULT, {"checkpoint": checkpoint, "metrics": final})
         progress.emit("published", step=total_steps, checkpoint=checkpoint, metrics=final)
     ctx.barrier()
