@@ -12,12 +12,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import yaml
 
-from tests.service_process import fresh_home
+from tests.service_process import ServiceProcess, fresh_home
+from tests.trainer.sft_jobs import gold_conversations
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -77,3 +79,25 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path)
         data = (run_dir / "plots" / f"{plot}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"plots/{plot}.png" in report
+
+
+def test_the_tiny_teacher_is_trained_on_the_trainer_then_reused(score_home, tmp_path, monkeypatch, capsys):
+    """`score demo --teacher tiny`'s first step against a real trainer, on a small dataset so it takes seconds."""
+    from services.cli import stack as cli_stack
+
+    home = fresh_home(score_home, tmp_path)
+    rows = [json.loads(line) for line in gold_conversations(4)]
+    hyperparameters = {"max_steps": 2, "cpu_threads": 1, "micro_batch_tokens": 1024, "max_seq_length": 1024}
+    monkeypatch.setattr(cli_stack, "teacher_dataset", lambda: (rows, "0123456789abcdef" * 4,
+                                                               {"hyperparameters": hyperparameters}))
+    trainer = ServiceProcess("trainer", home=home, log_dir=tmp_path, env={"SCORE_TRAINER_POLL_INTERVAL_S": "0.2"})
+    try:
+        services = SimpleNamespace(services={"trainer": trainer.wait_ready()}, headers=dict)
+        trained = cli_stack.tiny_teacher(services, home)
+        out = capsys.readouterr().out
+        assert (trained / "config.json").is_file() and trained.parent.name == "demo-teacher", out
+        assert "teacher: SFT step 1/2, loss " in out and "tiny teacher published as demo-teacher/v1" in out
+        assert cli_stack.tiny_teacher(services, home) == trained
+        assert "reusing the tiny teacher demo-teacher/v1" in capsys.readouterr().out
+    finally:
+        trainer.stop()

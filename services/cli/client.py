@@ -142,6 +142,8 @@ def sse_events(client, run_id: str):
     """RunEvents of a run as dicts, resuming after a dropped connection, until the server ends the stream."""
     import httpx
 
+    from shared.sse import EventParser
+
     last_id, failures = "0", 0
     while True:
         try:
@@ -150,16 +152,11 @@ def sse_events(client, run_id: str):
                 if response.status_code >= 400:
                     response.read()
                     raise CLIError(f"{response.status_code}: {error_message(response)}")
-                data_lines: list[str] = []
-                for line in response.iter_lines():
-                    if line.startswith("data:"):
-                        data_lines.append(line[5:].lstrip())
-                    elif line == "" and data_lines:
-                        event = json.loads("\n".join(data_lines))
-                        data_lines = []
-                        last_id = event.get("id", last_id)
-                        failures = 0
-                        yield event
+                parser = EventParser()
+                for text in response.iter_text():
+                    for event in parser.feed(text):
+                        last_id, failures = event.id or last_id, 0
+                        yield json.loads(event.data)
             return
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError) as exc:
             failures += 1

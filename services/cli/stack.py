@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from services.cli.client import CLIError, coordinator_client, error_message, submit
-from services.cli.progress import Progress, final_exit, fmt_duration, follow
+from services.cli.progress import Progress, final_exit, follow
 from services.cli.runs import print_results
 from shared.settings import DEFAULT_PORTS
 
@@ -98,11 +98,9 @@ def teacher_dataset() -> tuple[list[dict], str, dict]:
 
 def tiny_teacher(stack, home: Path) -> Path:
     """The demo teacher checkpoint: a cached one trained on the same data, else a fresh SFT job on the trainer."""
-    import httpx
+    import asyncio
 
     from shared.checkpoints import CheckpointStore
-    from shared.schemas.checkpoints import Checkpoint
-    from shared.schemas.training import TERMINAL_STATES, JobState
 
     print("preparing the tiny teacher's training data (expert trajectories) ...", flush=True)
     rows, digest, settings = teacher_dataset()
@@ -116,31 +114,35 @@ def tiny_teacher(stack, home: Path) -> Path:
             return Path(ref.path)
     request = {"kind": "sft", "base": "builtin:teacher", "dataset": {"rows": rows},
                "hyperparameters": settings["hyperparameters"], "output_name": "demo-teacher", "job_id": job_id}
+    job = asyncio.run(_train_tiny_teacher(stack.services["trainer"].url, stack.headers(), request, len(rows)))
+    print(f"tiny teacher published as {job.checkpoint.reference}", flush=True)
+    return Path(job.checkpoint.path)
+
+
+async def _train_tiny_teacher(trainer_url: str, headers: dict, request: dict, n_rows: int):
+    """Submit the teacher's SFT job and follow its events to the end, showing its steps; the succeeded job."""
+    import httpx
+
+    from shared.trainer_jobs import JobError, await_job, describe_progress
+
     progress = Progress()
-    with httpx.Client(base_url=stack.services["trainer"].url, headers=stack.headers(), timeout=60.0) as client:
-        response = client.post("/v1/jobs", json=request)
+
+    async def show(event) -> None:
+        if event.type == "progress":
+            progress.event({"type": "progress", "stage": "teacher", "data": {"step": event.step},
+                            "message": describe_progress(event)})
+
+    async with httpx.AsyncClient(base_url=trainer_url, headers=headers, timeout=60.0) as http:
+        response = await http.post("/v1/jobs", json=request)
         if response.status_code >= 400:
             raise CLIError(f"the trainer refused the teacher's SFT job: {error_message(response)}")
-        print(f"training the tiny teacher on {len(rows)} expert trajectories (job {job_id}) ...", flush=True)
-        last_step = None
-        while True:
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            if JobState(job["state"]) in TERMINAL_STATES:
-                break
-            if job.get("step") != last_step:
-                last_step = job.get("step")
-                loss = (job.get("metrics") or {}).get("loss")
-                progress.event({"type": "progress", "stage": "teacher", "data": {"step": job.get("step")},
-                                "message": f"SFT step {job.get('step')}/{job.get('total_steps') or '?'}"
-                                + (f", loss {loss:.3f}" if loss is not None else "")
-                                + (f", ETA {fmt_duration(job.get('eta_s'))}" if job.get("eta_s") else "")})
-            time.sleep(1.0)
-    progress.close()
-    if job["state"] != "succeeded" or not job.get("checkpoint"):
-        raise CLIError(f"training the tiny teacher {job['state']}: {job.get('error') or 'no checkpoint'}")
-    checkpoint = Checkpoint.model_validate(job["checkpoint"])
-    print(f"tiny teacher published as {checkpoint.reference}", flush=True)
-    return Path(checkpoint.path)
+        print(f"training the tiny teacher on {n_rows} expert trajectories (job {request['job_id']}) ...", flush=True)
+        try:
+            return await await_job(http, request["job_id"], on_event=show)
+        except JobError as exc:
+            raise CLIError(f"training the tiny teacher: {exc}") from None
+        finally:
+            progress.close()
 
 
 def demo_command(args: argparse.Namespace) -> int:

@@ -18,10 +18,10 @@ from shared.schemas.experiments import ExperimentConfig, ExperimentInfo
 from shared.schemas.run_config import RunConfig
 from shared.schemas.runs import DeadLetterList, RunInfo, RunList
 from shared.schemas.trajectories import TrajectoryList
+from shared.sse import ServerSentEvent, event_stream
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No run with this id (or the artifact is not written yet)."}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "The run's state does not allow this (it already ended)."}}
-SSE_HEARTBEAT_S = 15.0
 RunId = Annotated[str, PathParam(description="Id of the run, as `POST /v1/runs` returned it.",
                                  examples=["run-20250611-142233-3f2a9c"])]
 
@@ -83,32 +83,7 @@ def runs_router(auth) -> APIRouter:
         """Progress of a run as Server-Sent Events."""
         runs = _runs(request)
         await runs.get(run_id)
-        start = last_event_id or after
-
-        async def stream():
-            cursor, quiet = start, 0.0
-            while True:
-                events = await runs.events(run_id, cursor, block_ms=1000 if follow else None)
-                for event in events:
-                    cursor = event.id
-                    yield f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
-                if not follow:
-                    return
-                if events:
-                    quiet = 0.0
-                    continue
-                if (await runs.get(run_id)).state.terminal:
-                    if not await runs.events(run_id, cursor):
-                        return
-                    continue
-                quiet += 1.0
-                if quiet >= SSE_HEARTBEAT_S:  # keeps proxies from closing an idle stream
-                    quiet = 0.0
-                    yield ": keep-alive\n\n"
-                if await request.is_disconnected():
-                    return
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return event_stream(_run_events(runs, run_id, last_event_id or after, follow=follow), request)
 
     @router.get("/runs/{run_id}/trajectories", response_model=TrajectoryList, responses=NOT_FOUND)
     async def trajectories(
@@ -186,6 +161,25 @@ def runs_router(auth) -> APIRouter:
         return await request.app.state.queue.depth()
 
     return router
+
+
+async def _run_events(runs: RunManager, run_id: str, cursor: str, *, follow: bool):
+    """The run's events after `cursor` (None while there is nothing new), until the run has ended and every
+    event is out; without `follow`, only what exists now."""
+    while True:
+        events = await runs.events(run_id, cursor, block_ms=1000 if follow else None)
+        for event in events:
+            cursor = event.id
+            yield ServerSentEvent(id=event.id, event=event.type, data=event.model_dump_json())
+        if not follow:
+            return
+        if events:
+            continue
+        if (await runs.get(run_id)).state.terminal:
+            if not await runs.events(run_id, cursor):
+                return
+            continue
+        yield None
 
 
 async def _artifact(request: Request, run_id: str, relative: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import httpx
 from pydantic import BaseModel
@@ -22,8 +23,9 @@ from shared.schemas.teacher import (
     CorrectionItem, CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse,
     TeacherRolloutRequest, TeacherRolloutResponse,
 )
-from shared.schemas.training import JobInfo, JobRequest
+from shared.schemas.training import JobEvent, JobInfo, JobRequest
 from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
+from shared.trainer_jobs import await_job
 
 logger = logging.getLogger("score.coordinator.clients")
 
@@ -114,8 +116,10 @@ class TrainerClient(ServiceClient):
     async def create_job(self, request: JobRequest) -> JobInfo:
         return JobInfo.model_validate((await self.call("POST", "/v1/jobs", request)).json())
 
-    async def job(self, job_id: str) -> JobInfo:
-        return JobInfo.model_validate((await self.call("GET", f"/v1/jobs/{job_id}")).json())
+    async def await_job(self, job_id: str, *,
+                        on_event: Callable[[JobEvent], Awaitable[None]] | None = None) -> JobInfo:
+        """The succeeded job once it has ended, following its event stream; JobFailed if it did not succeed."""
+        return await await_job(self.http, job_id, on_event=on_event)
 
     async def create_session(self, request: RLSessionCreate) -> RLSessionInfo:
         return RLSessionInfo.model_validate((await self.call("POST", "/v1/rl/sessions", request)).json())

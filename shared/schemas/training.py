@@ -327,5 +327,7 @@ class JobEvent(BaseModel):
     type: Literal["state", "progress", "checkpoint", "log"] = Field(description="What happened.")
     state: JobState | None = Field(default=None, description="New state, for `state` events.")
     step: int | None = Field(default=None, description="Optimizer step, for `progress` and `checkpoint` events.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned, for `progress` events.")
+    eta_s: float | None = Field(default=None, description="Estimated seconds to finish, for `progress` events.")
     metrics: dict | None = Field(default=None, description="Metrics at that step.")
     message: str | None = Field(default=None, description="Human-readable detail.")

@@ -18,6 +18,7 @@ import redis
 
 from services.coordinator import keys
 from shared.redis_server import EmbeddedRedis
+from shared.sse import EventParser
 from tests.service_process import ServiceProcess, fresh_home
 
 pytestmark = pytest.mark.slow
@@ -117,6 +118,16 @@ def assert_exports_are_what_was_trained(url: str, run_id: str, home) -> None:
         assert trained or name == "sft", f"{name}: no training file"  # SFT is skipped when nothing was repaired
 
 
+def assert_training_steps_were_reported(url: str, run_id: str, stages) -> None:
+    """The SFT jobs' steps, followed on the trainer's event stream, reached the run's events, the last one too."""
+    stream = httpx.get(f"{url}/v1/runs/{run_id}/events", params={"follow": "false"}, timeout=30).text
+    events = [json.loads(event.data) for event in EventParser().feed(stream)]
+    for stage in stages:
+        steps = [e["data"] for e in events if e["type"] == "progress" and e["stage"] == stage and "job_id" in e["data"]]
+        assert steps and steps[-1]["step"] == steps[-1]["total_steps"] == QUICK_SFT["max_steps"], (stage, steps)
+        assert steps[-1]["job_id"] == f"{run_id}-{stage}" and steps[-1]["loss"] > 0
+
+
 def pending_worker_pid(redis_url: str, queue: str) -> int | None:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -145,6 +156,7 @@ def test_a_worker_killed_mid_item_loses_nothing_and_duplicates_nothing(stack):
         assert httpx.get(f"{coordinator.url}/ready", timeout=10).json()["workers"] == 2  # restarted
         assert set(run["eval"]) >= {"bc_init", "sft", "rl", "baseline", "teacher"}
         assert (stack["home"] / "runs" / run_id / "report.md").is_file()
+        assert_training_steps_were_reported(coordinator.url, run_id, ("bc_init", "baseline"))
     finally:
         coordinator.stop()
 

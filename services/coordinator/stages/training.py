@@ -1,20 +1,17 @@
-"""Fine-tuning through the trainer: submit an SFT job (idempotent on its id), follow it, load the result."""
+"""Fine-tuning through the trainer: submit an SFT job (idempotent on its id), follow its events, load the result."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 
 from services.coordinator.context import RunContext
 from shared.fsutil import write_text_atomic
 from shared.schemas.checkpoints import Checkpoint
-from shared.schemas.training import TERMINAL_STATES, DatasetSpec, JobRequest, JobState, SFTHyperparameters
+from shared.schemas.training import DatasetSpec, JobEvent, JobRequest, SFTHyperparameters
+from shared.trainer_jobs import describe_progress
 
-POLL_S = 1.0
-
-
-class TrainingFailed(RuntimeError):
-    pass
+PROGRESS_EVERY_S = 1.0
 
 
 def write_rows(ctx: RunContext, name: str, rows: list[dict]) -> str:
@@ -43,22 +40,23 @@ async def fine_tune(ctx: RunContext, *, stage: str, base: Checkpoint | str | Non
                          output_name=job_id, job_id=job_id)
     job = await ctx.services.trainer.create_job(request)
     ctx.log("%s: SFT job %s on %d conversations (%s)", stage, job.id, len(rows), job.state.value)
-    last_step = -1
-    while job.state not in TERMINAL_STATES:
-        await asyncio.sleep(POLL_S)
-        job = await ctx.services.trainer.job(job_id)
-        if job.step != last_step:
-            last_step = job.step
-            loss = job.metrics.loss
-            detail = (f"SFT step {job.step}/{job.total_steps or '?'}"
-                      + (f", loss {loss:.3f}" if loss is not None else "")
-                      + (f", ETA {job.eta_s:.0f}s" if job.eta_s is not None else ""))
-            await ctx.store.update_stage(ctx.run_id, stage, detail=detail)
-            await ctx.store.event(ctx.run_id, "progress", detail, stage=stage, data={
-                "job_id": job.id, "step": job.step, "total_steps": job.total_steps, "loss": loss,
-                "tokens_per_s": job.metrics.tokens_per_s, "eta_s": job.eta_s})
-    if job.state != JobState.succeeded or job.checkpoint is None:
-        raise TrainingFailed(f"SFT job {job_id} {job.state.value}: {job.error or 'no checkpoint'}")
+    last_report = 0.0
+
+    async def report(event: JobEvent) -> None:
+        # The trainer reports every step (and replays them all when a retried stage follows the job again):
+        # the run's log keeps about one a second, and the last.
+        nonlocal last_report
+        last = event.step == event.total_steps
+        if event.type != "progress" or (time.monotonic() - last_report < PROGRESS_EVERY_S and not last):
+            return
+        last_report = time.monotonic()
+        detail, metrics = describe_progress(event), event.metrics or {}
+        await ctx.store.update_stage(ctx.run_id, stage, detail=detail)
+        await ctx.store.event(ctx.run_id, "progress", detail, stage=stage, data={
+            "job_id": job_id, "step": event.step, "total_steps": event.total_steps, "loss": metrics.get("loss"),
+            "tokens_per_s": metrics.get("tokens_per_s"), "eta_s": event.eta_s})
+
+    job = await ctx.services.trainer.await_job(job_id, on_event=report)
     # What each arm cost in training, for comparisons at equal optimizer steps.
     await ctx.store.set_counters(ctx.run_id, **{f"{stage}_optimizer_steps": int(job.total_steps or job.step),
                                                 f"{stage}_train_rows": len(rows)})

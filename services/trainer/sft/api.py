@@ -6,11 +6,11 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse
 from shared.observability import ops_router as shared_ops_router
 from shared.schemas.training import TERMINAL_STATES, JobInfo, JobList, JobRequest
+from shared.sse import ServerSentEvent, event_stream
 from services.trainer.sft.jobs import JobManager
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with this id."}}
@@ -84,19 +84,19 @@ def jobs_router(auth) -> APIRouter:
         if not stream:
             body = "".join(e.model_dump_json(exclude_none=True) + "\n" for e in job.events(after))
             return Response(body, media_type="application/x-ndjson")
-        return StreamingResponse(_follow(job, after, request), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return event_stream(_follow(job, after), request)
 
     return router
 
 
-async def _follow(job, after: int, request: Request):
-    """SSE frames for every event after `after`, until the job reaches a terminal state or the client leaves."""
+async def _follow(job, after: int):
+    """The job's events after `after` (None while there is nothing new), until the job reaches a terminal state."""
     while True:
         terminal = job.info.state in TERMINAL_STATES  # read before the events, so none is missed
         for event in job.events(after):
             after = event.seq
-            yield f"id: {event.seq}\nevent: {event.type}\ndata: {event.model_dump_json(exclude_none=True)}\n\n"
-        if terminal or await request.is_disconnected():
+            yield ServerSentEvent(id=str(event.seq), event=event.type, data=event.model_dump_json(exclude_none=True))
+        if terminal:
             return
+        yield None
         await asyncio.sleep(0.5)

@@ -328,7 +328,8 @@ class JobManager:
             job.step_times = (job.step_times + [record["step_time_s"]])[-20:]
             per_step = sum(job.step_times) / len(job.step_times)
             info.eta_s = round(per_step * max(0, (info.total_steps or info.step) - info.step), 1)
-            job.event("progress", step=info.step, metrics=record["metrics"])
+            job.event("progress", step=info.step, total_steps=info.total_steps, eta_s=info.eta_s,
+                      metrics=record["metrics"])
         elif kind == "checkpoint":
             job.event("checkpoint", step=record["step"], message=f"intermediate state saved at step {record['step']}")
         elif kind == "published":
