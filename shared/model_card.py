@@ -290,6 +290,7 @@ def record_evaluation(directory: Path, evaluation: Evaluation) -> Path:
             body = _EVAL_SECTION.sub(lambda _: next(first, ""), body)
         else:
             body = (body.rstrip("\n") + "\n\n" if body.strip() else f"# {md_text(checkpoint)}\n\n") + section
-        card = write_text_atomic(directory / CARD, _front_matter(front) + ("" if body.startswith("\n") else "\n") + body)
+        text = _front_matter(front) + ("" if body.startswith("\n") else "\n") + body
+        card = write_text_atomic(directory / CARD, text)
         os.chmod(card, 0o644)  # readable by every user of a shared SCORE_HOME, as the weights beside it
         return card

@@ -64,8 +64,9 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
                                episode_timeout_s=config.episode_timeout_s)
         return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
-    engine = TransformersEngine(str(path), model_name=config.served_model_name or served_name(label), device=config.device,
-                                max_batch_size=config.max_batch_size, prefix_cache_mb=config.prefix_cache_mb)
+    engine = TransformersEngine(str(path), model_name=config.served_model_name or served_name(label),
+                                device=config.device, max_batch_size=config.max_batch_size,
+                                prefix_cache_mb=config.prefix_cache_mb)
     runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
                            max_concurrent_executions=config.max_concurrent_sandboxes,
                            episode_timeout_s=config.episode_timeout_s)
