@@ -2,7 +2,8 @@
 
 Layout:
     checkpoints/<name>/v<N>/     a Hugging Face checkpoint (config, safetensors, tokenizer + chat template), or a
-                                 PEFT LoRA adapter (adapter_config.json, adapter safetensors, tokenizer)
+                                 PEFT LoRA adapter (adapter_config.json, adapter safetensors, tokenizer); with
+                                 its model card, README.md (`shared/model_card.py`), when the publisher gives one
     checkpoints/<name>/index.json  every published version: parent, job, metrics, time
     checkpoints/<name>/.lock       serialises publishing across processes
 
@@ -98,30 +99,36 @@ class CheckpointStore:
         parent: str | None = None,
         job_id: str | None = None,
         metrics: dict | None = None,
+        card: Callable[[CheckpointRef], str] | None = None,
     ) -> CheckpointRef:
-        """Allocate the next version, let `write(directory)` fill it, then make it visible atomically."""
+        """Allocate the next version, let `write(directory)` fill it, then make it visible atomically.
+
+        `card(ref)` gives the version's model card, written as README.md before the directory appears."""
         series = self.root / check_name(name)
         with file_lock(series / ".lock"):
             remove_leftovers(series)
             versions = self.versions(name)
             version = versions[-1].version + 1 if versions else 1
             target = series / f"v{version}"
-            with atomic_directory(target) as tmp:
-                write(tmp)
             ref = CheckpointRef(
                 name=name, version=version, path=str(target), parent=parent, job_id=job_id, metrics=metrics or {}
             )
+            with atomic_directory(target) as tmp:
+                write(tmp)
+                if card is not None:
+                    (tmp / "README.md").write_text(card(ref), encoding="utf-8")  # replaces PEFT's template card
             write_json_atomic(series / INDEX, {"name": name, "versions": [r.model_dump() for r in [*versions, ref]]})
         return ref
 
-    def save_model(self, name: str, model, tokenizer, **lineage) -> CheckpointRef:
-        """Publish a transformers model and its tokenizer (safetensors + chat template) as the next version."""
+    def save_model(self, name: str, model, tokenizer, **publish_options) -> CheckpointRef:
+        """Publish a transformers model and its tokenizer (safetensors + chat template) as the next version;
+        `publish_options` are `publish`'s (parent, job_id, metrics, card)."""
 
         def write(directory: Path) -> None:
             model.save_pretrained(directory, safe_serialization=True)
             tokenizer.save_pretrained(directory)
 
-        return self.publish(name, write, **lineage)
+        return self.publish(name, write, **publish_options)
 
 
 def resolve_model(ref: str | None, *, home: Path, default_role: str = "student",
@@ -158,3 +165,9 @@ def resolve_model(ref: str | None, *, home: Path, default_role: str = "student",
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path, str(path)
     raise unknown
+
+
+def served_name(label: str) -> str:
+    """The name a model service serves `resolve_model`'s label under: a directory by its folder name (no host
+    path in `/v1/models`), a built-in model or published checkpoint by its label (`builtin:teacher`, `name/vN`)."""
+    return Path(label).name if Path(label).is_absolute() else label

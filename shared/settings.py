@@ -114,14 +114,16 @@ class ModelServiceConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, protected_namespaces=())
 
     model: str | None = Field(
-        default=None, description="Checkpoint directory or name (`name`, `name/vN`) for the model engines; unset: "
-        "the built-in tiny model of the service's role, built on first use under SCORE_HOME.")
+        default=None, description="Model reference for the model engines: `builtin:<role>`, a published checkpoint "
+        "series `name` (its latest version), `name/vN`, or a checkpoint directory; unset: the built-in tiny model of "
+        "the service's role, built on first use under SCORE_HOME.")
     base_url: str | None = Field(
         default=None, description="The OpenAI-compatible server for engine `openai`, e.g. http://vllm-student:8000/v1: "
         "that engine needs it, the others refuse it.")
     served_model_name: str | None = Field(
-        default=None, description="The model's name on that server (and in the student's /v1/models); unset: from "
-        "the checkpoint directory, or the server's first model.")
+        default=None, description="The model's name on that server (and in the student's /v1/models, the teacher's "
+        "/ready); unset: the model reference as given (a directory by its folder name; the student without one: "
+        "`score-student`), or the server's first model.")
     device: str | None = Field(default=None, description="`cpu` or `cuda` for engine `transformers`; unset: cuda "
                                "when available.")
     max_batch_size: int = Field(default=64, ge=1, description="Most generations batched together (transformers).")

@@ -74,6 +74,15 @@ def test_demo_quick_runs_every_stage_and_writes_the_report(score_home, tmp_path)
     assert cost["by_purpose"]["cold_start_trajectories"]["written_tokens"] > 0
     assert cost["score"]["prompt_tokens"] > cost["score"]["written_tokens"] > 0
     assert "95% CI (Wilson)" in out
+    # Each evaluated student checkpoint's model card holds its held-out result, under the run and policy label.
+    from shared.model_card import read_card
+
+    for label, result in metrics["eval"].items():
+        assert (result["checkpoint"] is None) == (label == "teacher"), (label, result)
+        if result["checkpoint"] is not None:
+            front, _ = read_card(result["checkpoint"])
+            rows = [e for e in front["score"]["evaluations"] if (e["run"], e["label"]) == (metrics["run_id"], label)]
+            assert [(r["solved"], r["n"]) for r in rows] == [(result["solved"], result["n"])], (label, front)
     report = (run_dir / "report.md").read_text()
     for plot in ("success_by_stage", "rl_reward", "correction_steps", "repairs_per_attempt", "key_step_rewards"):
         data = (run_dir / "plots" / f"{plot}.png").read_bytes()

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=SERVICES)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: the service's standard port")
-    serve.add_argument("--model", default=None, help="checkpoint directory (default: the built-in tiny model)")
+    serve.add_argument("--model", default=None, help="model reference: builtin:<role>, a published series name "
+                       "(its latest version), name/vN, or a checkpoint directory (default: the built-in tiny model)")
     serve.add_argument("--engine", choices=("transformers", "openai", "expert"), default=None,
                        help="model backend: transformers (in-process, default), openai (remote OpenAI-compatible "
                        "server) or expert (teacher only: the built-in suite's scripted solver)")

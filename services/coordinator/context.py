@@ -35,6 +35,7 @@ class RunContext:
     services: Services
     run_dir: Path
     limit: asyncio.Semaphore | None = None  # the run's `concurrency`: items of this run in progress at once
+    checkpoints_dir: Path | None = None  # SCORE_HOME/checkpoints: evaluations are added to the cards under it
 
     def __post_init__(self) -> None:
         if self.limit is None:

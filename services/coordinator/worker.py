@@ -148,7 +148,8 @@ class Worker:
         if context is None:
             config = await self.store.config(run_id)
             context = RunContext(run_id=run_id, config=config, store=self.store, queue=self.queue,
-                                 services=services_for(config, self.settings), run_dir=self.settings.runs_dir / run_id)
+                                 services=services_for(config, self.settings), run_dir=self.settings.runs_dir / run_id,
+                                 checkpoints_dir=self.settings.checkpoints_dir)
             self.contexts[run_id] = context
         return context
 

@@ -6,13 +6,12 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from shared.agent.rollout import RolloutRunner
-from shared.checkpoints import resolve_model
+from shared.checkpoints import resolve_model, served_name
 from shared.models.engine import Engine
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
@@ -32,8 +31,7 @@ log = logging.getLogger("score.student")
 def build_engine(config: StudentConfig) -> Engine:
     # Every model reference form: builtin:<role>, a checkpoint series `name` (latest) or `name/vN`, a directory.
     path, label = resolve_model(config.model, home=config.settings.home, default_role="student")
-    name = config.served_model_name or (
-        "score-student" if not config.model else Path(label).name if Path(label).is_absolute() else label)
+    name = config.served_model_name or ("score-student" if not config.model else served_name(label))
     if config.engine == "openai":
         tokenizer = load_tokenizer(path)
         return OpenAIEngine(

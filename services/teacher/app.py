@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from shared.agent.rollout import RolloutRunner
 from shared import scoring_pool
-from shared.checkpoints import resolve_model
+from shared.checkpoints import resolve_model, served_name
 from shared.models.loading import load_tokenizer
 from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
@@ -54,8 +54,9 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
                                episode_timeout_s=config.episode_timeout_s)
         return OpenAIBackend(engine, runner, base_url=config.base_url, api_key=config.settings.api_token,
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
-    engine = TransformersEngine(str(path), model_name=config.served_model_name or label, device=config.device,
-                                max_batch_size=config.max_batch_size, prefix_cache_mb=config.prefix_cache_mb)
+    engine = TransformersEngine(str(path), model_name=config.served_model_name or served_name(label),
+                                device=config.device, max_batch_size=config.max_batch_size,
+                                prefix_cache_mb=config.prefix_cache_mb)
     runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
                            max_concurrent_executions=config.max_concurrent_sandboxes,
                            episode_timeout_s=config.episode_timeout_s)

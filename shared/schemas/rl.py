@@ -138,8 +138,8 @@ class RLSessionCreate(BaseModel):
     )
     base: str | None = Field(
         default=None,
-        description="Starting weights: a published checkpoint (`name`, `name/vN`), `builtin:<role>`, or a "
-        "checkpoint directory. Default: the built-in tiny student.",
+        description="Starting weights: `builtin:<role>`, a published checkpoint series `name` (its latest version), "
+        "`name/vN`, or a checkpoint or LoRA adapter directory. Default: the built-in tiny student.",
         examples=["student-sft/v2"],
     )
     output_name: str | None = Field(

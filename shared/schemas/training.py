@@ -230,8 +230,9 @@ class JobRequest(BaseModel):
     kind: Literal["sft"] = Field(default="sft", description="Job kind: `sft` (supervised fine-tuning).")
     base: str | None = Field(
         default=None,
-        description="Model to start from: a published checkpoint (`name`, `name/vN`), `builtin:student`, "
-        "`builtin:teacher` or a checkpoint directory. Default: the built-in tiny student.",
+        description="Model to start from: `builtin:<role>` (`builtin:student`, `builtin:teacher`, ...), a published "
+        "checkpoint series `name` (its latest version), `name/vN`, or a checkpoint or LoRA adapter directory. "
+        "Default: the built-in tiny student.",
         examples=["builtin:student"],
     )
     dataset: DatasetSpec = Field(description="Training conversations (messages JSONL path or inline rows).")

@@ -1,11 +1,18 @@
-"""Held-out evaluation of a policy: the student after a stage, or the teacher once per run."""
+"""Held-out evaluation of a policy: the student after a stage, or the teacher once per run.
+
+A student checkpoint the trainer published under this SCORE_HOME also gets the result in its model card
+(`shared/model_card.py`), keyed by run and policy, so evaluating it again updates the row."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import add_spend, trajectory_spend
 from services.coordinator.stages.base import Stage, chunks
+from shared.model_card import Evaluation, record_evaluation
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
 from shared.scoring import score_answer_async
@@ -93,6 +100,29 @@ class EvalStage(Stage):
         teacher = add_spend(*(r.get("teacher_spend") or {} for r in results))
         if teacher:
             summary["teacher_spend"] = {k: v.model_dump() for k, v in teacher.items()}
+        # Every chunk ran on the run's student checkpoint (ensure_student); none before the first training stage.
+        checkpoint = None if self.label == "teacher" else await ctx.student_checkpoint()
+        summary["checkpoint"] = checkpoint["path"] if checkpoint else None
         await ctx.store.set_eval(ctx.run_id, self.label, summary)
+        if checkpoint is not None:
+            await self._add_to_card(ctx, Path(checkpoint["path"]), summary)
         await ctx.store.event(ctx.run_id, "eval", f"held-out success of {self.label}: {summary['success']:.1%} "
                               f"({summary['solved']}/{n})", stage=self.name, data={"label": self.label, **summary})
+
+    async def _add_to_card(self, ctx: RunContext, directory: Path, summary: dict) -> None:
+        """Record the result in the checkpoint's model card: only a folder under this SCORE_HOME's checkpoints
+        (a trainer with another SCORE_HOME published it elsewhere), and a card that cannot be written is logged,
+        never a failed stage."""
+        root = ctx.checkpoints_dir
+        if root is None or not directory.resolve().is_relative_to(root.resolve()) or not directory.is_dir():
+            ctx.log("%s: %s is not a checkpoint under %s; its model card is left as it is", self.name, directory, root)
+            return
+        evaluation = Evaluation(run=ctx.run_id, label=self.label, solved=summary["solved"], n=summary["n"],
+                                policy_version=summary["policy_version"])
+        try:
+            card = await asyncio.to_thread(record_evaluation, directory, evaluation)
+        except OSError as exc:
+            ctx.log("%s: model card of %s not updated: %s", self.name, directory, exc)
+            return
+        await ctx.store.event(ctx.run_id, "log", f"{self.name}: held-out result added to {card}", stage=self.name,
+                              data={"card": str(card)})

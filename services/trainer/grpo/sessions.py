@@ -34,6 +34,7 @@ from services.trainer.tracking import MetricsTracker, tensorboard_dir
 from shared.checkpoints import CheckpointStore, resolve_model
 from shared.errors import ConflictError, NotFoundError, UnprocessableError
 from shared.fsutil import write_json_atomic
+from shared.model_card import TrainingFacts, training_card
 from shared.models.loading import checkpoint_dir, load_causal_lm, load_tokenizer, load_trainable_causal_lm
 from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.rl import (
@@ -63,6 +64,8 @@ class SessionRecord(BaseModel):
     output_name: str
     policy_version: int
     steps: int = 0
+    prompts: int = 0    # rollout groups trained on, all steps together (for the model card)
+    samples: int = 0    # rollouts trained on, all steps together
     checkpoint: Checkpoint | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
@@ -228,9 +231,20 @@ class RLSessions:
 
         started = time.perf_counter()
         parent = record.checkpoint.reference if record.checkpoint else record.base
+        parent_path = record.checkpoint.path if record.checkpoint else record.base_path
+        prompts, samples_total = record.prompts + len(groups), record.samples + len(samples)
+        facts = TrainingFacts(
+            method="grpo", job=f"rl:{record.id}", parent=parent, parent_path=parent_path, adapter=hp.lora,
+            data={"RL session": record.id, "session step": record.steps + 1, "policy version": version,
+                  "prompts this step": len(groups), "rollouts this step": len(samples),
+                  "generated tokens this step": sum(sum(s.loss_mask) for s in samples),
+                  "prompts over the session": prompts, "rollouts over the session": samples_total},
+            hyperparameters=hp.model_dump(mode="json"), metrics=metrics,
+        )
         ref = self.store.save_model(
             record.output_name, live.policy, live.tokenizer,
             parent=parent, job_id=f"rl:{record.id}", metrics={**metrics, "policy_version": version},
+            card=lambda published: training_card(published, facts),
         )
         if record.request.save_optimizer_state:
             _save_torch_atomic(self._dir(record.id) / OPTIMIZER_FILE, {
@@ -246,6 +260,7 @@ class RLSessions:
             session_id=record.id, step=record.steps + 1, policy_version=version, checkpoint=checkpoint, metrics=metrics,
         )
         record.policy_version, record.steps, record.checkpoint = version, record.steps + 1, checkpoint
+        record.prompts, record.samples = prompts, samples_total
         record.last_metrics, record.last_step_id, record.last_response = metrics, body.step_id, response
         record.updated_at = time.time()
         self._save(record)

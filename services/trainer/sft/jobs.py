@@ -197,7 +197,8 @@ class JobManager:
         write_conversations(directory / DATASET, conversations)
         spec = JobSpec(job_id=job_id, base_path=str(base_path), base_label=base_label, output_name=output_name,
                        checkpoints_dir=str(self.checkpoints_dir), hyperparameters=hp,
-                       tensorboard_dir=str(tensorboard_dir(self.home, output_name, "sft")))
+                       tensorboard_dir=str(tensorboard_dir(self.home, output_name, "sft")),
+                       dataset_name=Path(request.dataset.path).name if request.dataset.path else None)
         write_json_atomic(directory / SPEC, spec.model_dump(mode="json"))
         now = time.time()
         info = JobInfo(id=job_id, kind=request.kind, state=JobState.queued, base=base_label, output_name=output_name,

@@ -36,6 +36,7 @@ class JobSpec(BaseModel):
     checkpoints_dir: str    # CheckpointStore root
     hyperparameters: SFTHyperparameters
     tensorboard_dir: str | None = None  # where `report_to: [tensorboard]` writes (rank 0)
+    dataset_name: str | None = None     # the dataset file's name, for the model card; None: rows given inline
 
     @classmethod
     def load(cls, job_dir: Path) -> "JobSpec":

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from shared.checkpoints import CheckpointStore
+from shared.model_card import TrainingFacts, training_card
 from shared.fsutil import file_lock, write_json_atomic
 from shared.processes import die_with_parent
 from shared.models.loading import load_tokenizer, load_trainable_causal_lm
@@ -120,12 +121,18 @@ def resolve_layout(layout: str, model) -> str:
     return "packed" if implementation.startswith("flash_attention") else "bucketed"
 
 
-def publish(spec: JobSpec, model, tokenizer, metrics: dict):
+def publish(spec: JobSpec, model, tokenizer, metrics: dict, data: dict):
+    """Publish the trained model (merged, full, or the PEFT adapter) with its model card; `data` describes
+    what it was trained on, for the card."""
+    hp = spec.hyperparameters
+    adapter = hp.lora and not hp.merge_lora  # published as the PEFT adapter, not merged into its base
+    facts = TrainingFacts(method="sft", job=spec.job_id, parent=spec.base_label, parent_path=spec.base_path,
+                          adapter=adapter, data=data, hyperparameters=hp.model_dump(mode="json"), metrics=metrics)
     store = CheckpointStore(Path(spec.checkpoints_dir))
-    lineage = dict(parent=spec.base_label, job_id=spec.job_id, metrics=metrics)
-    if spec.hyperparameters.lora and spec.hyperparameters.merge_lora:
-        return store.save_model(spec.output_name, model.merge_and_unload(), tokenizer, **lineage)
-    return store.save_model(spec.output_name, model, tokenizer, **lineage)  # full model, or the PEFT adapter
+    options = dict(parent=spec.base_label, job_id=spec.job_id, metrics=metrics,
+                   card=lambda ref: training_card(ref, facts))
+    weights = model.merge_and_unload() if hp.lora and hp.merge_lora else model
+    return store.save_model(spec.output_name, weights, tokenizer, **options)
 
 
 def train(job_dir: Path) -> int:
@@ -212,12 +219,13 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
             loss_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
     total_tokens = sum(lengths)
+    truncated = sum(1 for e in examples if len(e) == hp.max_seq_length)
     progress.emit(
         "started", step=start_step, total_steps=total_steps, resumed_from_step=resumed_from, nproc=ctx.world,
         examples=len(examples), tokens_per_epoch=total_tokens, layout=layout,
         padding_share=round(1 - total_tokens / max(1, slots_per_epoch), 4),
         assistant_share=round(sum(loss_counts) / max(1, total_tokens), 4),
-        truncated=sum(1 for c, e in zip(conversations, examples) if len(e) == hp.max_seq_length),
+        truncated=truncated,
     )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
@@ -275,7 +283,10 @@ def _train(job_dir: Path, spec: JobSpec, ctx: Dist, progress: Progress) -> int:
         final = {k: v for k, v in metrics.items() if v is not None}
         final.update(steps=total_steps, examples=len(examples), nproc=ctx.world)
         model.eval()
-        ref = publish(spec, model, tokenizer, final)
+        data = {"dataset": spec.dataset_name or "rows given inline", "conversations": len(examples),
+                "tokens per epoch": total_tokens, "trained assistant tokens per epoch": sum(loss_counts),
+                "truncated to max_seq_length": truncated, "optimizer steps": total_steps}
+        ref = publish(spec, model, tokenizer, final, data)
         checkpoint = ref.identity().model_dump()
         write_json_atomic(job_dir / RESULT, {"checkpoint": checkpoint, "metrics": final})
         progress.emit("published", step=total_steps, checkpoint=checkpoint, metrics=final)
