@@ -5,7 +5,6 @@ checkpoint under this SCORE_HOME."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 
 from services.coordinator.context import RunContext
@@ -14,7 +13,9 @@ from services.coordinator.stages.evaluation import EvalStage
 from services.coordinator.store import RunStore
 from shared.checkpoints import CheckpointStore
 from shared.model_card import CARD, EVAL_START, TrainingFacts, read_card, training_card
-from shared.schemas.runs import RunConfig
+from shared.schemas.checkpoints import Checkpoint
+from shared.schemas.run_config import RunConfig
+from shared.schemas.runs import RunPointers, ServedCheckpoint
 
 RUN = "run-cards"
 
@@ -29,7 +30,9 @@ async def evaluate(ctx: RunContext, label: str, chunks: list[tuple[str, dict]], 
     """Record `chunks` as the eval stage's results and finish it, as the pipeline does after its last item."""
     store = ctx.store
     if checkpoint is not None:
-        await store.set_fields(RUN, student_checkpoint=json.dumps({"path": checkpoint, "version": 2, "label": label}))
+        served = ServedCheckpoint(checkpoint=Checkpoint(name=f"{RUN}-{label}", version=1, path=checkpoint),
+                                  policy_version=2, label=label)
+        await store.set_pointers(RUN, RunPointers(student_checkpoint=served))
     stage = EvalStage(label)
     await store.plan(RUN, stage.name, [key for key, _ in chunks])
     for key, result in chunks:

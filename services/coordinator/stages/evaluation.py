@@ -101,11 +101,11 @@ class EvalStage(Stage):
         if teacher:
             summary["teacher_spend"] = {k: v.model_dump() for k, v in teacher.items()}
         # Every chunk ran on the run's student checkpoint (ensure_student); none before the first training stage.
-        checkpoint = None if self.label == "teacher" else await ctx.student_checkpoint()
-        summary["checkpoint"] = checkpoint["path"] if checkpoint else None
+        served = None if self.label == "teacher" else (await ctx.store.pointers(ctx.run_id)).student_checkpoint
+        summary["checkpoint"] = served.checkpoint.path if served else None
         await ctx.store.set_eval(ctx.run_id, self.label, summary)
-        if checkpoint is not None:
-            await self._add_to_card(ctx, Path(checkpoint["path"]), summary)
+        if served is not None:
+            await self._add_to_card(ctx, Path(served.checkpoint.path), summary)
         await ctx.store.event(ctx.run_id, "eval", f"held-out success of {self.label}: {summary['success']:.1%} "
                               f"({summary['solved']}/{n})", stage=self.name, data={"label": self.label, **summary})
 
