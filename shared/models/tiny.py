@@ -14,7 +14,7 @@ MAX_POSITION_EMBEDDINGS = 4096
 # head_dim = hidden_size / num_attention_heads; grouped-query attention (fewer KV heads) as in Qwen2.
 TINY_SIZES: dict[str, dict] = {
     # Two layers of two 32-dim heads: the shallowest shape in which induction (copying) forms quickly; deeper
-    # or narrower-headed nano shapes did not form it in minutes of pre-training (docs/architecture.md).
+    # or narrower-headed nano shapes did not form it in minutes of pre-training (docs/models.md).
     "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2),
     # The build-time fine-tuned teacher (`teacher-sft`): the nano recipe made wider (three 32-dim heads, a wider MLP) and still two layers, so
     # induction pre-training still forms copying in a build-time budget (~650 steps on one thread).
