@@ -39,3 +39,10 @@ def test_unknown_suite_and_family_are_clear_errors(tmp_path):
     assert result.returncode == 2 and "unknown suite 'nope'" in result.stderr
     result = run_score("tasks", "--family", "chess", home=tmp_path)
     assert result.returncode == 2 and "unknown family 'chess'" in result.stderr
+
+
+def test_score_up_defaults_to_the_teacher_that_solves_the_suite():
+    from services.cli import build_parser
+
+    assert build_parser().parse_args(["up"]).teacher_engine == "expert"
+    assert build_parser().parse_args(["up", "--teacher-engine", "transformers"]).teacher_engine == "transformers"

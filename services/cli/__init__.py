@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="start Redis (unless SCORE_REDIS_URL is set) and the four services; "
                              "Ctrl-C stops them all")
-    up.add_argument("--teacher-engine", choices=("expert", "transformers"), default="transformers",
-                    help="teacher backend: the built-in tiny model (transformers) or the scripted solver (expert)")
+    # The scripted solver by default, as in `score demo` and the compose file: the built-in tiny teacher model
+    # does not solve the suite yet (docs/models.md), so runs on it would wait at cold start for hours.
+    up.add_argument("--teacher-engine", choices=("expert", "transformers"), default="expert",
+                    help="teacher backend: the scripted solver (expert, the default) or the built-in tiny model "
+                    "(transformers; it does not solve the built-in suite yet)")
     up.add_argument("--home", default=None, help="data directory (default: SCORE_HOME)")
     up.set_defaults(func=up_command)
 
