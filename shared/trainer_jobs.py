@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 
 from shared.schemas.training import TERMINAL_STATES, JobEvent, JobInfo, JobState
+from shared.http_errors import TRANSIENT_STATUSES, error_message
 from shared.sse import KEEP_ALIVE_S, EventParser
 
 RECONNECTS = 10  # failed connections in a row (no event in between) before giving up, about 30 s of backoff
-TRANSIENT = (429, 500, 502, 503, 504)
 # A followed stream carries at least a keep-alive comment every KEEP_ALIVE_S; this much silence is a dead link.
 STREAM_TIMEOUT = httpx.Timeout(30.0, read=4 * KEEP_ALIVE_S)
 
@@ -88,13 +88,7 @@ async def _checked(response: httpx.Response, job_id: str) -> httpx.Response:
     if response.status_code < 400:
         return response
     await response.aread()
-    if response.status_code in TRANSIENT:
+    if response.status_code in TRANSIENT_STATUSES:
         raise _Dropped(f"trainer answered {response.status_code}")
-    raise JobError(f"the trainer refused to answer for SFT job {job_id}: {response.status_code} {_message(response)}")
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500]
+    raise JobError(f"the trainer refused to answer for SFT job {job_id}: {response.status_code} "
+                   f"{error_message(response)[:1000]}")

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from shared.http_errors import error_message
+
 
 class CLIError(Exception):
     """A message for the user and the exit code that goes with it."""
@@ -34,14 +36,6 @@ def coordinator_client(base_url: str | None = None, timeout: float = 30.0):
     import httpx
 
     return httpx.Client(base_url=base_url or coordinator_url(), headers=auth_headers(), timeout=timeout)
-
-
-def error_message(response) -> str:
-    try:
-        body = response.json()
-        return body["error"]["message"] if isinstance(body.get("error"), dict) else json.dumps(body)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return response.text.strip() or response.reason_phrase
 
 
 def api_request(client, method: str, path: str, **kwargs):

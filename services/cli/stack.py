@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.cli.client import CLIError, coordinator_client, error_message, submit
+from services.cli.client import CLIError, coordinator_client, submit
+from shared.http_errors import error_message
 from services.cli.progress import Progress, final_exit, follow
 from services.cli.runs import print_results
 from shared.settings import DEFAULT_PORTS

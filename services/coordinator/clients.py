@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from pydantic import BaseModel
 
+from shared.http_errors import TRANSIENT_STATUSES, error_message
 from shared.observability import traced_async_client
 from shared.schemas.agent import Step, Task
 from shared.schemas.checkpoints import Checkpoint
@@ -30,7 +31,6 @@ from shared.trainer_jobs import await_job
 logger = logging.getLogger("score.coordinator.clients")
 
 RETRIES = 5
-TRANSIENT = (429, 500, 502, 503, 504)
 
 
 class ServiceError(RuntimeError):
@@ -64,24 +64,15 @@ class ServiceClient:
                 continue
             if response.status_code in ok:
                 return response
-            if response.status_code in TRANSIENT and attempt < RETRIES:
+            if response.status_code in TRANSIENT_STATUSES and attempt < RETRIES:
                 logger.warning("%s %s %s -> %d, retrying", self.name, method, path, response.status_code)
                 await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
                 continue
-            raise ServiceError(f"{self.name} {method} {path} -> {response.status_code}: {_message(response)}",
+            message = error_message(response)[:1000]
+            raise ServiceError(f"{self.name} {method} {path} -> {response.status_code}: {message}",
                                status=response.status_code)
         raise AssertionError("unreachable")
 
-
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("message"))[:1000]
-    return str(body)[:1000]
 
 
 class StudentClient(ServiceClient):
