@@ -17,7 +17,6 @@ from enum import Enum
 from pathlib import Path
 
 from pydantic import BaseModel
-from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "configuration.md"

@@ -17,7 +17,7 @@ from services.coordinator import keys
 from services.coordinator.app import create_app as coordinator_app
 from services.coordinator.clients import TeacherClient
 from services.coordinator.config import CoordinatorConfig
-from services.coordinator.queue import StageQueue, WorkItem
+from services.coordinator.queue import WorkItem
 from services.coordinator.worker import Worker
 from services.student.app import create_app as student_app
 from services.teacher.app import create_app as teacher_app

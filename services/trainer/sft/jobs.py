@@ -31,7 +31,6 @@ from shared.paths import PathRefused, regular_file
 from shared.processes import die_with_parent
 from shared.schemas.checkpoints import Checkpoint
 from shared.schemas.training import (
-    TERMINAL_STATES,
     VALID_TRANSITIONS,
     Conversation,
     JobEvent,
