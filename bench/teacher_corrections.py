@@ -6,7 +6,8 @@ known position (wrong operand or operator, wrong entity searched, wrong final an
 every step's code restyled (other variable names, same effects), which makes the teacher execute and compare
 its own step at each prefix instead of recognising its own code — and reports corrections/s,
 full teacher rollouts, teacher tokens and sandboxes per correction, and how often the broken position was
-found. A second, smaller round runs `verify` and `judge` on the built-in tiny teacher model in-process
+found. `verify` runs with the default `verify_window` (1: prefix by prefix, stopping at the first critical
+error) and again with 0 (every prefix proposed in one call), side by side. A second, smaller round runs `verify` and `judge` on the built-in tiny teacher model in-process
 (untrained: it mostly writes malformed steps, so its corrections are mostly `hard`), for model tokens and
 calls per correction. Nothing is asserted; the numbers are reported.
 
@@ -70,10 +71,13 @@ def summarise(body: dict, seconds: float, positions: list[int], kinds: list[str]
     }
 
 
-def expert_round(home: Path, n: int, seed: int) -> dict:
+def expert_round(home: Path, n: int, seed: int, verify_window: int = 1) -> dict:
     """Both strategies on trajectories as the expert writes them, and `verify` on restyled ones."""
     rounds = [("verify", False), ("judge", False), ("verify restyled", True)]
-    service = ServiceProcess("teacher", "--engine", "expert", home=home, log_dir=Path(tempfile.mkdtemp()))
+    if verify_window != 1:  # the side-by-side run: only `verify` changes with the window
+        rounds = [("verify", False), ("verify restyled", True)]
+    service = ServiceProcess("teacher", "--engine", "expert", home=home, log_dir=Path(tempfile.mkdtemp()),
+                             env={"SCORE_TEACHER_VERIFY_WINDOW": str(verify_window)})
     results = {}
     try:
         service.wait_ready()
@@ -120,6 +124,9 @@ def main() -> None:
 
     home = Path(os.environ.get("SCORE_HOME") or tempfile.mkdtemp(prefix="score-bench-"))
     result = {"config": vars(args), "expert": expert_round(home, args.items, args.seed)}
+    # The same items with every prefix proposed in one call (verify_window 0), for the spend the window saves.
+    for name, r in expert_round(home, args.items, args.seed, verify_window=0).items():
+        result["expert"][f"{name}, window 0"] = r
     if args.model_items:
         ensure_builtin_model("teacher", home)
         m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1)

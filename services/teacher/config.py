@@ -32,6 +32,10 @@ class TeacherConfig(ModelServiceConfig):
                                    "corrected step.")
     max_rollouts_per_item: int = Field(default=4, ge=1, description="`verify`: divergent prefixes tried before a "
                                        "trajectory is called hard.")
+    verify_window: int = Field(default=1, ge=0, le=64, description="`verify`: act-step prefixes of one trajectory "
+                               "proposed per round, in order. The walk stops at the first critical error, so "
+                               "prefixes after it are never proposed or paid for; a wider window makes fewer, larger "
+                               "calls. 0: every prefix in one call (fewest calls, most teacher tokens).")
     judge_attempts: int = Field(default=3, ge=1, description="`judge`: tries per prompt before falling back to hard.")
     retry_temperature: float = Field(default=0.7, ge=0, description="`judge` retries sample at least this hot, or "
                                      "greedy decoding would repeat itself.")

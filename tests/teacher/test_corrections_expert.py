@@ -1,5 +1,8 @@
 """`POST /v1/corrections` with the scripted expert: both strategies find deliberately broken steps."""
 
+from fastapi.testclient import TestClient
+
+from services.teacher.app import create_app
 from shared.agent.execute import execute_step, replay_steps
 from shared.sandbox.sandbox import Sandbox
 from shared.schemas.agent import Step, Task
@@ -7,7 +10,7 @@ from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import expert_next_step, expert_steps
 from shared.tasks.gold import builtin_tools
-from tests.teacher.conftest import broken_items
+from tests.teacher.conftest import broken_items, teacher_config
 
 N_BROKEN = 40  # 20 per family; the bench runs 200
 
@@ -139,3 +142,24 @@ def test_a_step_whose_code_crashed_is_replaced(expert_client):
                                  ).json()["corrections"]
     assert fixed["first_error_step"] == 2
     assert fixed["corrected_step"]["observation"] == "5184"
+
+
+def test_verify_window_changes_the_spend_never_the_correction(score_home):
+    # Proposals are asked for prefix by prefix (window 1) or all at once (window 0): the same steps are found and
+    # corrected, and prefixes after the first error are paid for only when they are proposed.
+    items, positions = broken_items(12, seed=23)
+    bodies = {}
+    for window in (0, 1):
+        with TestClient(create_app(teacher_config(score_home, verify_window=window))) as client:
+            response = client.post("/v1/corrections", json={"items": items, "strategy": "verify"})
+        assert response.status_code == 200, response.text
+        bodies[window] = response.json()["corrections"]
+    for item, position, everything, windowed in zip(items, positions, bodies[0], bodies[1]):
+        for field in ("first_error_step", "corrected_step", "hard", "answer_correct"):
+            assert windowed[field] == everything[field], field
+        assert windowed["cost"]["full_rollouts"] == everything["cost"]["full_rollouts"]
+        acts_after = sum(1 for step in item["steps"][position + 1:] if step["kind"] == "act")
+        if acts_after:  # window 1 never proposed at the act steps after the error
+            assert windowed["cost"]["teacher_prompt_tokens"] < everything["cost"]["teacher_prompt_tokens"]
+        else:
+            assert windowed["cost"]["teacher_tokens"] == everything["cost"]["teacher_tokens"]
