@@ -36,6 +36,7 @@ import os
 import platform
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import report  # noqa: E402
 from services.coordinator import keys  # noqa: E402
 from services.coordinator.queue import StageQueue, WorkItem  # noqa: E402
+from services.coordinator.redis_client import connect  # noqa: E402
 from services.coordinator.store import RunStore  # noqa: E402
 
 TARGET_HOPS_PER_S = 2_000
@@ -72,16 +74,17 @@ async def _phase(client: aioredis.Redis, store: RunStore, run_id: str, chain: li
     window = asyncio.Semaphore(inflight)
     last = len(chain) - 1
 
-    async def hop(queue: StageQueue, position: int, item: WorkItem) -> None:
+    async def hop(position: int, item: WorkItem) -> None:
         nonlocal duplicates, finished
-        settled = await store.record(run_id, item.stage, item.key, {"i": item.payload["i"], "ok": True})
-        if settled == -1:
-            duplicates += 1
+        follow_ups = []
         if position < last:
             nxt = chain[position + 1]
-            await queue.put(nxt, [WorkItem(run_id, nxt, item.key,
-                                           {"i": item.payload["i"], "t_put": time.perf_counter()})])
-        await queue.ack(item)
+            follow_ups.append(WorkItem(run_id, nxt, item.key, {"i": item.payload["i"], "t_put": time.perf_counter()},
+                                       queue=nxt))
+        # What the worker does with a finished item: record, forward and ack in one step.
+        outcome = await store.settle(item, {"i": item.payload["i"], "ok": True}, follow_ups=follow_ups)
+        if outcome.settled == -1:
+            duplicates += 1
         latencies.append(time.perf_counter() - item.payload["t_put"])
         if position == last:
             finished += 1
@@ -95,7 +98,7 @@ async def _phase(client: aioredis.Redis, store: RunStore, run_id: str, chain: li
         while not done.is_set():
             batch_items = await queue.read([stage], count=batch, block_ms=block_ms)
             # One task per item, as the worker spawns them, so a batch's round trips overlap.
-            await asyncio.gather(*(hop(queue, position, item) for item in batch_items))
+            await asyncio.gather(*(hop(position, item) for item in batch_items))
 
     async def produce() -> None:
         queue = StageQueue(client, "bench-producer")
@@ -126,17 +129,19 @@ async def stage_hops(redis_url: str, *, hops: int = 20_000, stages: int = 4, con
     chain = list(keys.WORK_STAGES[:stages])
     items = -(-hops // stages)
     warmup_items = -(-warmup_hops // stages) if warmup_hops > 0 else 0
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(redis_url)  # as the coordinator's workers connect
+    # Fresh run ids per call: on a server an earlier call used, every record would otherwise be a duplicate.
+    tag = uuid.uuid4().hex[:8]
     try:
         store = RunStore(client, Path(tempfile.gettempdir()))
         await StageQueue(client, "bench-setup").ensure_groups()
         if warmup_items:
-            await _phase(client, store, "bench-warmup", chain, warmup_items, consumers=consumers, batch=batch,
+            await _phase(client, store, f"bench-warmup-{tag}", chain, warmup_items, consumers=consumers, batch=batch,
                          inflight=inflight, block_ms=block_ms)
         # CPU spent per hop on each side tells a saturated machine apart from a slow path.
         server_cpu = await _server_cpu(client)
         client_cpu = time.process_time()
-        measured = await _phase(client, store, "bench-measured", chain, items, consumers=consumers, batch=batch,
+        measured = await _phase(client, store, f"bench-measured-{tag}", chain, items, consumers=consumers, batch=batch,
                                 inflight=inflight, block_ms=block_ms)
         client_cpu = time.process_time() - client_cpu
         server_cpu = await _server_cpu(client) - server_cpu

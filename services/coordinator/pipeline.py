@@ -111,23 +111,38 @@ async def _next(ctx: RunContext, stage: Stage) -> None:
         await ctx.store.transition(ctx.run_id, RunState.succeeded)
 
 
-async def item_settled(ctx: RunContext, stage: Stage, settled: int) -> None:
-    """After an item's result is recorded: update progress, and finish the stage when its last item settles."""
+async def settle(ctx: RunContext, stage: Stage, item: WorkItem, result: dict, *, failed: bool = False) -> int:
+    """Record a read item's result, enqueue its follow-ups, send `finish` if it completes the stage, and ack it.
+
+    That is one Lua script (RunStore.settle): a crash leaves all of it done or none of it (the item is then
+    redelivered). Exactly one record returns the count that completes the stage, so `finish` is sent once.
+    Progress and its event come after, for display only. Returns the settled count (-1: already recorded).
+    """
+    progress = await ctx.store.stage(ctx.run_id, stage.name)
+    finish = (progress.total, control(ctx.run_id, "finish", stage.name)) if progress.state == "running" else None
+    outcome = await ctx.store.settle(item, result, failed=failed, when_settled=finish,
+                                     follow_ups=[] if failed else stage.follow_ups(ctx, item, result))
+    if outcome.settled == -2:
+        raise RuntimeError(f"item {item.key!r} is not part of stage {stage.name}'s plan")
+    if outcome.settled == -1:  # another delivery settled it, `finish` included: nothing new to report
+        return -1
+    done, failed_count = outcome.done, outcome.failed
+    elapsed = max(1e-6, time.time() - (progress.started_at or time.time()))
+    rate = (done + failed_count) / elapsed
+    remaining = max(0, progress.total - done - failed_count)
+    eta = round(remaining / rate, 1) if rate > 0 else None
+    # Only while the stage runs: the `finish` this record may have sent can be writing the stage's end already.
+    await ctx.store.update_running_stage(ctx.run_id, stage.name, progress.model_copy(update={
+        "done": done, "failed": failed_count, "items_per_s": round(rate, 3), "eta_s": eta}))
+    await ctx.store.event(ctx.run_id, "progress", f"{stage.name}: {done + failed_count}/{progress.total}",
+                          stage=stage.name, data={"done": done, "failed": failed_count, "total": progress.total,
+                                                  "items_per_s": round(rate, 3), "eta_s": eta})
+    return outcome.settled
+
+
+async def resettle(ctx: RunContext, stage: Stage) -> None:
+    """For an item delivered again after its result was recorded: make sure its stage can still finish."""
     progress = await ctx.store.stage(ctx.run_id, stage.name)
     done, failed = await ctx.store.settled(ctx.run_id, stage.name)
-    if settled < 0:  # a redelivered item: nothing new to report, only make sure the stage can finish
-        if progress.state == "running" and done + failed >= progress.total:
-            await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "finish", stage.name)])
-        return
-    elapsed = max(1e-6, time.time() - (progress.started_at or time.time()))
-    rate = (done + failed) / elapsed
-    remaining = max(0, progress.total - done - failed)
-    await ctx.store.update_stage(ctx.run_id, stage.name, done=done, failed=failed, items_per_s=round(rate, 3),
-                                 eta_s=round(remaining / rate, 1) if rate > 0 else None)
-    await ctx.store.event(ctx.run_id, "progress", f"{stage.name}: {done + failed}/{progress.total}", stage=stage.name,
-                          data={"done": done, "failed": failed, "total": progress.total,
-                                "items_per_s": round(rate, 3), "eta_s": round(remaining / rate, 1) if rate else None})
-    # Exactly one item's record returns the count that completes the stage; a redelivered item (above) re-sends
-    # `finish` in case the worker that completed the stage died before sending it.
-    if progress.state == "running" and settled == progress.total:
+    if progress.state == "running" and done + failed >= progress.total:
         await ctx.queue.put(keys.CONTROL, [control(ctx.run_id, "finish", stage.name)])

@@ -35,6 +35,11 @@ class WorkItem:
         return {"run_id": self.run_id, "stage": self.stage, "key": self.key, "payload": json.dumps(self.payload),
                 "enqueued_at": repr(time.time())}
 
+    def flat_fields(self) -> list[str]:
+        """The stream entry's fields as XADD takes them in a script: name, value, name, value, ..."""
+        return ["run_id", self.run_id, "stage", self.stage, "key", self.key, "payload", json.dumps(self.payload),
+                "enqueued_at", repr(time.time())]
+
     @classmethod
     def from_entry(cls, queue: str, entry_id, fields: dict) -> "WorkItem":
         f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
@@ -58,6 +63,9 @@ class StageQueue:
                     raise
 
     async def put(self, queue: str, items: list[WorkItem]) -> None:
+        if len(items) == 1:  # one XADD is atomic already; a MULTI/EXEC pipeline costs three commands' CPU
+            await self.redis.xadd(keys.queue(queue), items[0].fields())
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             for item in items:
                 pipe.xadd(keys.queue(queue), item.fields())
@@ -113,11 +121,15 @@ class StageQueue:
         return items
 
     async def dead_letter(self, item: WorkItem, error: str, attempts: int) -> None:
+        await self.add_dead_letter(item, error, attempts)
+        await self.ack(item)
+
+    async def add_dead_letter(self, item: WorkItem, error: str, attempts: int) -> None:
+        """The item's dead letter, leaving the item itself pending (for a caller that acks it on its own)."""
         await self.redis.xadd(keys.dead_letters(item.queue), {
             "run_id": item.run_id, "stage": item.stage, "key": item.key, "error": error[:4000],
             "attempts": attempts, "payload": json.dumps(item.payload)[:20000], "time": repr(time.time()),
         })
-        await self.ack(item)
 
     async def depth(self) -> dict[str, dict[str, int]]:
         """Per queue: entries waiting to be read, entries pending (read, not acked), dead letters."""

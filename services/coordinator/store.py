@@ -1,18 +1,21 @@
 """Run state in Redis: the run record and its state machine, stage progress, counters, results, events.
 
 Results are written once per (stage, item key) by a Lua script that also counts the item as settled, so an
-item redelivered after a crash can never produce a second result or be counted twice.
+item redelivered after a crash can never produce a second result or be counted twice. A worker settles an item
+with one script (`settle`) that also enqueues what the item begets and acks it: one round trip per item, and
+no crash can leave a result recorded without its follow-ups sent or its entry acked.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
 from services.coordinator import keys
+from services.coordinator.queue import WorkItem
 from shared.schemas.run_config import RunConfig
 from shared.schemas.runs import (
     RUN_TRANSITIONS, STAGES, DeadLetter, RunEvent, RunInfo, RunPointers, RunState, StageProgress,
@@ -29,6 +32,51 @@ redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':' .. ARGV[4], 1)
 return redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':settled', 1)
 """
 
+# _RECORD, then enqueue the follow-ups (planning their keys first), the completion item if this record brings
+# the settled count to exactly ARGV[8], and ack + delete the item's entry. A result already there was settled
+# by another delivery of the item, follow-ups and all: only ack. Returns {settled, done, failed}, settled as
+# _RECORD's. KEYS: results, stages, planned, the item's stream, then a (stream, planned set) pair per follow-up,
+# then the completion item's stream if any. ARGV: item key, result, stage, outcome, group, entry id, follow-up
+# count, completion count (0: none), then per follow-up its key, its field count and fields, then the
+# completion item's field count and fields.
+_SETTLE = """
+local function ack()
+  if ARGV[6] ~= '' then
+    redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
+    redis.call('XDEL', KEYS[4], ARGV[6])
+  end
+end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then return {-2, 0, 0} end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  ack()
+  return {-1, 0, 0}
+end
+local counted = redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':' .. ARGV[4], 1)
+local settled = redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':settled', 1)
+local a, k = 9, 5
+for _ = 1, tonumber(ARGV[7]) do
+  local n = tonumber(ARGV[a + 1])
+  redis.call('SADD', KEYS[k + 1], ARGV[a])
+  redis.call('XADD', KEYS[k], '*', unpack(ARGV, a + 2, a + 1 + n))
+  a, k = a + 2 + n, k + 2
+end
+if settled == tonumber(ARGV[8]) then
+  redis.call('XADD', KEYS[k], '*', unpack(ARGV, a + 1, a + tonumber(ARGV[a])))
+end
+ack()
+if ARGV[4] == 'done' then return {settled, counted, settled - counted} end
+return {settled, settled - counted, counted}
+"""
+
+# A stage's progress (StageProgress JSON) written only while the stored one is still running: an item's progress
+# must not overwrite what `finish` wrote after the item's record completed the stage.
+_RUNNING_PROGRESS = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current or cjson.decode(current).state ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # Compare-and-set of the run state: ARGV = target, timestamp, then the states it may come from.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -41,6 +89,12 @@ for i = 3, #ARGV do
 end
 return {0, current}
 """
+
+
+class Settlement(NamedTuple):
+    settled: int  # the stage's settled count after this record; -1 already recorded, -2 not planned
+    done: int
+    failed: int
 
 
 class RunNotFound(KeyError):
@@ -58,6 +112,8 @@ class RunStore:
         self.redis = client
         self.runs_dir = runs_dir
         self._record = client.register_script(_RECORD)
+        self._settle = client.register_script(_SETTLE)
+        self._running_progress = client.register_script(_RUNNING_PROGRESS)
         self._transition = client.register_script(_TRANSITION)
 
     # --- runs ----------------------------------------------------------------------------------
@@ -157,6 +213,10 @@ class RunStore:
         await self.redis.hset(keys.stages(run_id), stage, progress.model_dump_json())
         return progress
 
+    async def update_running_stage(self, run_id: str, stage: str, progress: StageProgress) -> bool:
+        """Write a running stage's progress unless the stage stopped running meanwhile; True if written."""
+        return bool(await self._running_progress(keys=[keys.stages(run_id)], args=[stage, progress.model_dump_json()]))
+
     async def settled(self, run_id: str, stage: str) -> tuple[int, int]:
         """(done, failed) items of a stage, from the counts the record script keeps."""
         done, failed = await self.redis.hmget(keys.stages(run_id), f"{stage}:done", f"{stage}:failed")
@@ -170,6 +230,31 @@ class RunStore:
             keys=[keys.results(run_id, stage), keys.stages(run_id), keys.planned(run_id, stage)],
             args=[item_key, json.dumps(result), stage, "failed" if failed else "done"],
         ))
+
+    async def settle(self, item: WorkItem, result: dict, *, failed: bool = False, follow_ups: list[WorkItem] = (),
+                     when_settled: tuple[int, WorkItem] | None = None) -> Settlement:
+        """Record a read item's result once, enqueue its follow-ups, and ack it, in one step.
+
+        Follow-ups (items the item begets, each with its queue) are added to their stages' plans and enqueued.
+        `when_settled=(n, item)` also enqueues `item` if this record is the stage's n-th settled item. An item
+        whose result is already recorded is only acked (settled -1); a key the stage never planned changes
+        nothing (settled -2).
+        """
+        stream_keys = [keys.results(item.run_id, item.stage), keys.stages(item.run_id),
+                       keys.planned(item.run_id, item.stage), keys.queue(item.queue)]
+        args = [item.key, json.dumps(result), item.stage, "failed" if failed else "done", keys.GROUP,
+                item.entry_id, len(follow_ups), when_settled[0] if when_settled else 0]
+        for follow in follow_ups:
+            if not follow.queue:
+                raise ValueError(f"follow-up {follow.stage}/{follow.key} names no queue")
+            fields = follow.flat_fields()
+            stream_keys += [keys.queue(follow.queue), keys.planned(follow.run_id, follow.stage)]
+            args += [follow.key, len(fields), *fields]
+        if when_settled:
+            fields = when_settled[1].flat_fields()
+            stream_keys.append(keys.queue(when_settled[1].queue))
+            args += [len(fields), *fields]
+        return Settlement(*await self._settle(keys=stream_keys, args=args))
 
     async def plan(self, run_id: str, stage: str, item_keys: list[str]) -> None:
         """Register the item keys a stage expects; only these can be recorded and counted."""

@@ -3,7 +3,8 @@
 Run as a process of its own (`python -m services.coordinator.worker`); the coordinator service starts and
 supervises several. Processing is idempotent per (run, stage, item key), delivery at least once:
 
-- an item's result is recorded once (Lua: HSETNX + count), a redelivered item is acked without work;
+- an item's result is recorded once (Lua: HSETNX + count) in the same step that enqueues its follow-ups and
+  acks it; a redelivered item is acked without work;
 - items being processed are kept alive; a dead worker's items are reclaimed after the visibility timeout;
 - a failing item is retried with exponential backoff, every start counted (crashes included), and after
   `max_attempts` it goes to the stage's dead-letter stream with its error and the stage goes on without it;
@@ -22,7 +23,6 @@ import time
 import traceback
 import uuid
 
-import redis.asyncio as aioredis
 import uvloop
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +32,7 @@ from services.coordinator import keys, pipeline
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.context import RunContext, services_for
 from services.coordinator.queue import QUEUES, StageQueue, WorkItem
+from services.coordinator.redis_client import connect
 from services.coordinator.store import RunNotFound, RunStore
 from shared import scoring_pool
 from shared.observability import configure_logging, log_context, new_request_id
@@ -53,8 +54,8 @@ class Worker:
         self.concurrency = concurrency
         self.visibility_ms = visibility_ms
         self.block_ms = block_ms
-        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=max(5.0, block_ms / 1000 + 5),
-                                             socket_connect_timeout=3.0, health_check_interval=10)
+        self.redis = connect(redis_url, socket_timeout=max(5.0, block_ms / 1000 + 5),
+                             socket_connect_timeout=3.0, health_check_interval=10)
         self.queue = StageQueue(self.redis, self.consumer)
         self.store = RunStore(self.redis, settings.runs_dir)
         self.inflight: dict[str, tuple[WorkItem, asyncio.Task]] = {}
@@ -173,8 +174,8 @@ class Worker:
             await self._control(ctx, item)
             return
         if await self.store.has_result(item.run_id, item.stage, item.key):
-            await stage.after_record(ctx, item, (await self.store.results(item.run_id, item.stage))[item.key])
-            await pipeline.item_settled(ctx, stage, -1)
+            # Its follow-ups went out with its result (one step); only the stage's finish needs making sure of.
+            await pipeline.resettle(ctx, stage)
             await self.queue.ack(item)
             return
         await self._attempt(ctx, item, stage)
@@ -202,10 +203,7 @@ class Worker:
                 return
             await self._dead_letter(ctx, item, _describe(exc), attempts)
             return
-        settled = await self.store.record(item.run_id, item.stage, item.key, result)
-        await stage.after_record(ctx, item, result)
-        await pipeline.item_settled(ctx, stage, settled)
-        await self.queue.ack(item)
+        await pipeline.settle(ctx, stage, item, result)  # record, follow-ups, finish and ack in one step
         logger.debug("[run %s] %s/%s done in %.2fs", item.run_id, item.stage, item.key, time.monotonic() - started)
 
     async def _retry_later(self, ctx: RunContext, item: WorkItem, exc: Exception, attempts: int) -> bool:
@@ -223,18 +221,18 @@ class Worker:
     async def _dead_letter(self, ctx: RunContext, item: WorkItem, error: str, attempts: int, *, count: bool = True) -> None:
         logger.error("[run %s] %s/%s dead-lettered after %d attempts: %s", item.run_id, item.stage, item.key,
                      attempts, error.splitlines()[0] if error else "")
-        await self.queue.dead_letter(item, error, attempts)
+        if count and item.queue != keys.CONTROL:
+            # The letter first, then record the failure and ack in one step: a crash in between redelivers the
+            # item, which is dead-lettered again, rather than acking an item whose stage then never settles.
+            await self.queue.add_dead_letter(item, error, attempts)
+            await pipeline.settle(ctx, pipeline.BY_NAME[item.stage], item,
+                                  {"dead_letter": True, "error": error[:2000]}, failed=True)
+        else:
+            await self.queue.dead_letter(item, error, attempts)
         await self.store.add(item.run_id, dead_letters=1)
         await self.store.event(item.run_id, "dead_letter", f"{item.stage}/{item.key} dead-lettered: "
                                f"{error.splitlines()[0] if error else ''}", stage=item.stage,
                                data={"key": item.key, "attempts": attempts, "error": error[:2000]})
-        if not count:
-            return
-        settled = await self.store.record(item.run_id, item.stage, item.key,
-                                          {"dead_letter": True, "error": error[:2000]}, failed=True)
-        stage = pipeline.BY_NAME[item.stage]
-        if item.queue != keys.CONTROL:
-            await pipeline.item_settled(ctx, stage, settled)
 
     async def _control(self, ctx: RunContext, item: WorkItem) -> None:
         # Two copies of one action (a redelivery racing the original) must not run side by side.

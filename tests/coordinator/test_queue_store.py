@@ -9,9 +9,10 @@ import redis.asyncio as aioredis
 
 from services.coordinator import keys
 from services.coordinator.queue import StageQueue, WorkItem
-from services.coordinator.store import IllegalTransition, RunStore
+from services.coordinator.redis_client import connect
+from services.coordinator.store import IllegalTransition, RunStore, Settlement
 from shared.schemas.run_config import RunConfig
-from shared.schemas.runs import RunState
+from shared.schemas.runs import RunState, StageProgress
 
 
 def run(coro):
@@ -119,3 +120,100 @@ def test_dead_letters_keep_the_error_and_leave_the_queue(redis_url, tmp_path):
     assert [(l.stage, l.item_key, l.attempts) for l in letters] == [("rl", "step-00000", 3)]
     assert "poisoned" in letters[0].error
     assert depth == {"waiting": 0, "pending": 0, "dead": 1} and raw == 1
+
+
+def test_settle_records_forwards_and_acks_in_one_step_and_only_once(redis_url, tmp_path):
+    async def scenario():
+        client = connect(redis_url)
+        queue, store = StageQueue(client, "w"), RunStore(client, tmp_path)
+        await queue.ensure_groups()
+        await store.plan("r6", "rl", ["step-0", "step-1"])
+        await queue.put("rl", [WorkItem("r6", "rl", f"step-{i}", {"step": i}) for i in (0, 1)])
+        first, second = await queue.read(["rl"], count=2, block_ms=100)
+        follow = WorkItem("r6", "rl", "step-2", {"step": 2}, queue="rl")
+        finish = WorkItem("r6", "rl", "finish:rl", {"action": "finish"}, queue=keys.CONTROL)
+        settled = await store.settle(first, {"ok": 1}, follow_ups=[follow], when_settled=(3, finish))
+        # The same item delivered again (a reclaim racing the original): only acked, nothing sent twice.
+        again = await store.settle(first, {"ok": 2}, follow_ups=[follow], when_settled=(1, finish))
+        failed = await store.settle(second, {"error": "x"}, failed=True, when_settled=(2, finish))
+        forwarded = await queue.read(["rl"], count=10, block_ms=100)
+        controls = await queue.read([keys.CONTROL], count=10, block_ms=100)
+        planned = await store.is_planned("r6", "rl", "step-2")
+        results = await store.results("r6", "rl")
+        pending = await client.xpending(keys.queue("rl"), keys.GROUP)
+        await client.aclose()
+        return settled, again, failed, forwarded, controls, planned, results, pending
+
+    settled, again, failed, forwarded, controls, planned, results, pending = run(scenario())
+    assert settled == Settlement(1, 1, 0) and again.settled == -1 and failed == Settlement(2, 1, 1)
+    assert [(i.key, i.payload) for i in forwarded] == [("step-2", {"step": 2})] and planned
+    assert [(i.key, i.stage) for i in controls] == [("finish:rl", "rl")]  # sent by the record that made it 2
+    assert results == {"step-0": {"ok": 1}, "step-1": {"error": "x"}}
+    assert pending["pending"] == 1  # only the follow-up, just read: both settled entries were acked
+
+
+def test_settle_leaves_an_unplanned_item_pending_and_changes_nothing(redis_url, tmp_path):
+    async def scenario():
+        client = connect(redis_url)
+        queue, store = StageQueue(client, "w"), RunStore(client, tmp_path)
+        await queue.ensure_groups()
+        await queue.put("mps", [WorkItem("r7", "mps", "stray")])
+        [item] = await queue.read(["mps"], count=1, block_ms=100)
+        outcome = await store.settle(item, {"x": 1}, follow_ups=[WorkItem("r7", "eval_sft", "k", queue="eval")])
+        pending = await client.xpending(keys.queue("mps"), keys.GROUP)
+        waiting = await client.xlen(keys.queue("eval"))
+        results = await store.results("r7", "mps")
+        await client.aclose()
+        return outcome, pending, waiting, results
+
+    outcome, pending, waiting, results = run(scenario())
+    assert outcome.settled == -2 and pending["pending"] == 1 and waiting == 0 and results == {}
+
+
+def test_a_stage_progress_update_never_overwrites_a_finished_stage(redis_url, tmp_path):
+    async def scenario():
+        client = connect(redis_url)
+        store = RunStore(client, tmp_path)
+        await store.create("r8", RunConfig())
+        running = await store.update_stage("r8", "mps", state="running", total=2)
+        written = await store.update_running_stage("r8", "mps", running.model_copy(update={"done": 1}))
+        await store.update_stage("r8", "mps", state="done", done=2)
+        late = await store.update_running_stage("r8", "mps", running.model_copy(update={"done": 1}))
+        final = await store.stage("r8", "mps")
+        await client.aclose()
+        return written, late, final
+
+    written, late, final = run(scenario())
+    assert written and not late
+    assert final == StageProgress(state="done", total=2, done=2, started_at=None)
+
+
+def test_commands_packed_by_hiredis_are_byte_for_byte_redis_pys(redis_url):
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from services.coordinator.redis_client import _packed_by_hiredis
+
+    ours, theirs = _packed_by_hiredis(Connection)(), Connection()
+    for args in [("HSET", "k", "f", 1712345678.123456789), ("SET", "k", "é"), ("SET", b"k", b"\x00\xff"),
+                 ("XADD", "s", "*", "n", -3, "big", 2**70, "tiny", 1e-300), ("CONFIG GET", "maxmemory"),
+                 ("SET", "k", bytearray(b"ab")), ("SET", "k", memoryview(b"cd")), ("EVALSHA", "a" * 40, 0)]:
+        assert b"".join(map(bytes, ours.pack_command(*args))) == b"".join(map(bytes, theirs.pack_command(*args)))
+    for bad in (True, None, [1]):
+        for connection in (ours, theirs):
+            with pytest.raises(DataError):
+                connection.pack_command("SET", "k", bad)
+
+    async def scenario():
+        client = connect(redis_url)
+        connection = await client.connection_pool.get_connection()
+        packer = type(connection)
+        await client.connection_pool.release(connection)
+        await client.hset("h", mapping={"f": 0.1, "n": 7, "s": "ü"})
+        value = await client.hgetall("h")
+        await client.aclose()
+        return packer, value
+
+    packer, value = run(scenario())
+    assert packer.pack_command is not Connection.pack_command
+    assert value == {b"f": b"0.1", b"n": b"7", b"s": "ü".encode()}

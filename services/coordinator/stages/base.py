@@ -31,8 +31,9 @@ class Stage:
         """Process one item; the returned JSON is recorded once per item key."""
         raise RuntimeError(f"stage {self.name} has no work items")
 
-    async def after_record(self, ctx: RunContext, item: WorkItem, result: dict) -> None:
-        """Runs after an item's result is recorded (again on redelivery, so it must be idempotent)."""
+    def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
+        """Items a finished item begets: planned and enqueued in the same step that records its result."""
+        return []
 
     async def finish(self, ctx: RunContext) -> None:
         """Fan-in once every item has settled: datasets, training jobs, weight loads, aggregates."""

@@ -117,7 +117,7 @@ class RLStage(Stage):
             output_name=session_id(ctx), initial_policy_version=version or 0,
             hyperparameters=with_run_trackers(ctx, ctx.config.rl.hyperparameters),
         ))
-        # Only the first step is enqueued; each step enqueues the next (see after_record).
+        # Only the first step is enqueued; each step enqueues the next (see follow_ups).
         return [self.item(ctx, "step-00000", step=0)]
 
     def total(self, ctx: RunContext, items: list[WorkItem]) -> int:
@@ -162,9 +162,8 @@ class RLStage(Stage):
                               stage=self.name, data=summary)
         return summary
 
-    async def after_record(self, ctx: RunContext, item: WorkItem, result: dict) -> None:
+    def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
         step = int(item.payload["step"])
         if step + 1 < ctx.config.rl.steps:
-            following = self.item(ctx, f"step-{step + 1:05d}", step=step + 1)
-            await ctx.store.plan(ctx.run_id, self.name, [following.key])
-            await ctx.queue.put(self.queue, [following])
+            return [self.item(ctx, f"step-{step + 1:05d}", step=step + 1)]
+        return []
