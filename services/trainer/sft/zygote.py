@@ -96,7 +96,7 @@ def _child(request: LaunchRequest, entry: Callable[[list[str]], int], launcher: 
         os.chdir(request.cwd)
         os.environ.clear()
         os.environ.update(request.env)
-        sys.argv = [sys.argv[0], *request.argv]
+        sys.argv = [getattr(sys.modules.get(entry.__module__), "__file__", sys.argv[0]), *request.argv]
         # A fresh process seeds these from the OS; forked, every child would repeat the launcher's sequence.
         random.seed()
         if "numpy" in sys.modules:
@@ -109,9 +109,6 @@ def _child(request: LaunchRequest, entry: Callable[[list[str]], int], launcher: 
         code = entry(request.argv)
     except SystemExit as exc:
         code = exc.code
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        code = 128 + signal.SIGINT
     except BaseException:
         traceback.print_exc()
         code = 1
