@@ -75,6 +75,7 @@ def create_app(config: TrainerConfig | None = None) -> FastAPI:
             jobs_dir=config.jobs_dir, home=config.settings.home, checkpoints_dir=config.settings.checkpoints_dir,
             max_running=config.max_running_jobs, poll_interval_s=config.poll_interval_s, device=config.device,
             roots=config.settings.path_roots, max_file_bytes=config.settings.max_task_file_bytes,
+            warm_start=config.warm_start,
         )
         await jobs.start()
         app.state.jobs = jobs

@@ -1,4 +1,5 @@
-"""The trainer as a real process: kill -9 mid-job and the restarted service resumes the job and finishes it."""
+"""The trainer as a real process: kill -9 mid-job (its warm launcher and training process die with it) and the
+restarted service resumes the job and finishes it."""
 
 import time
 from pathlib import Path
@@ -30,14 +31,18 @@ def test_kill_9_mid_job_then_restart_resumes_and_finishes(score_home, tmp_path):
         wait_for(job_url, lambda j: j["step"] >= 12, 120, "step 12 (past the intermediate state at step 10)")
         events = httpx.get(f"{job_url}/events", timeout=10).text
         child_pid = int(events.split("training process started (pid ")[1].split(",")[0])
+        # Forked by the warm launcher, the service's own child: the kill must take both.
+        parent_pid = int(Path(f"/proc/{child_pid}/status").read_text().split("PPid:")[1].split()[0])
+        assert "forked by the warm launcher" in events and parent_pid != first.process.pid
         first.process.kill()  # SIGKILL: no shutdown code runs
         first.process.wait(10)
     finally:
         first.stop()
     deadline = time.monotonic() + 10
-    while process_alive(child_pid) and time.monotonic() < deadline:
+    while (process_alive(child_pid) or process_alive(parent_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not process_alive(child_pid), "the training process outlived the killed service"
+    assert not process_alive(parent_pid), "the warm launcher outlived the killed service"
     result = home / "trainer" / "jobs" / "resume-me" / "result.json"
     assert not result.exists(), "the job finished before the kill: nothing was left to resume (make it longer)"
 

@@ -1,10 +1,11 @@
 """Training jobs: durable records, the state machine, and the child processes that train.
 
 Each job lives in `SCORE_HOME/trainer/jobs/<id>/` (layout in `spec.py`). The service is the only writer of
-`job.json` and `events.jsonl`; a training process (one `python -m services.trainer.sft.train`, or `torchrun`
-with N workers) writes `progress.jsonl`, its intermediate state and finally `result.json`. The service
-tails the progress file into the job record, so a restarted service finds every job where it was: jobs
-that were running go back to `queued` and their new process resumes from the last intermediate state.
+`job.json` and `events.jsonl`; a training process (one `python -m services.trainer.sft.train`, the same
+forked by the warm launcher of `launcher.py`, or `torchrun` with N workers) writes `progress.jsonl`, its
+intermediate state and finally `result.json`. The service tails the progress file into the job record, so a
+restarted service finds every job where it was: jobs that were running go back to `queued` and their new
+process resumes from the last intermediate state.
 
 Nothing here touches HTTP; errors are `shared.errors` exceptions the routes turn into the envelope.
 """
@@ -30,6 +31,7 @@ from shared.fsutil import write_json_atomic
 from shared.paths import PathRefused, regular_file
 from shared.processes import die_with_parent
 from shared.schemas.checkpoints import Checkpoint
+from shared.schemas.launcher import LaunchRequest
 from shared.schemas.training import (
     VALID_TRANSITIONS,
     Conversation,
@@ -40,12 +42,14 @@ from shared.schemas.training import (
     JobState,
 )
 from services.trainer.sft.data import DatasetError, read_conversations, write_conversations
+from services.trainer.sft.launcher import LaunchedProcess, WarmLauncher
 from services.trainer.sft.spec import DATASET, EVENTS, PROGRESS, RESULT, SPEC, TRAIN_LOG, JobSpec
 from services.trainer.tracking import tensorboard_dir
 
 log = logging.getLogger("score.trainer.jobs")
 JOB_FILE = "job.json"
 EXIT_GRACE_S = 10.0
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def training_command(job_dir: Path, nproc: int) -> list[str]:
@@ -74,7 +78,7 @@ class Job:
     def __init__(self, directory: Path, info: JobInfo) -> None:
         self.dir = directory
         self.info = info
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | LaunchedProcess | None = None
         self.progress_offset = 0
         self.step_times: list[float] = []
         self._seq = sum(1 for _ in self._events_path.open()) if self._events_path.exists() else 0
@@ -119,7 +123,7 @@ class JobManager:
 
     def __init__(self, *, jobs_dir: Path, home: Path, checkpoints_dir: Path, max_running: int = 1,
                  poll_interval_s: float = 0.5, device: str | None = None, roots: list[Path] | None = None,
-                 max_file_bytes: int = 64 * 2**20) -> None:
+                 max_file_bytes: int = 64 * 2**20, warm_start: bool = True) -> None:
         self.jobs_dir = jobs_dir
         self.home = home
         # Where dataset files and checkpoint directories named in requests may be (default: SCORE_HOME only).
@@ -130,6 +134,8 @@ class JobManager:
         self.poll_interval_s = poll_interval_s
         self.device = device
         self.jobs: dict[str, Job] = {}
+        self.warm_start = warm_start
+        self.launcher: WarmLauncher | None = None  # forks single-process jobs (see launcher.py); started on demand
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
 
@@ -148,6 +154,8 @@ class JobManager:
             if job.info.state == JobState.running:
                 self._read_progress(job)
                 job.transition(JobState.queued, f"service restarted; resuming after step {job.info.step}")
+        if self.warm_start:
+            self.launcher = WarmLauncher(cwd=REPO_ROOT, loop=asyncio.get_running_loop(), notify=self._wake.set)
         self._loop_task = asyncio.create_task(self._run_loop(), name="trainer-jobs")
 
     async def close(self) -> None:
@@ -160,6 +168,8 @@ class JobManager:
         for job in self.jobs.values():
             if job.process is not None and job.process.poll() is None:
                 self._stop_process(job)
+        if self.launcher is not None:
+            self.launcher.close()
 
     def counts(self) -> dict[str, int]:
         counts = {state.value: 0 for state in JobState}
@@ -252,28 +262,42 @@ class JobManager:
                     break
                 current = self.jobs[job.id]
                 if current.info.state == JobState.queued:
-                    self._launch(current)
+                    if not self._launch(current):
+                        break  # the warm launcher is importing; this job goes first once it is ready
                     running += 1
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job) -> bool:
+        """Start the job's training process; False (nothing started) while the warm launcher is importing."""
         nproc = job.info.hyperparameters.nproc
-        command = training_command(job.dir, nproc)
         env = {**os.environ, "SCORE_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         if nproc > 1:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        warm = self.launcher is not None and nproc == 1 and self.launcher.ready_for(env)
+        if warm is None:
+            return False
         job.info.attempts += 1
-        with (job.dir / TRAIN_LOG).open("ab") as log_file:
-            # Started from the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
-            job.process = subprocess.Popen(
-                command, cwd=str(Path(__file__).resolve().parents[3]), env=env, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-            )
+        process = None
+        if warm:
+            process = self.launcher.launch(LaunchRequest(
+                id=job.info.id, argv=["--job-dir", str(job.dir)], env=env, cwd=str(REPO_ROOT),
+                log_path=str(job.dir / TRAIN_LOG),
+            ))
+        if process is None:
+            with (job.dir / TRAIN_LOG).open("ab") as log_file:
+                # Started from the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+                process = subprocess.Popen(
+                    training_command(job.dir, nproc), cwd=str(REPO_ROOT), env=env, stdout=log_file,
+                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+                )
+        job.process = process
         job.step_times.clear()
-        job.transition(JobState.running, f"training process started (pid {job.process.pid}, nproc {nproc}, "
-                                         f"attempt {job.info.attempts})")
+        how = ", forked by the warm launcher" if isinstance(process, LaunchedProcess) else ""
+        job.transition(JobState.running, f"training process started (pid {process.pid}, nproc {nproc}, "
+                                         f"attempt {job.info.attempts}{how})")
+        return True
 
     def _watch(self, job: Job) -> None:
         self._read_progress(job)
