@@ -84,8 +84,10 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await engine.close()
-            await asyncio.to_thread(sandboxes.close)
+            try:
+                await engine.close()
+            finally:
+                await asyncio.to_thread(sandboxes.close)
 
     app = service_app(
         title="SCoRe student service",

@@ -102,8 +102,10 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await backend.close()
-            await asyncio.to_thread(sandboxes.close)
+            try:
+                await backend.close()
+            finally:
+                await asyncio.to_thread(sandboxes.close)
 
     app = service_app(
         title="SCoRe teacher service",

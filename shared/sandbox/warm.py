@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 from shared.sandbox import boundary as boundary_module
 from shared.sandbox.limits import SandboxLimits
-from shared.sandbox.process import Process, SandboxError, base_python, spawn
+from shared.sandbox.process import Process, base_python, spawn
 from shared.sandbox.sandbox import Sandbox, _rmtree
 
 logger = logging.getLogger(__name__)
@@ -65,17 +65,20 @@ class WarmSandboxes:
 
     def take(self) -> tuple[Process, str | None] | None:
         """An interpreter no sandbox has had, with its work dir (unconfined only), or None: start your own."""
+        dead, taken = [], None
         with self._cond:
-            while self._waiting:
+            while self._waiting and taken is None:
                 process, work = self._waiting.popleft()
                 self._cond.notify()   # a starter refills the slot
                 if process.popen.poll() is None and not process.pending():
-                    self.stats["warm"] += 1
-                    return process, work
-                self.stats["discarded"] += 1
-                _discard(process, work)
-            self.stats["cold"] += 1
-            return None
+                    taken = process, work
+                else:
+                    dead.append((process, work))
+            self.stats["warm" if taken else "cold"] += 1
+            self.stats["discarded"] += len(dead)
+        for process, work in dead:
+            _discard(process, work)
+        return taken
 
     def close(self) -> None:
         """Stop the starters and the waiting interpreters. Sandboxes handed out must be closed first."""
@@ -99,7 +102,7 @@ class WarmSandboxes:
             started = None
             try:
                 started = self._start()
-            except (SandboxError, OSError) as exc:
+            except Exception as exc:   # the sandboxes start their own meanwhile; this thread keeps trying
                 logger.warning("could not start a sandbox ahead of need: %s", exc)
             finally:
                 with self._cond:
