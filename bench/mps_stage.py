@@ -77,6 +77,13 @@ def engine_counters(url: str) -> dict[str, float]:
             re.findall(r'score_engine_total\{counter="(\w+)",service="student"\} (\S+)', text)}
 
 
+def sandbox_starts(url: str) -> dict[str, float]:
+    """How the service's sandboxes got their interpreters (warm, cold, discarded); {} before that was counted."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {kind: float(value) for kind, value in
+            re.findall(r'score_sandbox_starts_total\{kind="(\w+)",service="\w+"\} (\S+)', text)}
+
+
 def teacher_durations(log: Path, offset: int) -> list[float]:
     with open(log, "rb") as f:
         f.seek(offset)
@@ -216,6 +223,7 @@ async def measure(stack: ServiceStack, args, config: RunConfig) -> dict:
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         own_before = time.process_time()
         engine_before = engine_counters(stack.urls["student"])
+        starts_before = {name: sandbox_starts(stack.urls[name]) for name in pids}
         load = os.getloadavg()
         print(f"measuring {len(tasks)} items", flush=True)
         started = time.perf_counter()
@@ -227,6 +235,8 @@ async def measure(stack: ServiceStack, args, config: RunConfig) -> dict:
         cpu["bench (coordinator side)"] = round(time.process_time() - own_before, 1)
         teacher_ms = teacher_durations(log, offset)
         engine = {k: v - engine_before.get(k, 0.0) for k, v in engine_counters(stack.urls["student"]).items()}
+        starts = {name: {k: v - starts_before[name].get(k, 0.0) for k, v in sandbox_starts(stack.urls[name]).items()}
+                  for name in pids}
     finally:
         await services.close()
     outcomes: dict[str, int] = {}
@@ -245,7 +255,7 @@ async def measure(stack: ServiceStack, args, config: RunConfig) -> dict:
                         "batches": batches, "teacher_sandbox_runs": sum(r["teacher_sandbox_runs"] for r in results),
                         "teacher_full_rollouts": sum(r["teacher_full_rollouts"] for r in results), "teacher_request_p50_ms": ms([d / 1000 for d in teacher_ms]),
                         "teacher_request_p90_ms": ms([d / 1000 for d in teacher_ms], 0.9)},
-        "cpu_s": cpu, "engine": engine, "outcomes": outcomes, "cold_start": cold["job_id"], "results": results,
+        "cpu_s": cpu, "engine": engine, "sandbox_starts": starts, "outcomes": outcomes, "cold_start": cold["job_id"], "results": results,
     }
 
 
@@ -264,6 +274,8 @@ def main() -> None:
     parser.add_argument("--rl", type=int, default=32, help="RL-pool tasks (one correction each)")
     parser.add_argument("--workers", type=int, default=2, help="coordinator workers (each its own batcher)")
     parser.add_argument("--concurrency", type=int, default=16, help="items per worker at once (run `concurrency`)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per model service (default: "
+                        "as `score demo`, a third of the cores)")
     parser.add_argument("--home", default="/tmp/score-bench-mps", help="SCORE_HOME (the cold start is cached here)")
     parser.add_argument("--compare", default=None, help="another run's JSON: which items' outcomes differ")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "mps_stage.json"))
@@ -272,7 +284,7 @@ def main() -> None:
     config = RunConfig.model_validate(yaml.safe_load(DEMO.read_text()))
     home = bench_home(Path(args.home))
     stack = ServiceStack(home=home, ports=pick_ports(prefer_defaults=False),
-                         extra_args={"teacher": ["--engine", "expert"]})
+                         extra_args={"teacher": ["--engine", "expert"]}, threads=args.threads)
     stack.start(["trainer", "teacher", "student"])
     try:
         result = asyncio.run(measure(stack, args, config))
@@ -300,6 +312,8 @@ def main() -> None:
          f"{result['engine'].get('generated_tokens', 0):.0f} / {result['engine'].get('prefill_tokens', 0):.0f}"),
         ("engine batches / joined requests",
          f"{result['engine'].get('batches', 0):.0f} / {result['engine'].get('joined_requests', 0):.0f}"),
+        *((f"sandboxes {name} warm / cold", f"{got.get('warm', 0):.0f} / {got.get('cold', 0):.0f}")
+          for name, got in result["sandbox_starts"].items() if got),
         ("load average at start", f"{result['loadavg_at_start'][0]:.2f}"),
         *((f"outcome {name}", str(n)) for name, n in sorted(result["outcomes"].items())),
     ]
