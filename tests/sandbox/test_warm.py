@@ -13,7 +13,16 @@ from shared.sandbox.limits import SandboxLimits
 from shared.sandbox.process import SandboxError
 from shared.sandbox.warm import WarmSandboxes
 from tests.sandbox.hostile_runner import ROOMY
-from tests.sandbox.test_sandbox import pid_alive
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def wait_ready(sandboxes: WarmSandboxes, n: int, timeout_s: float = 60.0) -> list[int]:
