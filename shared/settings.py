@@ -144,6 +144,9 @@ class ModelServiceConfig(BaseSettings):
     )
     sandbox: SandboxLimits = Field(
         default_factory=SandboxLimits, description="Limits of the sandboxed interpreter (JSON object).")
+    sandbox_ready: int = Field(
+        default=4, ge=0, le=64, description="Sandboxed interpreters kept started ahead of need, so an episode, "
+        "replay or check does not wait ~0.1-0.2 s for one to start; each serves one episode only. 0: start on demand.")
     settings: Settings = Field(default_factory=Settings, description="Shared settings (SCORE_HOME, token, ...).",
                                exclude=True)
 

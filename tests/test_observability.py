@@ -91,6 +91,9 @@ def test_teacher_counts_corrections_and_its_lines_carry_the_callers_ids(score_ho
     assert value(families, "score_teacher_total", counter="corrections") == 3
     assert families["score_teacher"].type == "counter"
     assert value(families, "score_generated_tokens_total", service="teacher") == 0  # the expert runs no model
+    # Each correction replays its trajectory in a sandbox of its own, on an interpreter started ahead or on demand.
+    starts = {kind: value(families, "score_sandbox_starts_total", kind=kind) for kind in ("warm", "cold", "discarded")}
+    assert starts["warm"] + starts["cold"] >= 3 and starts["discarded"] == 0
     assert requests_served(families, "/v1/corrections") == 1
     served = [r for r in caplog.records if r.name == "score.teacher" and "corrections strategy" in r.getMessage()]
     assert [(r.request_id, r.run_id) for r in served] == [("req-teach-1", "run-abc")]

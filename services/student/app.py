@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI
 from prometheus_client import Gauge
@@ -18,7 +17,7 @@ from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service, service_app
 from shared.sandbox.report import prepare_service
-from shared.sandbox.sandbox import Sandbox
+from shared.sandbox.warm import WarmSandboxes
 from shared.settings import given_flags
 from shared.tools.search import tools_for_corpus
 from services.student.api import api_router, ops_router
@@ -62,23 +61,33 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
     episodes = ScrapedCounter("score_rollout_episodes_total", "Agent episodes rolled out (POST /v1/rollouts) since "
                               "start.", ["service"], metrics.registry)
 
+    sandbox_starts = ScrapedCounter(
+        "score_sandbox_starts_total", "Sandboxed interpreters by how an episode got one since start: warm (started "
+        "ahead of need), cold (started when asked: none was ready), discarded (died while waiting).",
+        ["service", "kind"], metrics.registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = build_engine(config)
         await engine.start()
         tools = tools_for_corpus(config.search_corpus)
-        runner = RolloutRunner(
-            engine, partial(Sandbox, tools=tools, limits=config.sandbox,
-                                  unconfined=config.settings.sandbox_unconfined),
-            max_concurrent_episodes=config.max_concurrent_episodes, episode_timeout_s=config.episode_timeout_s,
-        )
         app.state.sandbox = await asyncio.to_thread(prepare_service, unconfined=config.settings.sandbox_unconfined)
+        sandboxes = WarmSandboxes(tools=tools, limits=config.sandbox, unconfined=config.settings.sandbox_unconfined,
+                                  ready=config.sandbox_ready)
+        app.state.sandboxes = sandboxes
+        runner = RolloutRunner(
+            engine, sandboxes, max_concurrent_episodes=config.max_concurrent_episodes,
+            episode_timeout_s=config.episode_timeout_s,
+        )
         app.state.serving = StudentServing(engine=engine, runner=runner, settings=config.settings)
         log.info("student ready engine=%s model=%s", engine.kind, engine.model_name)
         try:
             yield
         finally:
-            await engine.close()
+            try:
+                await engine.close()
+            finally:
+                await asyncio.to_thread(sandboxes.close)
 
     app = service_app(
         title="SCoRe student service",
@@ -88,6 +97,10 @@ def create_app(config: StudentConfig | None = None) -> FastAPI:
     )
 
     def render_metrics():
+        sandboxes = getattr(app.state, "sandboxes", None)
+        if sandboxes is not None:
+            for kind, value in sandboxes.stats.items():
+                sandbox_starts.set(("student", kind), value)
         serving = getattr(app.state, "serving", None)
         if serving is not None:
             version_gauge.labels("student").set(serving.engine.policy_version)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI
 
@@ -17,7 +16,7 @@ from shared.models.openai_engine import OpenAIEngine
 from shared.models.transformers_engine import TransformersEngine
 from shared.observability import ScrapedCounter, ServiceMetrics, mount_service, service_app
 from shared.sandbox.report import prepare_service
-from shared.sandbox.sandbox import Sandbox
+from shared.sandbox.warm import WarmSandboxes
 from shared.settings import given_flags
 from shared.schemas.sampling import SamplingParams
 from shared.tools.search import tools_for_corpus
@@ -78,22 +77,35 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     cache_hits = ScrapedCounter("score_teacher_judgement_cache_hits_total", "Judgements answered from the cache "
                                 "since start.", ["service"], metrics.registry)
 
+    sandbox_starts = ScrapedCounter(
+        "score_sandbox_starts_total", "Sandboxed interpreters by how an episode got one since start: warm (started "
+        "ahead of need), cold (started when asked: none was ready), discarded (died while waiting).",
+        ["service", "kind"], metrics.registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         scoring_pool.configure(config.settings)  # answer scoring bounded by this service's settings
         tools = tools_for_corpus(config.search_corpus)
-        sandbox_factory = partial(Sandbox, tools=tools, limits=config.sandbox,
-                                  unconfined=config.settings.sandbox_unconfined)
-        executor = Executor(sandbox_factory, limit=config.max_concurrent_sandboxes)
-        backend = build_backend(config, executor, sandbox_factory)
-        await backend.start()
         app.state.sandbox = await asyncio.to_thread(prepare_service, unconfined=config.settings.sandbox_unconfined)
+        sandboxes = WarmSandboxes(tools=tools, limits=config.sandbox, unconfined=config.settings.sandbox_unconfined,
+                                  ready=config.sandbox_ready)
+        app.state.sandboxes = sandboxes
+        executor = Executor(sandboxes, limit=config.max_concurrent_sandboxes)
+        backend = build_backend(config, executor, sandboxes)
+        try:
+            await backend.start()
+        except BaseException:
+            await asyncio.to_thread(sandboxes.close)
+            raise
         app.state.serving = TeacherServing(backend=backend, executor=executor, config=config)
         log.info("teacher ready engine=%s model=%s", backend.kind, backend.model_name)
         try:
             yield
         finally:
-            await backend.close()
+            try:
+                await backend.close()
+            finally:
+                await asyncio.to_thread(sandboxes.close)
 
     app = service_app(
         title="SCoRe teacher service",
@@ -104,6 +116,10 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     )
 
     def render_metrics():
+        sandboxes = getattr(app.state, "sandboxes", None)
+        if sandboxes is not None:
+            for kind, value in sandboxes.stats.items():
+                sandbox_starts.set(("teacher", kind), value)
         serving = getattr(app.state, "serving", None)
         if serving is not None:
             for name, value in serving.totals.items():

@@ -21,6 +21,9 @@ SIGKILL for the whole process group; a fresh interpreter is started at once and
 the code of the earlier steps is replayed (outputs discarded) to restore state
 (files too: the new interpreter gets a fresh work dir, and the replay rewrites them).
 
+Start-up: a sandbox made by `WarmSandboxes` (warm.py) takes an interpreter started ahead of time, if one is
+ready, instead of waiting for one to start; each interpreter still serves one sandbox only.
+
 Threading: one Sandbox is used by one thread at a time (a lock serialises run()
 and close()); many Sandboxes may run concurrently from different threads.  No
 preexec_fn is used: limits are applied inside the child before model code runs.
@@ -121,15 +124,19 @@ class Sandbox:
     """A persistent sandboxed interpreter for one episode."""
 
     def __init__(self, *, tools: Mapping[str, Callable[..., str]] | None = None,
-                 limits: SandboxLimits = SandboxLimits(), unconfined: bool = False) -> None:
-        """`unconfined=True` runs model code without the bwrap boundary: trusted development only."""
+                 limits: SandboxLimits = SandboxLimits(), unconfined: bool = False, warm=None) -> None:
+        """`unconfined=True` runs model code without the bwrap boundary: trusted development only. `warm`: the
+        `WarmSandboxes` that made this sandbox (see warm.py), whose interpreters were started for these settings."""
         tools = dict(tools or {})
         for name, fn in tools.items():
             if not name.isidentifier() or name == "final_answer_print" or not callable(fn):
                 raise ValueError(f"invalid tool {name!r}: needs an identifier name and a callable")
+        if warm is not None and not warm.fits(sorted(tools), limits, unconfined):
+            raise ValueError("the warm interpreters were started for other tools, limits or confinement")
         self._tools = tools
         self._limits = limits
         self._unconfined = unconfined
+        self._warm = warm
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.release)   # a dropped Sandbox leaks nothing
         self._history: list[str] = []   # steps that completed (ok/error): replayed after a restart
@@ -206,13 +213,17 @@ class Sandbox:
         res = self._res
         if res.process is None:
             boundary = None
-            if self._unconfined:
-                if res.work is None:
-                    res.work = os.path.realpath(tempfile.mkdtemp(prefix="score-sandbox-"))
-            else:
+            if not self._unconfined:
                 boundary = boundary_module.check(base_python())
                 if not boundary.ok:   # fail closed: no boundary, no code execution
                     raise SandboxError(f"{boundary.problem}; {boundary_module.UNCONFINED_HINT}")
+            # A fresh interpreter, never one another sandbox had: started ahead of time, or now.
+            taken = self._warm.take() if self._warm is not None and res.work is None else None
+            if taken is not None:
+                res.process, res.work = taken
+                return res.process
+            if self._unconfined and res.work is None:
+                res.work = os.path.realpath(tempfile.mkdtemp(prefix="score-sandbox-"))
             res.process = spawn(res.work, sorted(self._tools), self._limits, boundary)
         return res.process
 
