@@ -16,7 +16,8 @@ class AnnounceGenerations:
 
     async def __call__(self, scope, receive, send) -> None:
         serving = getattr(self.state, "serving", None)
-        if serving is None or scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
+        generation = scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in GENERATION_PATHS
+        if serving is None or not generation:
             await self.app(scope, receive, send)
             return
         arrival = serving.engine.arrival()

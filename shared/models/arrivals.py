@@ -38,6 +38,11 @@ class Arrivals:
     def arrival(self) -> "Arrival":
         return Arrival(self)
 
+    def current(self) -> "Arrival | None":
+        """The arrival bound to the running request, if it was announced to these arrivals."""
+        arrival = _current.get()
+        return arrival if arrival is not None and arrival._arrivals is self else None
+
     def expected_until(self, announced_before: float = math.inf) -> float:
         """The latest deadline (`time.monotonic()`) of a request announced before `announced_before` and not
         queued yet; 0.0 when there is none."""
@@ -84,10 +89,3 @@ class Arrival:
     @staticmethod
     def unbind(token: contextvars.Token) -> None:
         _current.reset(token)
-
-
-def settle_current() -> None:
-    """The current request's generation is queued: the engine need not wait for it any more."""
-    arrival = _current.get()
-    if arrival is not None:
-        arrival.settle()

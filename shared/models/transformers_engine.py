@@ -1,10 +1,10 @@
 """In-process generation with Hugging Face transformers: KV cache, dynamic batching.
 
 Concurrent `generate` calls are gathered by one worker thread into a single
-batched generation: the first request opens a short gathering window that
-stays open while more keep arriving, and while requests the service has
-announced (`arrivals.py`) are still in their handlers (both bounded); then
-the batch runs left-padded with a KV cache, each row with its own
+batched generation: the batch waits for requests the service has announced
+(`arrivals.py`) while they are still in their handlers, and for a short gap
+after each request that came unannounced (an in-process caller), both
+bounded; then it runs left-padded with a KV cache, each row with its own
 temperature, top-p, token budget, stop strings and seed. Requests that come
 later join the running batch between two steps. Rows that finish are dropped
 from the cache so long tails do not pay for short ones.
@@ -29,7 +29,7 @@ import time
 import torch
 from transformers import DynamicCache
 
-from shared.models.arrivals import Arrival, Arrivals, settle_current
+from shared.models.arrivals import Arrival, Arrivals
 from shared.models.batch import LiveBatch, Request, Row, cached_states
 from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
@@ -134,9 +134,12 @@ class TransformersEngine(Engine):
         if self.failure() is not None:
             raise EngineStoppedError(f"engine cannot generate: {self.failure()}")
         loop = asyncio.get_running_loop()
-        request = Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room))
+        arrival = self._arrivals.current()
+        request = Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room),
+                          announced=arrival is not None)
         self._queue.put(request)
-        settle_current()
+        if arrival is not None:  # queued: nothing left to wait for
+            arrival.settle()
         if not self._worker.is_alive():  # it stopped between the check and the put: nobody will answer
             self._fail_waiting(EngineStoppedError("engine cannot generate: the generation worker stopped"))
         return await request.future
@@ -192,17 +195,22 @@ class TransformersEngine(Engine):
                 self._resolve(item, exc)
 
     def _gather(self, first: Request) -> list[Request]:
-        """Collect requests while they keep arriving (gap-bounded, up to `gather_max_s`) or are announced (each
-        for its own window), up to the batch size."""
-        return [first] + self._collect(self.max_batch_size - 1, gap_s=self.gather_gap_s, announced_before=math.inf)
+        """Collect requests while announced ones are on their way (each for its own window) and while
+        unannounced ones keep coming (gap-bounded, up to `gather_max_s`), up to the batch size."""
+        return [first] + self._collect(self.max_batch_size - 1, gap_s=self.gather_gap_s, announced_before=math.inf,
+                                       after=first)
 
-    def _collect(self, room: int, *, gap_s: float, announced_before: float) -> list[Request]:
+    def _collect(
+        self, room: int, *, gap_s: float, announced_before: float, after: Request | None = None
+    ) -> list[Request]:
         """Up to `room` queued requests, waiting while requests announced before `announced_before` are still
-        on their way (the arrival window at most) and, with a `gap_s`, while each new one comes within `gap_s` of
-        the last (`gather_max_s` at most)."""
+        on their way (the arrival window at most) and, with a `gap_s`, for `gap_s` after each unannounced one
+        (`after` included; `gather_max_s` at most). The gap is a guess at what in-process callers (the rollout
+        runner's episodes) send next; announced requests say what is coming, so they open none."""
         taken: list[Request] = []
         now = time.monotonic()
-        gap_cap, gap_end, arrival_cap = now + self.gather_max_s, now + gap_s, now + self._arrivals.window_s
+        gap_cap, arrival_cap = now + self.gather_max_s, now + self._arrivals.window_s
+        gap_end = now + gap_s if after is not None and not after.announced else now
         while len(taken) < room:
             now = time.monotonic()
             expected = min(arrival_cap, self._arrivals.expected_until(announced_before))
@@ -217,7 +225,8 @@ class TransformersEngine(Engine):
                 self._queue.put(None)
                 break
             taken.append(item)
-            gap_end = time.monotonic() + gap_s
+            if not item.announced:
+                gap_end = time.monotonic() + gap_s
         return taken
 
     @staticmethod
@@ -256,18 +265,16 @@ class TransformersEngine(Engine):
             if len(keep) < len(live.rows):
                 live.select(keep)
                 tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
-            if live.rows:
-                live.step(self.model, tokens)
+            if not live.rows:
+                break  # what is queued now starts a batch of its own
+            live.step(self.model, tokens)
             # Only what was announced by now: a steady stream of requests cannot hold the running rows back.
             room = self.max_batch_size - len(live.rows)
-            joining = self._collect(room, gap_s=0.0, announced_before=time.monotonic())
-            joined = self._rows(joining)
+            joined = self._rows(self._collect(room, gap_s=0.0, announced_before=time.monotonic()))
             if joined:
                 rows.extend(joined)
-                live = live.merge(self._prefill(joined)) if live.rows else self._prefill(joined)
+                live = live.merge(self._prefill(joined))
                 self._stats["joined_requests"] += len(joined)
-            if not live.rows:
-                break
 
     def _prefill(self, rows: list[Row]) -> LiveBatch:
         """Run the prompts of `rows` through the model into a fresh KV cache, reusing cached prefixes.
