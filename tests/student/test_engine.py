@@ -1,6 +1,7 @@
 """The in-process transformers engine: batching, sampling controls, and behaviour logprobs."""
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -191,3 +192,26 @@ def test_an_announced_request_that_never_comes_holds_nothing_past_its_window(stu
             await engine.close()
 
     assert len(asyncio.run(go()).token_ids) >= 1
+
+
+def test_an_announced_request_opens_no_gathering_gap(student_model_dir):
+    # A 30 s gap after unannounced requests: only a batch that skips it is decoding within the 10 s polled, so
+    # the request sent after the poll joins it instead of being gathered with the first.
+    engine = TransformersEngine(str(student_model_dir), device="cpu", gather_gap_ms=30_000, gather_max_ms=30_000)
+
+    async def go():
+        await engine.start()
+        try:
+            first_prompt, late_prompt = _ids(engine, "A long task that keeps generating."), _ids(engine, "Compute 7 * 8.")
+            first_sampling = SamplingParams(temperature=1.0, max_tokens=200, seed=51)
+            first = asyncio.create_task(_announced(engine, first_prompt, first_sampling, after_s=0.0))
+            deadline = time.monotonic() + 10
+            while not any(row.token_ids for row in engine._current) and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            late = await engine.generate(late_prompt, SamplingParams(temperature=1.0, max_tokens=4, seed=52))
+            return await first, late
+        finally:
+            await engine.close()
+
+    asyncio.run(go())
+    assert engine.stats()["joined_requests"] == 1
