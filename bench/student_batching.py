@@ -129,7 +129,7 @@ async def main_async(args) -> dict:
     return {
         "requests": args.requests, "max_tokens": args.max_tokens, "repeats": args.repeats, "model": str(model_dir),
         "service_tokens_per_s": http_tps, "inprocess_batched_tokens_per_s": local_tps,
-        "ratio_service_vs_inprocess": http_tps / local_tps, "target_ratio": 0.8,
+        "ratio_service_vs_inprocess": http_tps / local_tps, "target_ratio": 0.9,
         "single_request_latency_s": {"service": http_latency, "inprocess": local_latency,
                                      "http_overhead_s": http_latency - local_latency},
         "service_engine_counters_during_rounds": {
@@ -152,7 +152,7 @@ def main() -> None:
     report([
         ("service, 32 concurrent requests (tok/s)", f"{result['service_tokens_per_s']:.1f}"),
         ("in-process batched generation (tok/s)", f"{result['inprocess_batched_tokens_per_s']:.1f}"),
-        ("ratio (target >= 0.8)", f"{result['ratio_service_vs_inprocess']:.3f}"),
+        ("ratio (target >= 0.9)", f"{result['ratio_service_vs_inprocess']:.3f}"),
         ("single request via HTTP (ms)", f"{latency['service'] * 1000:.1f}"),
         ("single request in-process (ms)", f"{latency['inprocess'] * 1000:.1f}"),
         ("HTTP overhead (ms)", f"{latency['http_overhead_s'] * 1000:.1f}"),

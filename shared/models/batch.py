@@ -21,6 +21,7 @@ class Request:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     max_new: int = 0
+    announced: bool = False  # the service announced it (arrivals.py): the worker knew it was coming
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.errors import UnavailableError
+from shared.models.arrivals import Arrival
 from shared.schemas.sampling import SamplingParams
 
 
@@ -59,6 +60,11 @@ class Engine(ABC):
     @abstractmethod
     async def load_weights(self, path: str, version: int) -> None:
         """Serve the checkpoint at `path` as `version` (the caller guarantees no request is in flight)."""
+
+    def arrival(self) -> Arrival | None:
+        """A handle to announce a request the service has received and will pass to `generate` shortly, so a
+        batching engine can wait for it (`shared/models/arrivals.py`); None when waiting buys nothing."""
+        return None
 
     def stats(self) -> dict[str, float]:
         """Counters for /metrics (tokens generated, batches, ...)."""

@@ -1,11 +1,13 @@
 """In-process generation with Hugging Face transformers: KV cache, dynamic batching.
 
 Concurrent `generate` calls are gathered by one worker thread into a single
-batched generation: the first request opens a short gathering window that
-stays open while more keep arriving (bounded), then the batch runs
-left-padded with a KV cache, each row with its own temperature, top-p, token
-budget, stop strings and seed. Rows that finish are dropped from the cache so
-long tails do not pay for short ones.
+batched generation: the batch waits for requests the service has announced
+(`arrivals.py`) while they are still in their handlers, and for a short gap
+after each request that came unannounced (an in-process caller), both
+bounded; then it runs left-padded with a KV cache, each row with its own
+temperature, top-p, token budget, stop strings and seed. Requests that come
+later join the running batch between two steps. Rows that finish are dropped
+from the cache so long tails do not pay for short ones.
 
 With a prefix cache (`prefix_cache_mb` > 0), a finished row's KV states are
 kept (`shared/models/prefix_cache.py`), and a later prompt that starts with
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -26,6 +29,7 @@ import time
 import torch
 from transformers import DynamicCache
 
+from shared.models.arrivals import Arrival, Arrivals
 from shared.models.batch import LiveBatch, Request, Row, cached_states
 from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
@@ -49,6 +53,7 @@ class TransformersEngine(Engine):
         max_batch_size: int = 64,
         gather_gap_ms: float = 4.0,
         gather_max_ms: float = 40.0,
+        arrival_wait_ms: float = 100.0,
         policy_version: int = 0,
         prefix_cache_mb: float = 0.0,
     ) -> None:
@@ -60,6 +65,7 @@ class TransformersEngine(Engine):
         self.gather_gap_s = gather_gap_ms / 1000
         self.gather_max_s = gather_max_ms / 1000
         self.policy_version = policy_version
+        self._arrivals = Arrivals(window_s=arrival_wait_ms / 1000)
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._model_lock = threading.Lock()  # the worker holds it for a batch; weight swaps wait for it
         self._worker: threading.Thread | None = None
@@ -103,9 +109,13 @@ class TransformersEngine(Engine):
 
     def stats(self) -> dict[str, float]:
         stats = dict(self._stats)
+        stats["announced_requests"] = float(self._arrivals.announced)
         if self._prefix_cache is not None:
             stats["prefix_cache_evictions"] = float(self._prefix_cache.evictions)
         return stats
+
+    def arrival(self) -> Arrival:
+        return self._arrivals.arrival()
 
     def failure(self) -> str | None:
         if self._failure is None and self._worker is not None and not self._worker.is_alive():
@@ -124,8 +134,12 @@ class TransformersEngine(Engine):
         if self.failure() is not None:
             raise EngineStoppedError(f"engine cannot generate: {self.failure()}")
         loop = asyncio.get_running_loop()
-        request = Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room))
+        arrival = self._arrivals.current()
+        request = Request(list(prompt_ids), sampling, loop.create_future(), loop, min(sampling.max_tokens, room),
+                          announced=arrival is not None)
         self._queue.put(request)
+        if arrival is not None:  # queued: nothing left to wait for
+            arrival.settle()
         if not self._worker.is_alive():  # it stopped between the check and the put: nobody will answer
             self._fail_waiting(EngineStoppedError("engine cannot generate: the generation worker stopped"))
         return await request.future
@@ -181,22 +195,39 @@ class TransformersEngine(Engine):
                 self._resolve(item, exc)
 
     def _gather(self, first: Request) -> list[Request]:
-        """Collect requests while they keep arriving (gap-bounded) up to the batch size and a time cap."""
-        batch = [first]
-        deadline = time.monotonic() + self.gather_max_s
-        while len(batch) < self.max_batch_size:
-            remaining = min(self.gather_gap_s, deadline - time.monotonic())
-            if remaining <= 0:
-                break
+        """Collect requests while announced ones are on their way (each for its own window) and while
+        unannounced ones keep coming (gap-bounded, up to `gather_max_s`), up to the batch size."""
+        return [first] + self._collect(self.max_batch_size - 1, gap_s=self.gather_gap_s, announced_before=math.inf,
+                                       after=first)
+
+    def _collect(
+        self, room: int, *, gap_s: float, announced_before: float, after: Request | None = None
+    ) -> list[Request]:
+        """Up to `room` queued requests, waiting while requests announced before `announced_before` are still
+        on their way (the arrival window at most) and, with a `gap_s`, for `gap_s` after each unannounced one
+        (`after` included; `gather_max_s` at most). The gap is a guess at what in-process callers (the rollout
+        runner's episodes) send next; announced requests say what is coming, so they open none."""
+        taken: list[Request] = []
+        now = time.monotonic()
+        gap_cap, arrival_cap = now + self.gather_max_s, now + self._arrivals.window_s
+        gap_end = now + gap_s if after is not None and not after.announced else now
+        while len(taken) < room:
+            now = time.monotonic()
+            expected = min(arrival_cap, self._arrivals.expected_until(announced_before))
+            until = max(min(gap_cap, gap_end), expected)
             try:
-                item = self._queue.get(timeout=remaining)
+                item = self._queue.get_nowait() if until <= now else self._queue.get(timeout=until - now)
             except queue.Empty:
-                break
-            if item is None:  # shutdown: finish this batch, then stop
+                if until <= now:
+                    break
+                continue  # time is up for what we waited for; an announcement since may extend it
+            if item is None:  # shutdown: finish the current batch first
                 self._queue.put(None)
                 break
-            batch.append(item)
-        return batch
+            taken.append(item)
+            if not item.announced:
+                gap_end = time.monotonic() + gap_s
+        return taken
 
     @staticmethod
     def _resolve(request: Request, result: GenerationOutput | Exception) -> None:
@@ -218,6 +249,7 @@ class TransformersEngine(Engine):
         """Decode `rows`, answering each request as it finishes; requests that arrive meanwhile join the
         batch at the next step (continuous batching), so a burst is not split into serial batches."""
         eos_ids = self._eos_ids()
+        self._stats["batches"] += 1  # counters move before a request is answered, so its caller sees them
         live = self._prefill(rows)
         while True:
             logp = torch.log_softmax(live.logits, dim=-1)
@@ -227,39 +259,22 @@ class TransformersEngine(Engine):
                 self._append(row, token, token_logp, eos_ids)
                 if row.finish_reason is not None:
                     self._keep_prefix(live, i)
+                    self._stats["generated_tokens"] += len(row.token_ids)
                     self._resolve(row.request, self._output(row))
             keep = [pos for pos, row in enumerate(live.rows) if row.finish_reason is None]
             if len(keep) < len(live.rows):
                 live.select(keep)
                 tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
-            if live.rows:
-                live.step(self.model, tokens)
-            joining = self._take_waiting(self.max_batch_size - len(live.rows))
-            joined = self._rows(joining)
+            if not live.rows:
+                break  # what is queued now starts a batch of its own
+            live.step(self.model, tokens)
+            # Only what was announced by now: a steady stream of requests cannot hold the running rows back.
+            room = self.max_batch_size - len(live.rows)
+            joined = self._rows(self._collect(room, gap_s=0.0, announced_before=time.monotonic()))
             if joined:
                 rows.extend(joined)
-                live = live.merge(self._prefill(joined)) if live.rows else self._prefill(joined)
+                live = live.merge(self._prefill(joined))
                 self._stats["joined_requests"] += len(joined)
-            if not live.rows:
-                break
-
-        self._stats["batches"] += 1
-        self._stats["batched_requests"] += len(rows)
-        self._stats["prompt_tokens"] += sum(len(r.request.prompt_ids) for r in rows)
-        self._stats["generated_tokens"] += sum(len(row.token_ids) for row in rows)
-
-    def _take_waiting(self, room: int) -> list[Request]:
-        taken: list[Request] = []
-        while len(taken) < room:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:  # shutdown: let the current batch finish first
-                self._queue.put(None)
-                break
-            taken.append(item)
-        return taken
 
     def _prefill(self, rows: list[Row]) -> LiveBatch:
         """Run the prompts of `rows` through the model into a fresh KV cache, reusing cached prefixes.
@@ -273,6 +288,8 @@ class TransformersEngine(Engine):
         live = self._prefill_group(groups[0])
         for group in groups[1:]:
             live = live.merge(self._prefill_group(group))
+        self._stats["batched_requests"] += len(rows)
+        self._stats["prompt_tokens"] += sum(len(row.request.prompt_ids) for row in rows)
         self._stats["cached_tokens"] += sum(row.reused for row in rows)
         self._stats["prefill_tokens"] += sum(len(row.request.prompt_ids) - row.reused for row in rows)
         return live

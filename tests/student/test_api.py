@@ -62,6 +62,25 @@ def test_bad_input_gets_422_naming_the_field(client, path, body, param):
     assert error["message"]
 
 
+def test_generation_requests_are_announced_to_the_engine_and_always_settled(client):
+    """Each generation request is announced once its body is in, and settled however it ends: one left
+    pending would hold the engine's next batch and steps for its whole window."""
+    engine = client.app.state.serving.engine
+    before = engine.stats()["announced_requests"]
+    chat = {"messages": [{"role": "user", "content": "Compute 2 + 2."}], "max_tokens": 2}
+    statuses = [
+        client.post("/v1/chat/completions", json=chat).status_code,
+        client.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 2}).status_code,
+        client.post("/v1/chat/completions", json={**chat, "model": "not-served"}).status_code,
+        client.post("/v1/chat/completions", json={"messages": []}).status_code,
+        client.post("/v1/completions", json={"prompt": [10**9], "max_tokens": 1}).status_code,
+        client.get("/v1/models").status_code,
+    ]
+    assert statuses == [200, 200, 404, 422, 422, 200]
+    assert engine.stats()["announced_requests"] - before == 5  # every POST to a generation route, answered or not
+    assert not engine._arrivals._pending
+
+
 def test_unknown_model_and_checkpoint_are_404(client):
     response = client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 404 and response.json()["error"]["param"] == "body.model"

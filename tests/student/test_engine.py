@@ -1,6 +1,7 @@
 """The in-process transformers engine: batching, sampling controls, and behaviour logprobs."""
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -110,3 +111,107 @@ def test_requests_arriving_mid_batch_join_it_and_stay_reproducible(engine):
         logits = engine.model(prompt).logits[0, len(late_prompt) - 1 : -1].float()
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(late_out.token_ids).unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(expected, torch.tensor(late_out.logprobs), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def patient_engine(student_model_dir):
+    """Waits up to 10 s for an announced request: far longer than any pause the tests below make."""
+    engine = TransformersEngine(str(student_model_dir), device="cpu", arrival_wait_ms=10_000)
+    asyncio.run(engine.start())
+    yield engine
+    asyncio.run(engine.close())
+
+
+async def _announced(engine, prompt, sampling, *, after_s: float):
+    """A request announced now and queued `after_s` later, as a service handler announces one."""
+    arrival = engine.arrival()
+    arrival.bind()  # this task's context only
+    arrival.expect()
+    await asyncio.sleep(after_s)
+    return await engine.generate(prompt, sampling)
+
+
+def test_a_batch_waits_for_an_announced_request_and_it_samples_as_alone(patient_engine):
+    engine = patient_engine
+    first_prompt, late_prompt = _ids(engine, "Compute 5 + 9."), _ids(engine, "Compute 7 * 8.")
+    first_sampling = SamplingParams(temperature=1.0, max_tokens=16, seed=31)
+    late_sampling = SamplingParams(temperature=1.0, max_tokens=16, seed=32)
+
+    async def burst():
+        late = asyncio.create_task(_announced(engine, late_prompt, late_sampling, after_s=0.2))
+        await asyncio.sleep(0)  # the late request is announced before the first is queued
+        return await engine.generate(first_prompt, first_sampling), await late
+
+    before = engine.stats()
+    first_out, late_out = asyncio.run(burst())
+    after = engine.stats()
+    # Without the announcement the first request's batch starts after the 4 ms gap, 200 ms before the other.
+    assert after["batches"] - before["batches"] == 1
+    assert after["batched_requests"] - before["batched_requests"] == 2
+    assert after["joined_requests"] == before["joined_requests"]
+    assert after["announced_requests"] - before["announced_requests"] == 1
+    assert first_out.token_ids == _generate_many(engine, [first_prompt], [first_sampling])[0].token_ids
+    assert late_out.token_ids == _generate_many(engine, [late_prompt], [late_sampling])[0].token_ids
+
+
+def test_an_announced_request_joins_a_running_batch_and_samples_as_alone(patient_engine):
+    engine = patient_engine
+    long_prompt, late_prompt = _ids(engine, "A long task that keeps generating."), _ids(engine, "Compute 7 * 8.")
+    long_sampling = SamplingParams(temperature=1.0, max_tokens=60, seed=41)
+    late_sampling = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=20, seed=42)
+
+    async def staggered():
+        first = asyncio.create_task(engine.generate(long_prompt, long_sampling))
+        while not any(row.token_ids for row in engine._current if row.request.prompt_ids == long_prompt):
+            await asyncio.sleep(0.001)  # until the first batch is decoding
+        late = await _announced(engine, late_prompt, late_sampling, after_s=0.05)
+        return await first, late
+
+    before = engine.stats()
+    long_out, late_out = asyncio.run(staggered())
+    after = engine.stats()
+    assert after["joined_requests"] - before["joined_requests"] == 1
+    assert after["batches"] - before["batches"] == 1
+    assert long_out.token_ids == _generate_many(engine, [long_prompt], [long_sampling])[0].token_ids
+    assert late_out.token_ids == _generate_many(engine, [late_prompt], [late_sampling])[0].token_ids
+
+
+def test_an_announced_request_that_never_comes_holds_nothing_past_its_window(student_model_dir):
+    engine = TransformersEngine(str(student_model_dir), device="cpu", arrival_wait_ms=200)
+
+    async def go():
+        await engine.start()
+        try:
+            arrival = engine.arrival()
+            arrival.expect()  # announced, then never queued nor settled: a handler stuck or gone
+            sampling = SamplingParams(temperature=1.0, max_tokens=4, seed=5)
+            out = await asyncio.wait_for(engine.generate(_ids(engine), sampling), timeout=60)
+            arrival.settle()
+            return out
+        finally:
+            await engine.close()
+
+    assert len(asyncio.run(go()).token_ids) >= 1
+
+
+def test_an_announced_request_opens_no_gathering_gap(student_model_dir):
+    # A 30 s gap after unannounced requests: only a batch that skips it is decoding within the 10 s polled, so
+    # the request sent after the poll joins it instead of being gathered with the first.
+    engine = TransformersEngine(str(student_model_dir), device="cpu", gather_gap_ms=30_000, gather_max_ms=30_000)
+
+    async def go():
+        await engine.start()
+        try:
+            first_prompt, late_prompt = _ids(engine, "A long task that keeps generating."), _ids(engine, "Compute 7 * 8.")
+            first_sampling = SamplingParams(temperature=1.0, max_tokens=200, seed=51)
+            first = asyncio.create_task(_announced(engine, first_prompt, first_sampling, after_s=0.0))
+            deadline = time.monotonic() + 10
+            while not any(row.token_ids for row in engine._current) and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            late = await engine.generate(late_prompt, SamplingParams(temperature=1.0, max_tokens=4, seed=52))
+            return await first, late
+        finally:
+            await engine.close()
+
+    asyncio.run(go())
+    assert engine.stats()["joined_requests"] == 1
