@@ -120,8 +120,9 @@ async def settle(ctx: RunContext, stage: Stage, item: WorkItem, result: dict, *,
     """
     progress = await ctx.store.stage(ctx.run_id, stage.name)
     finish = (progress.total, control(ctx.run_id, "finish", stage.name)) if progress.state == "running" else None
+    # A chain's follow-ups are sent after a failure too: a dead-lettered link must not strand the rest.
     outcome = await ctx.store.settle(item, result, failed=failed, when_settled=finish,
-                                     follow_ups=[] if failed else stage.follow_ups(ctx, item, result))
+                                     follow_ups=stage.follow_ups(ctx, item, result))
     if outcome.settled == -2:
         raise RuntimeError(f"item {item.key!r} is not part of stage {stage.name}'s plan")
     if outcome.settled == -1:  # another delivery settled it, `finish` included: nothing new to report

@@ -217,3 +217,38 @@ def test_commands_packed_by_hiredis_are_byte_for_byte_redis_pys(redis_url):
     packer, value = run(scenario())
     assert packer.pack_command is not Connection.pack_command
     assert value == {b"f": b"0.1", b"n": b"7", b"s": "ü".encode()}
+
+
+def test_a_dead_lettered_rl_step_does_not_strand_the_rest_of_the_chain(redis_url, tmp_path):
+    """RL steps form a chain (each settled step enqueues the next); a step that fails for good must still pass the
+    chain on, or the stage never reaches its count and the run hangs."""
+    from services.coordinator import pipeline
+    from services.coordinator.context import RunContext
+
+    async def scenario():
+        client = connect(redis_url)
+        queue, store = StageQueue(client, "w"), RunStore(client, tmp_path)
+        await queue.ensure_groups()
+        config = RunConfig(rl={"steps": 3})
+        await store.create("r9", config)
+        ctx = RunContext(run_id="r9", config=config, store=store, queue=queue, services=None, run_dir=tmp_path)
+        stage = pipeline.BY_NAME["rl"]
+        first = stage.item(ctx, "step-00000", step=0)
+        await store.plan("r9", "rl", [first.key])
+        await store.update_stage("r9", "rl", state="running", total=3)
+        await queue.put("rl", [first])
+        seen = []
+        for outcome in ({"dead_letter": True, "error": "trainer said 500"}, {"step": 1}, {"step": 2}):
+            [item] = await queue.read(["rl"], count=1, block_ms=100)
+            seen.append(item.key)
+            await pipeline.settle(ctx, stage, item, outcome, failed="dead_letter" in outcome)
+        leftover = await queue.read(["rl"], count=10, block_ms=100)
+        controls = await queue.read([keys.CONTROL], count=10, block_ms=100)
+        settled = await store.settled("r9", "rl")
+        await client.aclose()
+        return seen, leftover, controls, settled
+
+    seen, leftover, controls, settled = run(scenario())
+    assert seen == ["step-00000", "step-00001", "step-00002"] and leftover == []
+    assert settled == (2, 1)
+    assert [(i.key, i.payload) for i in controls] == [("finish:rl", {"action": "finish"})]

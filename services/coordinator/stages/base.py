@@ -32,7 +32,11 @@ class Stage:
         raise RuntimeError(f"stage {self.name} has no work items")
 
     def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
-        """Items a finished item begets: planned and enqueued in the same step that records its result."""
+        """Items a settled item begets: planned and enqueued in the same step that records its result.
+
+        Also called for an item that failed for good (`result` is then its dead letter, `{"dead_letter": True,
+        "error": ...}`): the stage's count only completes when every planned item settles, so a chain that
+        stopped at a failed link would never finish."""
         return []
 
     async def finish(self, ctx: RunContext) -> None:

@@ -163,6 +163,8 @@ class RLStage(Stage):
         return summary
 
     def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
+        # After a dead-lettered step too: the next one samples from the policy as it is (its prompts do not depend
+        # on the failed step), so one poisoned step costs that step, not the rest of the stage.
         step = int(item.payload["step"])
         if step + 1 < ctx.config.rl.steps:
             return [self.item(ctx, f"step-{step + 1:05d}", step=step + 1)]
