@@ -132,6 +132,10 @@ class ModelServiceConfig(BaseSettings):
         description="Memory for KV states kept between an episode's turns (transformers), so a turn prefills only "
         "its new tokens; least recently used prefixes are evicted beyond it. 0 (the default for now): off, same "
         "samples, more prefill. On, it cut prefill ~8x in bench/student_rollouts.py, but a full demo ran slower.")
+    kv_cache: Literal["slots", "legacy"] = Field(
+        default="slots", description="KV cache layout of the decode loop (transformers): `slots`, preallocated "
+        "per-row slots written in place each step (shared/models/kv_slots.py); `legacy`, a transformers "
+        "DynamicCache grown by concatenation, kept for side-by-side measurements. Same samples either way.")
     max_concurrent_episodes: int = Field(
         default=64, ge=1, description="Agent episodes in flight, one sandboxed interpreter process each.")
     search_corpus: str | None = Field(

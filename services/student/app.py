@@ -40,7 +40,7 @@ def build_engine(config: StudentConfig) -> Engine:
             api_key=config.settings.api_token, weight_sync=config.weight_sync,
         )
     return TransformersEngine(str(path), model_name=name, device=config.device, max_batch_size=config.max_batch_size,
-                              prefix_cache_mb=config.prefix_cache_mb)
+                              prefix_cache_mb=config.prefix_cache_mb, kv_cache=config.kv_cache)
 
 
 def app_from_args(args, settings) -> FastAPI:

@@ -55,7 +55,7 @@ def build_backend(config: TeacherConfig, executor: Executor, sandbox_factory) ->
                              sampling=sampling, max_judge_tokens=config.max_judge_tokens)
     engine = TransformersEngine(str(path), model_name=config.served_model_name or served_name(label),
                                 device=config.device, max_batch_size=config.max_batch_size,
-                                prefix_cache_mb=config.prefix_cache_mb)
+                                prefix_cache_mb=config.prefix_cache_mb, kv_cache=config.kv_cache)
     runner = RolloutRunner(engine, sandbox_factory, max_concurrent_episodes=config.max_concurrent_episodes,
                            max_concurrent_executions=config.max_concurrent_sandboxes,
                            episode_timeout_s=config.episode_timeout_s)

@@ -50,14 +50,16 @@ class LiveBatch:
     temperature: torch.Tensor     # (B,)
     top_p: torch.Tensor           # (B,)
 
-    def select(self, keep: list[int]) -> None:
-        """Drop finished rows from the batch and its cache."""
+    def select(self, keep: list[int]) -> list[int]:
+        """Drop finished rows from the batch and its cache; returns the old index of each row in the new order
+        (`keep` itself here; the slot cache reorders)."""
         index = torch.tensor(keep, dtype=torch.long, device=self.attention_mask.device)
         for layer in self.cache.layers:
             layer.batch_select_indices(index)
         self.rows = [self.rows[i] for i in keep]
         self.attention_mask, self.next_pos = self.attention_mask[index], self.next_pos[index]
         self.logits, self.temperature, self.top_p = self.logits[index], self.temperature[index], self.top_p[index]
+        return keep
 
     def step(self, model, tokens: torch.Tensor) -> None:
         """Feed each row its sampled token; leaves the logits for the following one."""

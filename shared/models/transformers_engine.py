@@ -31,6 +31,7 @@ from transformers import DynamicCache
 
 from shared.models.arrivals import Arrival, Arrivals
 from shared.models.batch import LiveBatch, Request, Row, cached_states
+from shared.models.kv_slots import SlotBatch
 from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
 from shared.models.prefix_cache import PrefixCache
@@ -38,6 +39,8 @@ from shared.models.sampling import sample_next
 from shared.schemas.sampling import SamplingParams
 
 log = logging.getLogger("score.engine")
+
+KV_CACHES = ("slots", "legacy")  # kv_slots.SlotBatch, or batch.LiveBatch on a DynamicCache
 
 
 class TransformersEngine(Engine):
@@ -56,7 +59,10 @@ class TransformersEngine(Engine):
         arrival_wait_ms: float = 100.0,
         policy_version: int = 0,
         prefix_cache_mb: float = 0.0,
+        kv_cache: str = "slots",
     ) -> None:
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
         self.weights_path = str(model_path)
         self.model_name = model_name or "score-model"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,6 +71,7 @@ class TransformersEngine(Engine):
         self.gather_gap_s = gather_gap_ms / 1000
         self.gather_max_s = gather_max_ms / 1000
         self.policy_version = policy_version
+        self.kv_cache = kv_cache
         self._arrivals = Arrivals(window_s=arrival_wait_ms / 1000)
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._model_lock = threading.Lock()  # the worker holds it for a batch; weight swaps wait for it
@@ -263,8 +270,8 @@ class TransformersEngine(Engine):
                     self._resolve(row.request, self._output(row))
             keep = [pos for pos, row in enumerate(live.rows) if row.finish_reason is None]
             if len(keep) < len(live.rows):
-                live.select(keep)
-                tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
+                order = live.select(keep)
+                tokens = tokens[torch.tensor(order, dtype=torch.long, device=self.device)]
             if not live.rows:
                 break  # what is queued now starts a batch of its own
             live.step(self.model, tokens)
@@ -273,11 +280,12 @@ class TransformersEngine(Engine):
             joined = self._rows(self._collect(room, gap_s=0.0, announced_before=time.monotonic()))
             if joined:
                 rows.extend(joined)
-                live = live.merge(self._prefill(joined))
+                live = self._prefill(joined, into=live)
                 self._stats["joined_requests"] += len(joined)
 
-    def _prefill(self, rows: list[Row]) -> LiveBatch:
-        """Run the prompts of `rows` through the model into a fresh KV cache, reusing cached prefixes.
+    def _prefill(self, rows: list[Row], into: LiveBatch | SlotBatch | None = None) -> LiveBatch | SlotBatch:
+        """Run the prompts of `rows` through the model, reusing cached prefixes, into the running batch `into`
+        (or a new one: a slot batch unless `kv_cache` is legacy).
 
         Rows with a cached prefix and rows without are prefilled apart and merged: a short new segment
         (an observation turn) is not padded to the width of a whole new prompt."""
@@ -285,9 +293,12 @@ class TransformersEngine(Engine):
             for row in rows:
                 row.source, row.reused = self._prefix_cache.lookup(row.request.prompt_ids)
         groups = [group for group in ([r for r in rows if not r.reused], [r for r in rows if r.reused]) if group]
-        live = self._prefill_group(groups[0])
-        for group in groups[1:]:
-            live = live.merge(self._prefill_group(group))
+        live = into
+        if live is None and self.kv_cache == "slots":
+            live = SlotBatch(self.max_batch_size)
+        for group in groups:
+            part = self._prefill_group(group)
+            live = part if live is None else live.merge(part)
         self._stats["batched_requests"] += len(rows)
         self._stats["prompt_tokens"] += sum(len(row.request.prompt_ids) for row in rows)
         self._stats["cached_tokens"] += sum(row.reused for row in rows)
