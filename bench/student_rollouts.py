@@ -1,14 +1,17 @@
-"""Student rollouts with the engine's prefix cache on and off: the same episodes, side by side.
+"""Student rollouts with the engine's prefix cache on and off (or its two KV cache layouts): the same episodes,
+side by side.
 
 Two student services on the built-in tiny student, one with the prefix cache (`prefix_cache_mb` 512;
 off by default) and one without (`SCORE_STUDENT_PREFIX_CACHE_MB=0`), get the same seeded `POST /v1/rollouts`
-requests in interleaved rounds. Per arm: episodes/s, and prefill tokens per episode (the prompt tokens
+requests in interleaved rounds. With `--compare kv_cache` the two services differ in the decode loop's KV
+cache instead (`SCORE_STUDENT_KV_CACHE` legacy against slots, the prefix cache at its default). Per arm: episodes/s, and prefill tokens per episode (the prompt tokens
 that ran through the model, from the engine's counters) against the episode's length. The episodes
 themselves must be token for token the same in both arms (seeded sampling does not depend on the cache).
 
     .venv/bin/python bench/student_rollouts.py [--items 16] [--n 4] [--max-turns 6] [--max-tokens 48] [--repeats 3]
+        [--compare prefix_cache|kv_cache]
 
-Prints a table and writes bench/results/student_rollouts.json.
+Prints a table and writes bench/results/student_rollouts.json (student_rollouts_kv_cache.json for kv_cache).
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ from shared.tasks.builtin import builtin_tasks  # noqa: E402
 from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
-ARMS = {"cache_off": "0", "cache_on": "512"}  # SCORE_STUDENT_PREFIX_CACHE_MB
+# Per comparison, the baseline arm then the candidate, each with the environment of its service.
+COMPARISONS = {
+    "prefix_cache": {"cache_off": {"SCORE_STUDENT_PREFIX_CACHE_MB": "0"},
+                     "cache_on": {"SCORE_STUDENT_PREFIX_CACHE_MB": "512"}},
+    "kv_cache": {"legacy": {"SCORE_STUDENT_KV_CACHE": "legacy"}, "slots": {"SCORE_STUDENT_KV_CACHE": "slots"}},
+}
 
 
 def engine_counters(url: str) -> dict[str, float]:
@@ -68,8 +76,13 @@ def main() -> None:
     parser.add_argument("--max-turns", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "student_rollouts.json"))
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="prefix_cache")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    suffix = "" if args.compare == "prefix_cache" else f"_{args.compare}"
+    args.out = args.out or str(ROOT / "bench" / "results" / f"student_rollouts{suffix}.json")
+    arms = COMPARISONS[args.compare]
+    baseline, candidate = arms
 
     home = Path(os.environ.get("SCORE_HOME") or tempfile.mkdtemp(prefix="score-bench-"))
     ensure_builtin_model("student", home)
@@ -83,10 +96,10 @@ def main() -> None:
         # One torch thread each, as `score up` gives its services: two full thread pools on the same cores slow
         # each other several-fold, and the arms would measure that instead of the cache.
         arm: ServiceProcess("student", home=home, log_dir=logs,
-                            env={"SCORE_STUDENT_PREFIX_CACHE_MB": value, "OMP_NUM_THREADS": "1"})
-        for arm, value in ARMS.items()
+                            env={**env, "OMP_NUM_THREADS": "1"})
+        for arm, env in arms.items()
     }
-    rounds: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    rounds: dict[str, list[dict]] = {arm: [] for arm in arms}
     same_episodes = []
     try:
         for service in services.values():
@@ -97,7 +110,7 @@ def main() -> None:
             for arm, service in services.items():
                 measured, tokens[arm] = timed_round(service.url, body)
                 rounds[arm].append(measured)
-            same_episodes.append(sum(a == b for a, b in zip(tokens["cache_off"], tokens["cache_on"])))
+            same_episodes.append(sum(a == b for a, b in zip(tokens[baseline], tokens[candidate])))
     finally:
         for service in services.values():
             service.stop()
@@ -109,27 +122,31 @@ def main() -> None:
         arm: {key: median(arm, key) for key in (
             "seconds", "episodes_per_s", "episode_tokens_mean", "prefill_tokens_per_episode",
             "cached_tokens_per_episode", "generated_tokens_per_episode", "model_turns")}
-        for arm in ARMS
+        for arm in arms
     }
-    for arm in ARMS:
+    for arm in arms:
         summary[arm]["prefill_per_episode_length"] = (
             summary[arm]["prefill_tokens_per_episode"] / summary[arm]["episode_tokens_mean"])
-    on, off = summary["cache_on"], summary["cache_off"]
+    on, off = summary[candidate], summary[baseline]
     result = {
         "config": vars(args), "summary": summary, "rounds": rounds,
         "speedup_episodes_per_s": on["episodes_per_s"] / off["episodes_per_s"],
         "identical_episodes_per_round": same_episodes, "episodes_per_round": len(tasks) * args.n,
-        "targets": {"prefill_per_episode_length_with_cache": 1.2, "speedup_episodes_per_s": 2.0},
+        "targets": ({"prefill_per_episode_length_with_cache": 1.2, "speedup_episodes_per_s": 2.0}
+                    if args.compare == "prefix_cache" else {}),
     }
     report([
-        (f"{args.items} tasks x n={args.n}, <= {args.max_turns} turns of <= {args.max_tokens} tokens", "off | on"),
+        (f"{args.items} tasks x n={args.n}, <= {args.max_turns} turns of <= {args.max_tokens} tokens",
+         f"{baseline} | {candidate}"),
         ("round (s)", f"{off['seconds']:.2f} | {on['seconds']:.2f}"),
         ("episodes/s", f"{off['episodes_per_s']:.2f} | {on['episodes_per_s']:.2f}"),
         ("episode length (tokens)", f"{off['episode_tokens_mean']:.0f} | {on['episode_tokens_mean']:.0f}"),
         ("prefill tokens per episode", f"{off['prefill_tokens_per_episode']:.0f} | {on['prefill_tokens_per_episode']:.0f}"),
-        ("prefill / episode length (target on <= 1.2)",
+        (f"prefill / episode length (target {candidate} <= 1.2)" if args.compare == "prefix_cache"
+         else "prefill / episode length",
          f"{off['prefill_per_episode_length']:.2f} | {on['prefill_per_episode_length']:.2f}"),
-        ("episodes/s on / off (target >= 2)", f"{result['speedup_episodes_per_s']:.2f}"),
+        (f"episodes/s {candidate} / {baseline}" + (" (target >= 2)" if args.compare == "prefix_cache" else ""),
+         f"{result['speedup_episodes_per_s']:.2f}"),
         ("identical episodes per round", f"{min(same_episodes)} of {len(tasks) * args.n}"),
     ], result, args.out)
 

@@ -37,6 +37,18 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, n))))
 
 
+def slots_unsupported(model) -> str | None:
+    """Why the slot cache cannot decode for `model` (its per-step 4D mask would be wrong or ignored), or None."""
+    config = model.config
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return f"attention implementation {implementation!r} takes no 4D additive mask"
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    if any(kind != "full_attention" for kind in layer_types):
+        return "the model has sliding-window or other non-full attention layers"
+    return None
+
+
 class _Step:
     """What every layer needs for one decode step: which rows write at which column, and how wide to read."""
 

@@ -9,6 +9,11 @@ temperature, top-p, token budget, stop strings and seed. Requests that come
 later join the running batch between two steps. Rows that finish are dropped
 from the cache so long tails do not pay for short ones.
 
+The decode loop's KV cache is `kv_cache`: "slots" (default, `kv_slots.py`), preallocated per-row slots
+written in place each step, or "legacy" (`batch.LiveBatch` on a transformers DynamicCache, one
+concatenation per layer and step), kept for side-by-side measurements. Prefill is the same for both, and
+so are the samples (the slot layout only drops masked padding from attention).
+
 With a prefix cache (`prefix_cache_mb` > 0), a finished row's KV states are
 kept (`shared/models/prefix_cache.py`), and a later prompt that starts with
 the same tokens (the episode's next turn) prefills only the rest: its cached
@@ -31,7 +36,7 @@ from transformers import DynamicCache
 
 from shared.models.arrivals import Arrival, Arrivals
 from shared.models.batch import LiveBatch, Request, Row, cached_states
-from shared.models.kv_slots import SlotBatch
+from shared.models.kv_slots import SlotBatch, slots_unsupported
 from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
 from shared.models.loading import load_causal_lm
 from shared.models.prefix_cache import PrefixCache
@@ -93,6 +98,10 @@ class TransformersEngine(Engine):
             load_causal_lm, self.weights_path, device=self.device, dtype=self.dtype
         )
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
+        unsupported = slots_unsupported(self.model) if self.kv_cache == "slots" else None
+        if unsupported:
+            log.warning("kv_cache slots cannot serve this model (%s): using the legacy layout", unsupported)
+            self.kv_cache = "legacy"
         self._worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
         self._worker.start()
         log.info("engine ready model=%s device=%s path=%s", self.model_name, self.device, self.weights_path)

@@ -134,3 +134,16 @@ def test_prefix_cache_with_slots(cached_engines, engines):
     _assert_same(slots, plain)
     assert sum(out.cached_tokens for out in slots) > 0  # later turns did reuse states kept from slots
     assert [out.cached_tokens for out in slots] == [out.cached_tokens for out in cached_legacy]
+
+
+def test_models_the_slot_mask_cannot_serve_fall_back(student_model_dir):
+    from shared.models.kv_slots import slots_unsupported
+    from shared.models.loading import load_causal_lm
+
+    model, _ = load_causal_lm(str(student_model_dir), device="cpu")
+    assert slots_unsupported(model) is None
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    assert "sliding" in slots_unsupported(model)
+    model.config.layer_types = ["full_attention"] * model.config.num_hidden_layers
+    model.config._attn_implementation = "flash_attention_2"
+    assert "flash_attention_2" in slots_unsupported(model)
