@@ -9,8 +9,9 @@ forward pass itself.
 Here each layer's keys and values live in preallocated tensors of shape (slots, kv heads, capacity, head
 dim), and row r of the batch owns slot r. A row's states are packed from column 0 with no padding, so the
 column of a token is its position id: a decode step writes one column per row in place (`SlotLayer.update`)
-at the row's own position, and the model gets a 4D additive mask (0 up to each row's position, the dtype's
-minimum after) built once per step, which transformers passes to attention as it is. A finished row's slot
+at the row's own position (one `index_copy_` per tensor, its index computed once per step for all
+layers), and the model gets a 4D additive mask (0 on each row's tokens, the dtype's minimum elsewhere),
+kept per slot and opened one column per step in place, which transformers passes to attention as it is. A finished row's slot
 is refilled by moving the last live row into it (one-row copies); joining rows are prefilled on their own
 (the engine's prefill, unchanged) and their unpadded states are gathered into free slots. Slots and columns
 grow by doubling when they run out and the slot count halves when the batch has become much smaller.
@@ -50,13 +51,14 @@ def slots_unsupported(model) -> str | None:
 
 
 class _Step:
-    """What every layer needs for one decode step: which rows write at which column, and how wide to read."""
+    """What every layer needs for one decode step: where each row's new key and value go, and how wide to read."""
 
     def __init__(self) -> None:
         self.rows = 0
         self.width = 0
-        self.row_index: torch.Tensor | None = None  # arange(rows)
-        self.positions: torch.Tensor | None = None  # (rows,) the column each row writes
+        # (rows * heads,) index into a layer's keys viewed as (slots * heads * capacity, head_dim): row r, head h
+        # writes at column positions[r]. Computed once per step for all layers: one index_copy_ per tensor.
+        self.flat_index: torch.Tensor | None = None
 
 
 class SlotLayer(CacheLayerMixin):
@@ -79,8 +81,9 @@ class SlotLayer(CacheLayerMixin):
         if key_states.shape[0] != step.rows or key_states.shape[2] != 1:
             # Prefill runs on a DynamicCache; a shape other than one token per live row means misuse.
             raise ValueError(f"slot cache decodes one token per row: got {tuple(key_states.shape)}, {step.rows} rows")
-        self.keys[step.row_index, :, step.positions] = key_states[:, :, 0]
-        self.values[step.row_index, :, step.positions] = value_states[:, :, 0]
+        dim = self.keys.shape[-1]
+        self.keys.view(-1, dim).index_copy_(0, step.flat_index, key_states.reshape(-1, dim))
+        self.values.view(-1, dim).index_copy_(0, step.flat_index, value_states.reshape(-1, dim))
         return self.keys[: step.rows, :, : step.width], self.values[: step.rows, :, : step.width]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -136,7 +139,10 @@ class SlotBatch:
         self.logits: torch.Tensor | None = None
         self.temperature: torch.Tensor | None = None
         self.top_p: torch.Tensor | None = None
-        self._columns: torch.Tensor | None = None  # arange(capacity), for the mask
+        # (slots, capacity) additive mask, 0 on each row's tokens, the dtype's minimum elsewhere: kept up to date
+        # in place (one scatter per step), so a step builds no mask.
+        self.mask: torch.Tensor | None = None
+        self._arange: torch.Tensor | None = None  # arange(max(capacity, slots * heads)), sliced for indices
         self._mask_min = 0.0
 
     # ---- the engine's interface ------------------------------------------------------------------
@@ -154,7 +160,8 @@ class SlotBatch:
             zeros = lambda: first.new_zeros((slots, first.shape[1], capacity, first.shape[3]))  # noqa: E731
             self.cache = SlotCache([zeros() for _ in other.cache.layers], [zeros() for _ in other.cache.layers])
             self._mask_min = torch.finfo(first.dtype).min
-            self._columns = torch.arange(capacity, device=first.device)
+            self._arange = torch.arange(max(capacity, slots * first.shape[1]), device=first.device)
+            self.mask = torch.full((slots, capacity), self._mask_min, dtype=first.dtype, device=first.device)
         else:
             self._ensure(len(self.rows) + n, width + 1)
         start = len(self.rows)
@@ -168,9 +175,11 @@ class SlotBatch:
             for target, source in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
                 index = columns[:, None, :, None].expand(n, source.shape[1], width, source.shape[3])
                 target[start : start + n, :, :width] = source.gather(2, index)
+        pos = torch.tensor(lengths, device=other.next_pos.device)
+        self.mask[start : start + n] = torch.where(
+            self._arange[: self.cache.capacity].unsqueeze(0) < pos.unsqueeze(1), 0.0, self._mask_min).to(self.mask.dtype)
         self.rows = self.rows + list(other.rows)
         self.lengths += lengths
-        pos = torch.tensor(lengths, device=other.next_pos.device)
         self.next_pos = pos if self.next_pos is None else torch.cat([self.next_pos, pos])
         self.logits = other.logits if self.logits is None else torch.cat([self.logits, other.logits])
         self.temperature = (other.temperature if self.temperature is None
@@ -191,14 +200,16 @@ class SlotBatch:
         if holes:
             device = self.next_pos.device
             width = max(self.lengths[m] for m in movers)
-            self.cache.move(torch.tensor(holes, device=device), torch.tensor(movers, device=device), width)
+            to, source = torch.tensor(holes, device=device), torch.tensor(movers, device=device)
+            self.cache.move(to, source, width)
+            self.mask.index_copy_(0, to, self.mask[source])
         self.rows = [self.rows[i] for i in order]
         self.lengths = [self.lengths[i] for i in order]
         index = torch.tensor(order, dtype=torch.long, device=self.next_pos.device)
         self.next_pos, self.logits = self.next_pos[index], self.logits[index]
         self.temperature, self.top_p = self.temperature[index], self.top_p[index]
         if count and count <= self.cache.slots // 4 and self.cache.slots > MIN_SLOTS:
-            self.cache.resize(max(MIN_SLOTS, _pow2(2 * count)), self.cache.capacity, count, max(self.lengths))
+            self._resize(max(MIN_SLOTS, _pow2(2 * count)), self.cache.capacity)
         return order
 
     def step(self, model, tokens: torch.Tensor) -> None:
@@ -208,13 +219,13 @@ class SlotBatch:
         self._ensure(rows, width)
         step = self.cache.step_state
         step.rows, step.width = rows, width
-        step.row_index = torch.arange(rows, device=self.next_pos.device)
-        step.positions = self.next_pos
-        visible = self._columns[:width].unsqueeze(0) <= self.next_pos.unsqueeze(1)  # (rows, width)
-        mask = torch.zeros((rows, 1, 1, width), dtype=self.cache.layers[0].dtype, device=self.next_pos.device)
-        mask.masked_fill_(~visible[:, None, None, :], self._mask_min)
+        heads, capacity = self.cache.layers[0].keys.shape[1], self.cache.capacity
+        row_heads = self._arange[: rows * heads].view(rows, heads)  # r * heads + h
+        step.flat_index = (row_heads * capacity + self.next_pos.unsqueeze(1)).view(-1)
+        live_mask = self.mask[:rows]
+        live_mask.scatter_(1, self.next_pos.unsqueeze(1), 0.0)  # each row now sees the token it is fed
         out = model(
-            input_ids=tokens.unsqueeze(-1), attention_mask=mask,
+            input_ids=tokens.unsqueeze(-1), attention_mask=live_mask[:, None, None, :width],
             position_ids=self.next_pos.unsqueeze(-1), past_key_values=self.cache, use_cache=True,
         )
         self.logits = out.logits[:, -1, :].float()
@@ -238,7 +249,14 @@ class SlotBatch:
             slots *= 2
         while capacity < width:
             capacity *= 2
-        live = len(self.rows)
-        self.cache.resize(slots, capacity, live, max(self.lengths, default=0))
-        if capacity > self._columns.shape[0]:
-            self._columns = torch.arange(capacity, device=self._columns.device)
+        self._resize(slots, capacity)
+
+    def _resize(self, slots: int, capacity: int) -> None:
+        live, width = len(self.rows), max(self.lengths, default=0)
+        self.cache.resize(slots, capacity, live, width)
+        mask = self.mask.new_full((slots, capacity), self._mask_min)
+        mask[:live, :width] = self.mask[:live, :width]
+        self.mask = mask
+        needed = max(capacity, slots * self.cache.layers[0].keys.shape[1])
+        if needed > self._arange.shape[0]:
+            self._arange = torch.arange(needed, device=self._arange.device)
