@@ -20,6 +20,14 @@ def write_rows(ctx: RunContext, name: str, rows: list[dict]) -> str:
     return str(write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows)))
 
 
+def with_run_seed(ctx: RunContext, hyperparameters: SFTHyperparameters) -> SFTHyperparameters:
+    """The stage's SFT hyperparameters with the trainer seed offset by the run's task seed, so runs of different
+    seeds (an experiment's) also differ in data order, packing and LoRA initialisation, not only in their tasks.
+    The configured `seed` stays an offset: 0 (the default) gives seed N's run trainer seed N."""
+    seed = (hyperparameters.seed + ctx.config.tasks.seed) % 2**32
+    return hyperparameters.model_copy(update={"seed": seed})
+
+
 def with_run_trackers(ctx: RunContext, hyperparameters):
     """The stage's hyperparameters with the run's `report_to` trackers added (SFT and GRPO alike)."""
     wanted = list(dict.fromkeys([*hyperparameters.report_to, *ctx.config.report_to]))
@@ -33,7 +41,7 @@ async def fine_tune(ctx: RunContext, *, stage: str, base: Checkpoint | str | Non
     derived from the run and stage, so the trainer returns the job it already has."""
     job_id = f"{ctx.run_id}-{stage}"
     path = write_rows(ctx, stage, rows)
-    hyperparameters = with_run_trackers(ctx, hyperparameters)
+    hyperparameters = with_run_trackers(ctx, with_run_seed(ctx, hyperparameters))
     if isinstance(base, Checkpoint):
         base = base.path
     request = JobRequest(base=base, dataset=DatasetSpec(path=path), hyperparameters=hyperparameters,
