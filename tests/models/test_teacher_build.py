@@ -41,7 +41,7 @@ def test_observations_are_what_the_sandbox_prints():
 
 def test_the_teacher_recipe_records_its_sft_and_rehashes_when_it_changes(monkeypatch):
     base = builtin._model_recipe("teacher-sft", "tok")
-    assert base["size"] == "nano-wide" and base["induction"]["steps"] > 0
+    assert base["size"] == "nano-wide3" and base["induction"]["steps"] > 0
     assert base["sft"]["tasks"] == builtin.SFT["teacher-sft"]["tasks"] and "sft" not in builtin._model_recipe("student", "tok")
     monkeypatch.setitem(builtin.SFT, "teacher-sft", {**builtin.SFT["teacher-sft"], "epochs": 2.0})
     assert builtin._digest(builtin._model_recipe("teacher-sft", "tok")) != builtin._digest(base)
@@ -85,7 +85,7 @@ def test_a_teacher_sft_build_records_its_sft_and_checks_in_the_manifest(score_ho
     builtin.copy_current_builtins(score_home, tmp_path)  # the tokenizer and the prebuilt roles, not teacher-sft
     directory = builtin.ensure_builtin_model("teacher-sft", tmp_path)
     manifest = builtin._read_manifest(directory)
-    assert manifest["role"] == "teacher-sft" and manifest["size"] == "nano-wide"
+    assert manifest["role"] == "teacher-sft" and manifest["size"] == "nano-wide3"
     sft = manifest["sft"]
     assert sft["settings"] == small and sft["examples"] == 9
     for check in ("validation", "held_out"):
