@@ -38,7 +38,7 @@ logger = logging.getLogger("score.models")
 # Built by `scripts/setup.sh` and the test fixtures, so a service starts at once.
 ROLES = ("student", "teacher")
 # Built on first use only (`builtin:teacher-sft`): a teacher fine-tuned at build time on expert trajectories, which
-# takes about fifteen minutes on one thread and does not yet solve the suite well enough to replace the scripted
+# takes 15-30 minutes on one thread and does not yet solve the suite well enough to replace the scripted
 # expert (docs/teacher.md), so fresh installs and CI do not pay for it.
 ON_DEMAND_ROLES = ("teacher-sft",)
 MODELS = ROLES + ON_DEMAND_ROLES

@@ -29,6 +29,19 @@ def test_examples_are_the_tokens_a_rollout_assembles(score_home):
         assert trained == "".join(render_step(step) + tokenizer.eos_token for step in steps)
 
 
+def test_kb_names_are_the_same_tokens_wherever_an_episode_writes_them(score_home):
+    """A name in the code, the thoughts, the question and the search results is one token sequence (the one after
+    a space), so the model can copy it; `"Sturkrar` and ` Sturkrar` are different tokens."""
+    tokenizer = _tokenizer(score_home)
+    for task in builtin_tasks(family="kb", split="train", n=60, seed=7):
+        ids, _ = teacher_build.episode_example(tokenizer, task, teacher_build.expert_trajectory(task))
+        text = tokenizer.decode(ids)
+        for name in {hop["entity"] for hop in task.meta["hops"]} | {hop["value"] for hop in task.meta["hops"]}:
+            spaced = list(tokenizer(" " + name, add_special_tokens=False)["input_ids"])
+            found = sum(ids[i:i + len(spaced)] == spaced for i in range(len(ids)))
+            assert found == text.count(name) > 0, (task.question, name)
+
+
 def test_observations_are_what_the_sandbox_prints():
     from shared.tasks.gold import gold_episodes
 
