@@ -23,12 +23,15 @@ _PURPOSE = {
     "founded": "to find out which company {entity} founded",
     "headquartered_in": "to find out where it is headquartered",
 }
+# The fact refers back to the searched entity ("it") instead of naming it again: the value follows the words it
+# follows in the search result ("founded by Y"), so a model copies it, while naming the entity would mean
+# recalling which of the episode's names was searched last.
 _FACT = {
-    "founded_by": "{entity} was founded by {value}",
-    "born_in": "{entity} was born in {value}",
-    "located_in": "{entity} is located in {value}",
-    "founded": "{entity} founded {value}",
-    "headquartered_in": "{entity} is headquartered in {value}",
+    "founded_by": "it was founded by {value}",
+    "born_in": "this person was born in {value}",
+    "located_in": "it is located in {value}",
+    "founded": "this person founded {value}",
+    "headquartered_in": "it is headquartered in {value}",
 }
 _PLAN = {
     "founder_birth_country": "I need the founder of {anchor}, the city where that person was born, and the country "
