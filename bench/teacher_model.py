@@ -1,6 +1,6 @@
 """Held-out success of a model as the teacher: greedy agent episodes on built-in tasks, per family.
 
-    .venv/bin/python bench/teacher_model.py                  # builtin:teacher-sft (built on first use: ~6 min)
+    .venv/bin/python bench/teacher_model.py                  # builtin:teacher-sft (built on first use: 15-30 min on one thread)
     .venv/bin/python bench/teacher_model.py --model DIR --n 50 --split eval --json out.json
 
 Prints a table and writes bench/results/teacher_model.json (or --json).

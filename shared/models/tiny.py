@@ -16,14 +16,17 @@ TINY_SIZES: dict[str, dict] = {
     # Two layers of two 32-dim heads: the shallowest shape in which induction (copying) forms quickly; deeper
     # or narrower-headed nano shapes did not form it in minutes of pre-training (docs/models.md).
     "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2),
-    # The build-time fine-tuned teacher (`teacher-sft`): the nano recipe made wider (three 32-dim heads, a wider MLP) and still two layers, so
-    # induction pre-training still forms copying in a build-time budget (~650 steps on one thread).
+    # The nano recipe made wider (three 32-dim heads, a wider MLP), still two layers, so induction pre-training
+    # still forms copying in a build-time budget (~650 steps on one thread).
     "nano-wide": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=3),
+    # The build-time fine-tuned teacher (`teacher-sft`): `nano-wide` with a third layer. It still forms copying
+    # (1,000 induction steps) and, after SFT, solves more arith than two layers (docs/models.md).
+    "nano-wide3": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3),
     "micro": dict(hidden_size=192, intermediate_size=544, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2),
     "mini": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=9, num_attention_heads=6, num_key_value_heads=2),
 }
 
-ROLE_SIZES = {"student": "nano", "teacher": "micro", "teacher-sft": "nano-wide"}
+ROLE_SIZES = {"student": "nano", "teacher": "micro", "teacher-sft": "nano-wide3"}
 
 
 def _token_id(tokenizer, token: str | None) -> int | None:

@@ -23,12 +23,15 @@ _PURPOSE = {
     "founded": "to find out which company {entity} founded",
     "headquartered_in": "to find out where it is headquartered",
 }
+# The fact refers back to the searched entity ("it") instead of naming it again: the value follows the words it
+# follows in the search result ("founded by Y"), so a model copies it, while naming the entity would mean
+# recalling which of the episode's names was searched last.
 _FACT = {
-    "founded_by": "{entity} was founded by {value}",
-    "born_in": "{entity} was born in {value}",
-    "located_in": "{entity} is located in {value}",
-    "founded": "{entity} founded {value}",
-    "headquartered_in": "{entity} is headquartered in {value}",
+    "founded_by": "it was founded by {value}",
+    "born_in": "this person was born in {value}",
+    "located_in": "it is located in {value}",
+    "founded": "this person founded {value}",
+    "headquartered_in": "it is headquartered in {value}",
 }
 _PLAN = {
     "founder_birth_country": "I need the founder of {anchor}, the city where that person was born, and the country "
@@ -40,6 +43,26 @@ _PLAN = {
     "hq_country": "I need the company {anchor} founded, the city where it is headquartered, and the country that "
     "city is in. I will search for each one in turn.",
 }
+
+
+def _name_literal(name: str) -> str:
+    """A kb name as a string literal, written with a space before it: `" Sturkrar Holdings"`.
+
+    The byte-level BPE splits `"Sturkrar` (no space) into other tokens than ` Sturkrar`, which is how the name
+    appears in the question, the thoughts and the search results. With the space a model copies the name's
+    tokens from its context instead of learning a spelling map per name (search ignores the space). For the
+    same reason no kb thought, and no question, starts with a name."""
+    return json.dumps(" " + name)
+
+
+def search_code(name: str) -> str:
+    """The expert's kb lookup of `name`."""
+    return f"print(search({_name_literal(name)}))"
+
+
+def kb_answer_code(answer: str) -> str:
+    """The expert's kb final answer: `.strip()` keeps the tokenizer-friendly space out of the answer."""
+    return f"final_answer_print({_name_literal(answer)}.strip())"
 
 
 def _family_and_meta(task: Task) -> tuple[str, dict]:
@@ -77,12 +100,12 @@ def _kb_steps(meta: dict) -> list[Step]:
             thought = f"First, I search for {hop['entity']} {purpose}."
         else:
             learnt = _FACT[hops[i - 1]["relation"]].format(**hops[i - 1])
-            thought = f"{learnt}. Next, I search for {hop['entity']} {purpose}."
-        steps.append(Step(kind="act", thought=thought, code=f"print(search({json.dumps(hop['entity'])}))"))
+            thought = f"The search shows that {learnt}. Next, I search for {hop['entity']} {purpose}."
+        steps.append(Step(kind="act", thought=thought, code=search_code(hop["entity"])))
     answer = hops[-1]["value"]
     last_fact = _FACT[hops[-1]["relation"]].format(**hops[-1])
-    steps.append(Step(kind="act", thought=f"{last_fact}, so the answer is {answer}.",
-                      code=f"final_answer_print({json.dumps(answer)})"))
+    steps.append(Step(kind="act", thought=f"The search shows that {last_fact}, so the answer is {answer}.",
+                      code=kb_answer_code(answer)))
     return steps
 
 
@@ -183,16 +206,16 @@ def _kb_step_from(meta: dict, progress: int) -> Step:
     if progress == len(hops) - 1:
         answer = hops[-1]["value"]
         fact = _FACT[hops[-1]["relation"]].format(**hops[-1])
-        return Step(kind="act", thought=f"{fact}, so the answer is {answer}.",
-                    code=f"final_answer_print({json.dumps(answer)})")
+        return Step(kind="act", thought=f"The search shows that {fact}, so the answer is {answer}.",
+                    code=kb_answer_code(answer))
     hop = hops[progress + 1]
     purpose = _PURPOSE[hop["relation"]].format(entity=hop["entity"])
     if progress < 0:
         thought = f"First, I search for {hop['entity']} {purpose}."
     else:
         learnt = _FACT[hops[progress]["relation"]].format(**hops[progress])
-        thought = f"{learnt}. Next, I search for {hop['entity']} {purpose}."
-    return Step(kind="act", thought=thought, code=f"print(search({json.dumps(hop['entity'])}))")
+        thought = f"The search shows that {learnt}. Next, I search for {hop['entity']} {purpose}."
+    return Step(kind="act", thought=thought, code=search_code(hop["entity"]))
 
 
 def broken_trajectory(task: Task, rng, *, restyle: bool = False) -> tuple[list[Step], int, str]:
@@ -257,10 +280,10 @@ def _broken_kb(gold: list[Step], meta: dict, position: int, rng) -> tuple[list[S
     named = {hop["entity"] for hop in hops} | {hop["value"] for hop in hops}
     titles = [doc["title"] for doc in documents()]
     other = rng.choice([t for t in rng.sample(titles, 8) if t not in named])
-    wrong_answer = Step(kind="act", thought=f"So the answer is {other}.", code=f"final_answer_print({json.dumps(other)})")
+    wrong_answer = Step(kind="act", thought=f"So the answer is {other}.", code=kb_answer_code(other))
     if position == len(gold) - 1:
         return [*gold[:-1], wrong_answer], position, "wrong final answer"
-    wrong_search = gold[position].model_copy(update={"code": f"print(search({json.dumps(other)}))"})
+    wrong_search = gold[position].model_copy(update={"code": search_code(other)})
     return [*gold[:position], wrong_search, wrong_answer], position, "wrong entity searched"
 
 

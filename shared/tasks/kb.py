@@ -44,7 +44,7 @@ _TEMPLATES = {
     "birth_country": ("Which country is the city where {x} was born located in?",
                       "In which country was {x} born?"),
     "hq_country": ("In which country is the company founded by {x} headquartered?",
-                   "{x} founded a company. In which country is its headquarters?"),
+                   "The person {x} founded a company. In which country is its headquarters?"),
 }
 KINDS = tuple(_TEMPLATES)
 

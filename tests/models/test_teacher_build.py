@@ -29,6 +29,19 @@ def test_examples_are_the_tokens_a_rollout_assembles(score_home):
         assert trained == "".join(render_step(step) + tokenizer.eos_token for step in steps)
 
 
+def test_kb_names_are_the_same_tokens_wherever_an_episode_writes_them(score_home):
+    """A name in the code, the thoughts, the question and the search results is one token sequence (the one after
+    a space), so the model can copy it; `"Sturkrar` and ` Sturkrar` are different tokens."""
+    tokenizer = _tokenizer(score_home)
+    for task in builtin_tasks(family="kb", split="train", n=60, seed=7):
+        ids, _ = teacher_build.episode_example(tokenizer, task, teacher_build.expert_trajectory(task))
+        text = tokenizer.decode(ids)
+        for name in {hop["entity"] for hop in task.meta["hops"]} | {hop["value"] for hop in task.meta["hops"]}:
+            spaced = list(tokenizer(" " + name, add_special_tokens=False)["input_ids"])
+            found = sum(ids[i:i + len(spaced)] == spaced for i in range(len(ids)))
+            assert found == text.count(name) > 0, (task.question, name)
+
+
 def test_observations_are_what_the_sandbox_prints():
     from shared.tasks.gold import gold_episodes
 
@@ -41,7 +54,7 @@ def test_observations_are_what_the_sandbox_prints():
 
 def test_the_teacher_recipe_records_its_sft_and_rehashes_when_it_changes(monkeypatch):
     base = builtin._model_recipe("teacher-sft", "tok")
-    assert base["size"] == "nano-wide" and base["induction"]["steps"] > 0
+    assert base["size"] == "nano-wide3" and base["induction"]["steps"] > 0
     assert base["sft"]["tasks"] == builtin.SFT["teacher-sft"]["tasks"] and "sft" not in builtin._model_recipe("student", "tok")
     monkeypatch.setitem(builtin.SFT, "teacher-sft", {**builtin.SFT["teacher-sft"], "epochs": 2.0})
     assert builtin._digest(builtin._model_recipe("teacher-sft", "tok")) != builtin._digest(base)
@@ -85,7 +98,7 @@ def test_a_teacher_sft_build_records_its_sft_and_checks_in_the_manifest(score_ho
     builtin.copy_current_builtins(score_home, tmp_path)  # the tokenizer and the prebuilt roles, not teacher-sft
     directory = builtin.ensure_builtin_model("teacher-sft", tmp_path)
     manifest = builtin._read_manifest(directory)
-    assert manifest["role"] == "teacher-sft" and manifest["size"] == "nano-wide"
+    assert manifest["role"] == "teacher-sft" and manifest["size"] == "nano-wide3"
     sft = manifest["sft"]
     assert sft["settings"] == small and sft["examples"] == 9
     for check in ("validation", "held_out"):

@@ -109,7 +109,7 @@ def test_kb_expert_searches_once_per_hop_and_learns_each_name_from_an_observatio
     for task in _sample("kb", 100):
         steps = expert_steps(task)
         hops = task.meta["hops"]
-        assert [s.code for s in steps[1:-1]] == [f"print(search({json.dumps(h['entity'])}))" for h in hops]
+        assert [s.code for s in steps[1:-1]] == [f"print(search({json.dumps(' ' + h['entity'])}))" for h in hops]
         outputs, final = _run(steps)
         # Each searched name after the first, and the answer, come from the previous search's output,
         # never from the question: the answer is reachable only through search.
@@ -183,11 +183,11 @@ def test_kb_expert_counts_only_hops_a_search_resolved():
     query = f"who is {hops[0]['entity']}"
     resolved = [plan, _act(f"print(search({json.dumps(query)}))", search(query))]
     assert expert_progress(task, resolved) == 0
-    assert expert_next_step(task, resolved).code == f"print(search({json.dumps(hops[1]['entity'])}))"
+    assert expert_next_step(task, resolved).code == f"print(search({json.dumps(' ' + hops[1]['entity'])}))"
     # A search for something else resolves nothing: the expert searches the first entity again.
     wrong = [plan, _act('print(search("Posvalland"))', search("Posvalland"))]
     assert expert_progress(task, wrong) == -1
-    assert expert_next_step(task, wrong).code == f"print(search({json.dumps(hops[0]['entity'])}))"
+    assert expert_next_step(task, wrong).code == f"print(search({json.dumps(' ' + hops[0]['entity'])}))"
 
 
 def test_broken_trajectories_break_exactly_one_step_and_end_wrong():
