@@ -12,6 +12,7 @@ error) and again with 0 (every prefix proposed in one call), side by side. A sec
 calls per correction. Nothing is asserted; the numbers are reported.
 
     .venv/bin/python bench/teacher_corrections.py [--items 200] [--model-items 4] [--model-max-tokens 64]
+        [--model-role teacher|teacher-sft]   # teacher-sft: the fine-tuned teacher (built on first use)
 
 Prints a table and writes bench/results/teacher_corrections.json.
 """
@@ -95,13 +96,14 @@ def expert_round(home: Path, n: int, seed: int, verify_window: int = 1) -> dict:
     return results
 
 
-def model_round(home: Path, items, positions, kinds, max_tokens: int) -> dict:
+def model_round(home: Path, items, positions, kinds, max_tokens: int, role: str = "teacher") -> dict:
     from fastapi.testclient import TestClient
 
     from services.teacher.app import create_app
     from services.teacher.config import TeacherConfig
 
-    config = TeacherConfig(engine="transformers", settings=Settings(home=home), max_step_tokens=max_tokens,
+    config = TeacherConfig(engine="transformers", model=str(ensure_builtin_model(role, home)),
+                           settings=Settings(home=home), max_step_tokens=max_tokens,
                            max_judge_tokens=max_tokens * 2)
     results = {}
     with TestClient(create_app(config)) as client:
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200, help="broken trajectories for the expert round")
     parser.add_argument("--model-items", type=int, default=4, help="broken trajectories for the tiny-model round (0: skip)")
     parser.add_argument("--model-max-tokens", type=int, default=64, help="token budget of one teacher model turn")
+    parser.add_argument("--model-role", default="teacher", choices=("teacher", "teacher-sft"),
+                        help="built-in model of the model round: the untrained tiny teacher or the fine-tuned one")
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "teacher_corrections.json"))
     args = parser.parse_args()
@@ -128,9 +132,9 @@ def main() -> None:
     for name, r in expert_round(home, args.items, args.seed, verify_window=0).items():
         result["expert"][f"{name}, window 0"] = r
     if args.model_items:
-        ensure_builtin_model("teacher", home)
         m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1)
-        result["tiny_model"] = model_round(home, m_items, m_positions, m_kinds, args.model_max_tokens)
+        result["tiny_model"] = model_round(home, m_items, m_positions, m_kinds, args.model_max_tokens,
+                                           args.model_role)
 
     rows = []
     for backend, strategies in (("expert", result["expert"]), ("tiny model", result.get("tiny_model", {}))):
