@@ -131,7 +131,8 @@ class ModelServiceConfig(BaseSettings):
         default=0.0, ge=0.0, le=1_048_576.0,
         description="Memory for KV states kept between an episode's turns (transformers), so a turn prefills only "
         "its new tokens; least recently used prefixes are evicted beyond it. 0 (the default for now): off, same "
-        "samples, more prefill. On, it cut prefill ~8x in bench/student_rollouts.py, but a full demo ran slower.")
+        "samples, more prefill. On (512), with the slot KV cache, it cut bench/mps_stage.py's prefill 8.9x and raised "
+        "its tasks/s 1.3x (docs/student.md); a full demo with it has not been re-timed.")
     kv_cache: Literal["slots", "legacy"] = Field(
         default="slots", description="KV cache layout of the decode loop (transformers): `slots`, preallocated "
         "per-row slots written in place each step (shared/models/kv_slots.py); `legacy`, a transformers "
