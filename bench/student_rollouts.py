@@ -86,11 +86,15 @@ def main() -> None:
 
     home = Path(os.environ.get("SCORE_HOME") or tempfile.mkdtemp(prefix="score-bench-"))
     ensure_builtin_model("student", home)
-    tasks = builtin_tasks(split="eval", n=args.items, seed=7)
-    body = {
-        "items": [{"task": t.model_dump(mode="json")} for t in tasks], "n": args.n, "max_turns": args.max_turns,
-        "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens, "seed": 0},
-    }
+    # Fresh tasks every round (and for the warm-up): a repeated episode would find its whole self in the prefix
+    # cache from the round before, and prefill per episode would measure that, not one episode's turns.
+    pool = builtin_tasks(split="eval", n=args.items * (args.repeats + 1), seed=7)
+    tasks = pool[: args.items]
+
+    def round_body(r: int) -> dict:
+        return {"items": [{"task": t.model_dump(mode="json")} for t in pool[r * args.items:(r + 1) * args.items]],
+                "n": args.n, "max_turns": args.max_turns,
+                "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens, "seed": 0}}
     logs = Path(tempfile.mkdtemp())
     services = {
         # One torch thread each, as `score up` gives its services: two full thread pools on the same cores slow
@@ -104,11 +108,12 @@ def main() -> None:
     try:
         for service in services.values():
             service.wait_ready()
-            timed_round(service.url, {**body, "items": body["items"][:2], "n": 1})  # warm-up
-        for _ in range(args.repeats):  # interleaved, so both arms see the same machine noise
+            warm_up = round_body(args.repeats)
+            timed_round(service.url, {**warm_up, "items": warm_up["items"][:2], "n": 1})
+        for r in range(args.repeats):  # interleaved, so both arms see the same machine noise
             tokens = {}
             for arm, service in services.items():
-                measured, tokens[arm] = timed_round(service.url, body)
+                measured, tokens[arm] = timed_round(service.url, round_body(r))
                 rounds[arm].append(measured)
             same_episodes.append(sum(a == b for a, b in zip(tokens[baseline], tokens[candidate])))
     finally:
