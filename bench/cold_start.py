@@ -33,10 +33,10 @@ import yaml  # noqa: E402
 
 from shared.schemas.experiments import ExperimentConfig  # noqa: E402
 from shared.schemas.run_config import RunConfig  # noqa: E402
+from shared.schemas.runs import RunState  # noqa: E402
 from shared.stats import wilson  # noqa: E402
 
 POLL_S = 2.0
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def run_config(raw: dict, seed: int, args) -> RunConfig:
@@ -80,7 +80,7 @@ def measure(client, config: RunConfig) -> dict:
     while True:
         run = api_request(client, "GET", f"/v1/runs/{run_id}").json()
         evaluated = run["stages"].get("eval_bc_init", {}).get("state") == "done"
-        if evaluated or run["state"] in TERMINAL:
+        if evaluated or RunState(run["state"]).terminal:
             break
         now = (run.get("stage"), (run["stages"].get(run.get("stage") or "", {}) or {}).get("detail"))
         if now != last and now[0]:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.models.engine import KVCacheKind
 from shared.sandbox.limits import SandboxLimits
 
 DEFAULT_PORTS = {"coordinator": 8000, "student": 8001, "teacher": 8002, "trainer": 8003}
@@ -133,7 +134,7 @@ class ModelServiceConfig(BaseSettings):
         "its new tokens; least recently used prefixes are evicted beyond it. 0 (the default for now): off, same "
         "samples, more prefill. On (512), with the slot KV cache, it cut bench/mps_stage.py's prefill 8.9x and raised "
         "its tasks/s 1.3x (docs/student.md); a full demo with it has not been re-timed.")
-    kv_cache: Literal["slots", "legacy"] = Field(
+    kv_cache: KVCacheKind = Field(
         default="slots", description="KV cache layout of the decode loop (transformers): `slots`, preallocated "
         "per-row slots written in place each step (shared/models/kv_slots.py); `legacy`, a transformers "
         "DynamicCache grown by concatenation, kept for side-by-side measurements. Same samples either way.")

@@ -16,6 +16,9 @@ from shared.errors import UnavailableError
 from shared.models.arrivals import Arrival
 from shared.schemas.sampling import SamplingParams
 
+# The in-process engine's decode-loop KV layouts: preallocated slots (kv_slots.py) or a growing DynamicCache.
+KVCacheKind = Literal["slots", "legacy"]
+
 
 @dataclass
 class GenerationOutput:

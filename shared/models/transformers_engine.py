@@ -30,6 +30,7 @@ import math
 import queue
 import threading
 import time
+from typing import get_args
 
 import torch
 from transformers import DynamicCache
@@ -37,15 +38,13 @@ from transformers import DynamicCache
 from shared.models.arrivals import Arrival, Arrivals
 from shared.models.batch import LiveBatch, Request, Row, cached_states
 from shared.models.kv_slots import SlotBatch, slots_unsupported
-from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, PromptTooLongError
+from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, KVCacheKind, PromptTooLongError
 from shared.models.loading import load_causal_lm
 from shared.models.prefix_cache import PrefixCache
 from shared.models.sampling import sample_next
 from shared.schemas.sampling import SamplingParams
 
 log = logging.getLogger("score.engine")
-
-KV_CACHES = ("slots", "legacy")  # kv_slots.SlotBatch, or batch.LiveBatch on a DynamicCache
 
 
 class TransformersEngine(Engine):
@@ -64,10 +63,10 @@ class TransformersEngine(Engine):
         arrival_wait_ms: float = 100.0,
         policy_version: int = 0,
         prefix_cache_mb: float = 0.0,
-        kv_cache: str = "slots",
+        kv_cache: KVCacheKind = "slots",
     ) -> None:
-        if kv_cache not in KV_CACHES:
-            raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
+        if kv_cache not in get_args(KVCacheKind):
+            raise ValueError(f"kv_cache must be one of {', '.join(get_args(KVCacheKind))}, not {kv_cache!r}")
         self.weights_path = str(model_path)
         self.model_name = model_name or "score-model"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
