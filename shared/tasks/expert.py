@@ -91,22 +91,9 @@ def _arith_steps(meta: dict) -> list[Step]:
 
 
 def _kb_steps(meta: dict) -> list[Step]:
-    hops = meta["hops"]
-    anchor = hops[0]["entity"]
-    steps = [Step(kind="plan", thought=_PLAN[meta["kind"]].format(anchor=anchor))]
-    for i, hop in enumerate(hops):
-        purpose = _PURPOSE[hop["relation"]].format(entity=hop["entity"])
-        if i == 0:
-            thought = f"First, I search for {hop['entity']} {purpose}."
-        else:
-            learnt = _FACT[hops[i - 1]["relation"]].format(**hops[i - 1])
-            thought = f"The search shows that {learnt}. Next, I search for {hop['entity']} {purpose}."
-        steps.append(Step(kind="act", thought=thought, code=search_code(hop["entity"])))
-    answer = hops[-1]["value"]
-    last_fact = _FACT[hops[-1]["relation"]].format(**hops[-1])
-    steps.append(Step(kind="act", thought=f"The search shows that {last_fact}, so the answer is {answer}.",
-                      code=kb_answer_code(answer)))
-    return steps
+    """The plan, then from each hop's progress (-1: nothing searched yet) the step that follows it."""
+    plan = Step(kind="plan", thought=_PLAN[meta["kind"]].format(anchor=meta["hops"][0]["entity"]))
+    return [plan, *(_kb_step_from(meta, progress) for progress in range(-1, len(meta["hops"])))]
 
 
 def expert_steps(task: Task) -> list[Step]:
