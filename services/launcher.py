@@ -72,8 +72,12 @@ def pick_ports(prefer_defaults: bool = True) -> dict[str, int]:
 
 
 class _Service:
-    def __init__(self, name: str, port: int, args: list[str], log_path: Path) -> None:
+    """One `score serve <kind>` child process; `name` tells it apart in logs and urls (an engine named
+    `teacher-engine` is a `student` service serving the teacher model)."""
+
+    def __init__(self, name: str, port: int, args: list[str], log_path: Path, kind: str | None = None) -> None:
         self.name, self.port, self.args, self.log_path = name, port, args, log_path
+        self.kind = kind or name
         self.process: subprocess.Popen | None = None
         self._log_offset = 0
 
@@ -84,12 +88,12 @@ class _Service:
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} score serve {self.name} "
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} score serve {self.kind} "
                       f"--port {self.port} {' '.join(self.args)}\n".encode())
             log.flush()
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                [SCORE, "serve", self.name, "--port", str(self.port), *self.args],
+                [SCORE, "serve", self.kind, "--port", str(self.port), *self.args],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent,
             )
@@ -125,7 +129,9 @@ class ServiceStack:
     """Embedded Redis (unless a Redis URL is given) and the four services, stopped together.
 
     `extra_args` maps a service to extra `score serve` arguments (e.g. `{"teacher": ["--engine", "expert"]}`);
-    `threads` is each model service's OMP/MKL thread count.
+    `engines` adds model servers the services call, by name: `(kind, port, args)`, e.g. the teacher model behind
+    its own OpenAI-compatible server (`("student", 8101, ["--model", "builtin:teacher-sft"])`); they start, and
+    are ready, before the four services. `threads` is each model service's OMP/MKL thread count.
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class ServiceStack:
         home: Path,
         ports: dict[str, int] | None = None,
         extra_args: dict[str, list[str]] | None = None,
+        engines: dict[str, tuple[str, int, list[str]]] | None = None,
         threads: int | None = None,
         redis_url: str | None = None,
         api_token: str | None = None,
@@ -148,9 +155,15 @@ class ServiceStack:
         self.log_dir = self.home / "logs"
         extra_args = extra_args or {}
         self.services = {
+            name: _Service(name, port, list(args), self.log_dir / f"{name}.log", kind=kind)
+            for name, (kind, port, args) in (engines or {}).items()
+        }
+        self.services.update({
             name: _Service(name, ports[name], list(extra_args.get(name, [])), self.log_dir / f"{name}.log")
             for name in ORDER
-        }
+        })
+        # Engines first: a service that calls a model server checks it while starting.
+        self.order = tuple(engines or ()) + ORDER
         self.redis: EmbeddedRedis | None = None
         self._started: list[str] = []
 
@@ -170,29 +183,32 @@ class ServiceStack:
         env.update({
             "SCORE_HOME": str(self.home),
             "SCORE_REDIS_URL": self.redis_url or "",
-            **{f"SCORE_{other.upper()}_URL": service.url for other, service in self.services.items()},
+            **{f"SCORE_{other.upper()}_URL": self.services[other].url for other in ORDER},
             "PYTHONUNBUFFERED": "1",
         })
         if self.api_token:
             env["SCORE_API_TOKEN"] = self.api_token
         # Model services each get their share of the cores (contention between them slowed a GRPO loop 7x);
         # the coordinator does no tensor work, so one thread keeps it out of their way.
-        threads = self.threads if name in MODEL_SERVICES else 1
+        threads = self.threads if self.services[name].kind in MODEL_SERVICES else 1
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         return env
 
     def start(self, services: Iterable[str] | None = None) -> "ServiceStack":
-        """Start Redis and the services (all of them by default), and wait until every one is ready."""
-        names = [name for name in ORDER if services is None or name in set(services)]
+        """Start Redis and the services (all of them and the engines by default), and wait until every one is
+        ready; engines are ready before the services start."""
+        names = [name for name in self.order if services is None or name in set(services)]
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             if self.redis_url is None:
                 self.redis = EmbeddedRedis().start()
                 self.redis_url = self.redis.url
-            for name in names:
-                self.services[name].start(self._env(name))
-                self._started.append(name)
-            self.wait_ready(names)
+            engines = [name for name in names if name not in ORDER]
+            for group in (engines, [name for name in names if name in ORDER]):
+                for name in group:
+                    self.services[name].start(self._env(name))
+                    self._started.append(name)
+                self.wait_ready(group)
         except BaseException:
             self.stop()
             raise
@@ -243,7 +259,7 @@ class ServiceStack:
 
     def stop(self) -> None:
         """Stop the services in reverse start order, then Redis. Safe to call twice."""
-        for name in reversed(ORDER):
+        for name in reversed(self.order):
             if name in self._started:
                 self.services[name].stop()
         self._started.clear()

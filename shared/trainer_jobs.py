@@ -1,6 +1,6 @@
 """Waiting for a trainer job by following its event stream (`GET /v1/jobs/{id}/events?stream=true`).
 
-The coordinator's training stages and `score demo --teacher tiny` both wait this way. A dropped connection (the
+The coordinator's training stages wait this way. A dropped connection (the
 trainer restarting, a proxy cutting a long stream) is resumed after the last event seen (`after`). The stream
 ends when the job does; the job itself (`GET /v1/jobs/{id}`) then says how it ended.
 """

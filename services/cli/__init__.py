@@ -15,7 +15,8 @@ from services.cli.client import CLIError
 from services.cli.experiment import experiment_command
 from services.cli.runs import export_command, run_command, status_command
 from services.cli.serve import SERVICES, serve_command
-from services.cli.stack import DEMO_TEACHER, demo_command, up_command
+from services.cli.stack import demo_command, up_command
+from services.cli.teachers import HELP as TEACHER_HELP, TEACHERS
 from services.cli.tasks import tasks_command
 
 
@@ -59,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start everything on loopback and run the whole SCoRe pipeline on "
                                "the built-in suite with tiny models")
     demo.add_argument("--quick", action="store_true", help="a smaller run (configs/demo-quick.yaml)")
-    demo.add_argument("--teacher", choices=("expert", "tiny"), default=None,
-                      help=f"expert: the scripted solver; tiny: the built-in tiny teacher, trained first on expert "
-                      f"trajectories (cached). Default: {DEMO_TEACHER}")
+    demo.add_argument("--teacher", choices=TEACHERS, default=None, help=TEACHER_HELP)
     demo.add_argument("--home", default=None, help="data directory (default: SCORE_HOME)")
     demo.add_argument("--no-baseline", action="store_true", help="skip the plain-distillation baseline")
     demo.set_defaults(func=demo_command)
@@ -75,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "several seeds, one held-out set (starts the services on loopback)")
     experiment.add_argument("config", help="experiment config (.yaml or .json; configs/experiment.yaml)")
     experiment.add_argument("--quick", action="store_true", help="a small version for CI (2 seeds, small pools)")
+    experiment.add_argument("--teacher", choices=TEACHERS, default=None, help=TEACHER_HELP)
     experiment.add_argument("--home", default=None, help="data directory (default: SCORE_HOME)")
     experiment.set_defaults(func=experiment_command)
 

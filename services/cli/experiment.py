@@ -39,19 +39,21 @@ def experiment_command(args) -> int:
     from services.cli.client import CLIError, api_request, coordinator_client, load_config
     from services.cli.stack import home_dir
     from services.coordinator.experiment_results import table
-    from services.launcher import ServiceStack, pick_ports, run_with_stack
+    from services.cli.teachers import DEFAULT_TEACHER, make_stack, prepare_teacher_model
+    from services.launcher import pick_ports, run_with_stack
 
     path = Path(args.config)
     config, _ = load_config(path)
     if args.quick:
         config = quick_config(config)
     home = home_dir(args.home)
-    stack = ServiceStack(home=home, ports=pick_ports(prefer_defaults=True),
-                         extra_args={"teacher": ["--engine", "expert"]})
+    teacher = args.teacher or DEFAULT_TEACHER
+    stack = make_stack(teacher, home, pick_ports(prefer_defaults=True))
 
     def session() -> int:
         print(f"score experiment: {path.name}{' (quick)' if args.quick else ''}, seeds {config.get('seeds')}, "
-              f"data in {home}", flush=True)
+              f"teacher {teacher}, data in {home}", flush=True)
+        prepare_teacher_model(teacher, home)
         started = time.monotonic()
         stack.start()
         print(f"services ready in {time.monotonic() - started:.0f}s", flush=True)
