@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from services.coordinator.records import keep_share, records_of
+from services.coordinator.records import gives_rl_prefix, keep_share, records_of
 from services.coordinator.store import RunStore
 from shared.schemas.run_config import RunConfig
 from shared.schemas.trajectories import TrajectoryRecord
@@ -36,9 +36,8 @@ def replayed(cold_start, share: float, run_id: str) -> list[TrajectoryRecord]:
 
 
 def rl_prefixes(records: list[TrajectoryRecord]) -> list[TrajectoryRecord]:
-    """RL-pool trajectories the teacher corrected: each gives (prefix, chosen step, rejected step)."""
-    return sorted((r for r in records if r.pool == "rl" and r.chosen_step is not None and r.first_error_step is not None),
-                  key=lambda r: r.task.id)
+    """RL-pool trajectories the teacher corrected at an act step: each gives (prefix, chosen step, rejected step)."""
+    return sorted(filter(gives_rl_prefix, records), key=lambda r: r.task.id)
 
 
 async def bc_init_dataset(store: RunStore, run_id: str, config: RunConfig) -> list[TrajectoryRecord]:

@@ -72,14 +72,29 @@ def trained_on(record: TrajectoryRecord, step: Step) -> bool:
 
     - A malformed turn (parse error, empty or missing code) is never a target: the episode went on past it,
       but what was written is not what the model should learn to write.
-    - A plan the student wrote during mentored problem solving is never a target: no correction strategy checks
-      plans (`verify` compares act steps by their effect; when `judge` names the plan, the repair replaces the
-      first act step after it), so a wrong plan can survive in a repaired trajectory. Teacher-written plans
-      (cold start, baseline) are targets.
+    - A plan the student wrote during mentored problem solving is never a target: a plan is checked only when
+      no act step can be fixed (`verify` then tries the teacher's own plan; when `judge` names the plan, the
+      repair replaces the first act step after it), so a wrong plan can survive in a repaired trajectory. A plan
+      the teacher wrote is a target: in cold start and the baseline, and in a trajectory whose plan the teacher
+      corrected (a repair at step 0, which puts the teacher's plan first).
     """
     if step.parse_error is not None:
         return False
-    return not (step.kind == "plan" and record.stage == "mps")
+    if step.kind == "plan" and record.stage == "mps":
+        return plan_corrected(record)
+    return True
+
+
+def plan_corrected(record: TrajectoryRecord) -> bool:
+    """Whether the teacher replaced the trajectory's plan (a repair at step 0): its first step is the teacher's."""
+    return any(not repair.hard and repair.first_error_step == 0 for repair in record.repairs)
+
+
+def gives_rl_prefix(record: TrajectoryRecord) -> bool:
+    """Whether RL starts from this record: an RL-pool task whose first correction is an act step. A corrected plan
+    leaves no verified prefix to start from (RL from the task alone is the student's ordinary rollout)."""
+    return (record.pool == "rl" and record.chosen_step is not None and record.first_error_step is not None
+            and record.chosen_step.kind == "act")
 
 
 def training_messages(record: TrajectoryRecord) -> list[dict]:

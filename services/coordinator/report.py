@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from services.coordinator.records import add_spend, keep_share
+from services.coordinator.records import add_spend, gives_rl_prefix, keep_share
 from shared.fsutil import atomic_write
 from shared.schemas.runs import DeadLetter, RunInfo
 from shared.schemas.trajectories import TEACHER_PURPOSES, TeacherSpend, TrajectoryRecord
@@ -72,8 +72,7 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
     if "rl_prefixes" in info.counters:
         prefixes = int(info.counters["rl_prefixes"])
     else:
-        prefixes = sum(1 for r in mps_all if r.pool == "rl" and r.chosen_step is not None
-                       and r.first_error_step is not None)
+        prefixes = sum(1 for r in mps_all if gives_rl_prefix(r))
     bc_init_correct = sum(1 for r in records if r.stage == "bc_init" and r.correct)
     baseline_correct = sum(1 for r in records if r.stage == "baseline" and r.correct)
 

@@ -15,8 +15,11 @@
 The window changes what is spent and how many calls are made, never the outcome: each proposal depends only on
 its (task, prefix), and the walk reads them in the same order.
 
-Plan steps have no observation: they are never the critical error here. A plan's consequences show in the
-act steps after it, and a correction replaces an act step.
+Plans have no observation, so the walk compares act steps only. When no act step's correction reaches the gold
+answer, the plan may be the first critical error (the paper's first step is the first thought): the teacher
+writes its own plan for the task, and if it differs from the student's and the teacher continues from it to the
+gold answer, the plan is the error (step 0) and the teacher's plan the correction. A plan is tried last, so an
+act step the teacher can fix is always preferred over rewriting the whole approach.
 """
 
 from __future__ import annotations
@@ -113,8 +116,42 @@ class VerifyStrategy:
                 corrected = continuation.steps[k] if len(continuation.steps) > k else teacher
                 search.result = self._found(search, k, student, corrected, continuation.steps)
                 return
-        if not search.pending:
+        if not search.pending and not await self._plan_correction(search):
             search.result = hard(search.prepared, "verify", self._hard_reason(search), search.cost)
+
+    async def _plan_correction(self, search: _Search) -> bool:
+        """Whether the student's plan is the first critical error (then `search.result` holds its correction):
+        the teacher's own plan differs and the teacher reaches the gold answer from it."""
+        task, steps = search.prepared.item.task, search.prepared.steps
+        if not steps or steps[0].kind != "plan" or len(search.tried) >= self.config.max_rollouts_per_item:
+            return False
+        try:
+            [proposal] = await self.backend.propose([(task, [])])
+        except BackendError:
+            return False  # the walk's own reason says more than a failed extra call
+        search.cost = search.cost.add(proposal.cost)
+        plan = proposal.step
+        if (plan is None or plan.kind != "plan" or plan.parse_error is not None
+                or plan.thought.strip() == steps[0].thought.strip()):
+            return False
+        search.tried.append(0)
+        try:
+            continuation = await self.backend.continue_from(task, [plan], max_turns=self.config.rollout_max_turns)
+        except BackendError:
+            return False
+        search.cost = search.cost.add(continuation.cost.as_rollout()).add(Cost(full_rollouts=1))
+        answer = continuation.final_answer
+        if answer is None or not (await score_answer_async(answer, task.true_answer)).correct:
+            return False
+        corrected = continuation.steps[0] if continuation.steps and continuation.steps[0].kind == "plan" else plan
+        analysis = (f"No act step's correction reaches the gold answer ({search.matched} act steps had the teacher's "
+                    f"effect). The teacher's own plan differs from the student's, and continuing from it the teacher "
+                    f"reaches the gold answer in {len(continuation.steps)} steps: the plan is the first critical error.")
+        search.result = Correction(
+            task_id=task.id, strategy="verify", answer_correct=False, first_error_step=0, analysis=analysis,
+            corrected_step=corrected, hard=False, cost=search.cost,
+        )
+        return True
 
     @staticmethod
     def _found(search: _Search, k: int, student: Step, corrected: Step, episode: list[Step]) -> Correction:

@@ -7,15 +7,15 @@ import asyncio
 
 import pytest
 
-from services.coordinator.records import rows_for_sft, trained_on
+from services.coordinator.records import plan_corrected, rows_for_sft, trained_on
 from services.coordinator.stages.mps import mentor
 from services.coordinator.stages.rl import answer_kind, episode_turns, judged_kind, reward_of
-from services.coordinator.datasets import sft_records
+from services.coordinator.datasets import rl_prefixes, sft_records
 from shared.agent.format import parse_act
 from shared.schemas.agent import Episode, Step, Task
 from shared.schemas.run_config import KeyStepRewards, MPSParams, RLParams
 from shared.schemas.teacher import Correction, Cost
-from shared.schemas.trajectories import TrajectoryRecord
+from shared.schemas.trajectories import Repair, TrajectoryRecord
 from shared.scoring import score_answer
 from shared.stats import discordant, mcnemar_exact, paired_bootstrap, wilson
 from shared.tasks.builtin import builtin_tasks
@@ -165,6 +165,27 @@ def test_mentor_refuses_an_error_step_outside_the_trajectory():
 
 
 # --- SCoRe-RL: horizon and key-step rewards ------------------------------------------------------------------
+
+
+def test_a_plan_the_teacher_corrected_is_a_target_and_gives_no_rl_prefix():
+    wrong = episode([PLAN, act("final_answer_print(4)", "4")], "4")
+    plan = Step(kind="plan", thought="add 2 and 3, then answer")
+    resumed = [plan, act("print(2 + 3)", "5"), act("final_answer_print(5)", "5")]
+    script = Script([wrong, episode(resumed, "5")], [correction(0, plan)])
+    done = run(script, max_turns=8)
+    # The student resumes from the teacher's plan alone, and its trajectory trains on that plan.
+    assert done.outcome == "repaired" and script.rollouts == [([], 8), ([plan], 8)]
+    repaired = record(done.episode.steps, k=0, chosen=plan, rejected=PLAN).model_copy(
+        update={"repairs": done.repairs})
+    assert plan_corrected(repaired) and weights(rows_for_sft([repaired])[0]) == [1, 1, 1]
+    # A student plan that only survived an act-step repair stays context.
+    act_repaired = record(done.episode.steps).model_copy(update={"repairs": [Repair(first_error_step=1, hard=False)]})
+    assert weights(rows_for_sft([act_repaired])[0]) == [0, 1, 1]
+    # RL starts from verified prefixes after an act-step correction only.
+    rl_plan = record(wrong.steps, pool="rl", outcome="unsolved", correct=False, k=0, chosen=plan, rejected=PLAN)
+    rl_act = record(wrong.steps, pool="rl", outcome="unsolved", correct=False, k=1, chosen=resumed[2],
+                    rejected=wrong.steps[1])
+    assert rl_prefixes([rl_plan, rl_act]) == [rl_act]
 
 
 def test_rl_horizon_is_the_papers_and_covers_the_remaining_gold_horizon():
