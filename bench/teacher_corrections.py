@@ -6,7 +6,9 @@ known position (wrong operand or operator, wrong entity searched, wrong final an
 every step's code restyled (other variable names, same effects), which makes the teacher execute and compare
 its own step at each prefix instead of recognising its own code — and reports corrections/s,
 full teacher rollouts, teacher tokens and sandboxes per correction, and how often the broken position was
-found. `verify` runs with the default `verify_window` (1: prefix by prefix, stopping at the first critical
+found, and how often the corrected step is a drop-in repair: the verified prefix, the corrected step and the gold
+trajectory's steps after it (what a student that went on correctly writes), replayed in the real sandbox, reach the
+gold answer. `verify` runs with the default `verify_window` (1: prefix by prefix, stopping at the first critical
 error) and again with 0 (every prefix proposed in one call), side by side. A second, smaller round runs `verify` and `judge` on the built-in tiny teacher model in-process
 (untrained: it mostly writes malformed steps, so its corrections are mostly `hard`), for model tokens and
 calls per correction. Nothing is asserted; the numbers are reported.
@@ -51,10 +53,35 @@ def broken_items(n: int, seed: int, restyle: bool = False) -> tuple[list[dict], 
     return items, positions, kinds
 
 
-def summarise(body: dict, seconds: float, positions: list[int], kinds: list[str]) -> dict:
+def replay_reaches_gold(items: list[dict], corrections: list[dict]) -> list[bool]:
+    """Per item: prefix + corrected step + the gold steps after it, replayed in a sandbox, give the gold answer."""
+    from shared.agent.execute import replay_steps
+    from shared.sandbox.sandbox import Sandbox
+    from shared.schemas.agent import Step, Task
+    from shared.scoring import score_answer
+    from shared.tasks.expert import expert_steps
+    from shared.tasks.gold import builtin_tools
+
+    reached = []
+    for item, correction in zip(items, corrections):
+        k = correction["first_error_step"]
+        if correction["hard"] or k is None or correction.get("corrected_step") is None:
+            reached.append(False)
+            continue
+        task = Task.model_validate(item["task"])
+        prefix = [Step.model_validate(s) for s in item["steps"][:k]]
+        steps = [*prefix, Step.model_validate(correction["corrected_step"]), *expert_steps(task)[k + 1:]]
+        with Sandbox(tools=builtin_tools()) as sandbox:
+            _, final = replay_steps(steps, sandbox)
+        reached.append(final is not None and score_answer(final, task.true_answer).correct)
+    return reached
+
+
+def summarise(body: dict, seconds: float, positions: list[int], kinds: list[str], items: list[dict]) -> dict:
     corrections = body["corrections"]
     n = len(corrections)
     found = [c["first_error_step"] == p for c, p in zip(corrections, positions)]
+    reached = replay_reaches_gold(items, corrections)
     by_kind: dict[str, list[int]] = {}
     for kind, hit in zip(kinds, found):
         by_kind.setdefault(kind, []).append(int(hit))
@@ -62,6 +89,8 @@ def summarise(body: dict, seconds: float, positions: list[int], kinds: list[str]
     return {
         "items": n, "seconds": seconds, "corrections_per_s": n / seconds,
         "position_accuracy": sum(found) / n, "hard": sum(c["hard"] for c in corrections),
+        "replay_reaches_gold": sum(reached) / n,
+        "found_and_replay_reaches_gold": sum(f and r for f, r in zip(found, reached)) / n,
         "full_rollouts_per_correction": cost["full_rollouts"] / n,
         "teacher_calls_per_correction": cost["teacher_calls"] / n,
         "teacher_tokens_per_correction": cost["teacher_tokens"] / n,
@@ -90,7 +119,7 @@ def expert_round(home: Path, n: int, seed: int, verify_window: int = 1) -> dict:
             response = httpx.post(f"{service.url}/v1/corrections", timeout=1800,
                                   json={"items": items, "strategy": name.split()[0]})
             response.raise_for_status()
-            results[name] = summarise(response.json(), time.perf_counter() - started, positions, kinds)
+            results[name] = summarise(response.json(), time.perf_counter() - started, positions, kinds, items)
     finally:
         service.stop()
     return results
@@ -111,7 +140,7 @@ def model_round(home: Path, items, positions, kinds, max_tokens: int, role: str 
             started = time.perf_counter()
             response = client.post("/v1/corrections", json={"items": items, "strategy": strategy})
             response.raise_for_status()
-            results[strategy] = summarise(response.json(), time.perf_counter() - started, positions, kinds)
+            results[strategy] = summarise(response.json(), time.perf_counter() - started, positions, kinds, items)
     return results
 
 
@@ -143,6 +172,7 @@ def main() -> None:
                 (f"{backend} {strategy}: {r['items']} broken trajectories (s)", f"{r['seconds']:.2f}"),
                 ("  corrections/s", f"{r['corrections_per_s']:.2f}"),
                 ("  position accuracy", f"{r['position_accuracy']:.3f}"),
+                ("  replay with the gold continuation reaches gold", f"{r['replay_reaches_gold']:.3f}"),
                 ("  hard", f"{r['hard']}"),
                 ("  full teacher rollouts / correction", f"{r['full_rollouts_per_correction']:.2f}"),
                 ("  teacher calls / correction", f"{r['teacher_calls_per_correction']:.2f}"),
