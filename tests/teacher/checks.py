@@ -15,6 +15,28 @@ def assert_valid_correction(correction: dict, item: dict) -> None:
         assert correction["first_error_step"] is None
         return
     k = correction["first_error_step"]
-    assert isinstance(k, int) and 0 < k < n_steps and item["steps"][k]["kind"] == "act", correction
+    assert isinstance(k, int) and 0 <= k < n_steps, correction
     step = correction["corrected_step"]
+    if k == 0:  # `verify` corrected the plan: a plan replaces a plan
+        assert item["steps"][0]["kind"] == "plan" and step["kind"] == "plan" and step["thought"], correction
+        return
+    assert item["steps"][k]["kind"] == "act", correction
     assert step["kind"] == "act" and step["code"] and step["observation"] is not None, step
+
+
+def expert_finishes(task, steps, max_turns: int = 8) -> str | None:
+    """Replay `steps` in a real sandbox and let the scripted expert continue; its final answer."""
+    from shared.agent.execute import execute_step, replay_steps
+    from shared.sandbox.sandbox import Sandbox
+    from shared.tasks.expert import expert_next_step
+    from shared.tasks.gold import builtin_tools
+
+    with Sandbox(tools=builtin_tools()) as sandbox:
+        episode, final = replay_steps(steps, sandbox)
+        for _ in range(max_turns):
+            if final is not None:
+                break
+            outcome = execute_step(expert_next_step(task, episode), sandbox)
+            episode.append(outcome.step)
+            final = outcome.final_answer
+    return final

@@ -3,29 +3,14 @@
 from fastapi.testclient import TestClient
 
 from services.teacher.app import create_app
-from shared.agent.execute import execute_step, replay_steps
-from shared.sandbox.sandbox import Sandbox
 from shared.schemas.agent import Step, Task
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
-from shared.tasks.expert import expert_next_step, expert_steps
-from shared.tasks.gold import builtin_tools
+from shared.tasks.expert import expert_steps
+from tests.teacher.checks import expert_finishes
 from tests.teacher.conftest import broken_items, teacher_config
 
 N_BROKEN = 40  # 20 per family; the bench runs 200
-
-
-def _expert_finishes(task: Task, steps: list[Step], max_turns: int = 8) -> str | None:
-    """Replay `steps` in a real sandbox and let the expert continue; its final answer."""
-    with Sandbox(tools=builtin_tools()) as sandbox:
-        episode, final = replay_steps(steps, sandbox)
-        for _ in range(max_turns):
-            if final is not None:
-                break
-            outcome = execute_step(expert_next_step(task, episode), sandbox)
-            episode.append(outcome.step)
-            final = outcome.final_answer
-    return final
 
 
 def test_verify_finds_the_broken_step_and_its_correction_reaches_the_gold_answer(expert_client):
@@ -45,7 +30,7 @@ def test_verify_finds_the_broken_step_and_its_correction_reaches_the_gold_answer
         corrected = Step.model_validate(correction["corrected_step"])
         assert corrected.observation, "the corrected step carries its observation"
         prefix = [Step.model_validate(s) for s in item["steps"][:k]]
-        assert score_answer(_expert_finishes(task, [*prefix, corrected]), task.true_answer).correct
+        assert score_answer(expert_finishes(task, [*prefix, corrected]), task.true_answer).correct
     # Full rollouts run only from divergent prefixes, earliest first: one per correction here.
     assert body["cost"]["full_rollouts"] / len(items) <= 1.5
     assert body["cost"]["full_rollouts"] == sum(c["cost"]["full_rollouts"] for c in corrections)

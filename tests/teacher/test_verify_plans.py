@@ -10,7 +10,7 @@ from shared.schemas.agent import Step, Task
 from shared.scoring import score_answer
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import broken_trajectory, expert_steps
-from tests.teacher.test_corrections_expert import _expert_finishes
+from tests.teacher.checks import expert_finishes
 
 WRONG_PLAN = Step(kind="plan", thought="I will guess the answer without computing anything.")
 
@@ -32,7 +32,7 @@ def test_a_wrong_plan_with_nothing_after_it_is_corrected_at_step_0(expert_client
         assert not correction["hard"] and correction["first_error_step"] == 0, correction
         plan = Step.model_validate(correction["corrected_step"])
         assert plan.kind == "plan" and plan.thought == expert_steps(task)[0].thought
-        assert score_answer(_expert_finishes(Task.model_validate(task.model_dump()), [plan]), task.true_answer).correct
+        assert score_answer(expert_finishes(Task.model_validate(task.model_dump()), [plan]), task.true_answer).correct
         assert correction["cost"]["full_rollouts"] == 1 and "plan is the first critical error" in correction["analysis"]
 
 
