@@ -157,7 +157,8 @@ class Correction(BaseModel):
     )
     first_error_step: int | None = Field(
         description="0-based index into `steps` of the first critical error; null when there is nothing to correct "
-        "or the trajectory is `hard`. (The paper's official code counts from 1.)",
+        "or the trajectory is `hard`; 0 when `verify` found the plan to be the error. (The paper's official code "
+        "counts from 1.)",
         examples=[2],
     )
     analysis: str = Field(
@@ -167,7 +168,8 @@ class Correction(BaseModel):
     corrected_step: Step | None = Field(
         default=None,
         description="The step to put in place of `steps[first_error_step]`: thought, code and the observation its "
-        "code printed when executed after the verified prefix `steps[:first_error_step]`.",
+        "code printed when executed after the verified prefix `steps[:first_error_step]` (a plan, with a thought "
+        "only, when the plan is corrected).",
     )
     hard: bool = Field(description="True when no usable repair was found; `reason` says why.", examples=[False])
     reason: str | None = Field(
