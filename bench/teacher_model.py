@@ -10,7 +10,10 @@ Episodes run the way the teacher service runs them with its in-process engine: `
 inprocess` runs it with `exec` in this process instead: trusted model output only, for quick experiments).
 Answers are scored with `shared.scoring`; intervals are Wilson 95% (`shared.stats.wilson`).
 
-`--split train` measures on train-split tasks the build-time SFT of `teacher-sft` did not use (validation).
+`--split train` measures on train-split tasks the build-time SFT of `teacher-sft` did not use (validation; with
+`--model`, the tasks its `builtin.json` records; `--also-exclude DIR` leaves out another build's too, so recipes
+are compared on the same tasks). `--failures -1` keeps every failing episode's turns and observations; kb failures are classified
+(`kb_failure_kind`) and counted under `failure_kinds`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import sys
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -83,6 +88,45 @@ def validation_tasks(family: str, n: int, *, exclude: set[str], seed: int = 101)
     return tasks[:n]
 
 
+_SEARCHED = re.compile(r'search\(\s*"([^"]*)"')
+
+
+def kb_failure_kind(meta: dict, answer: str | None, steps: list[str]) -> str:
+    """Why a failed kb episode failed, from the names it searched (in order) against the hops' entities.
+
+    "name miscopied": a search for a name other than the next hop's entity (the model wrote it wrong);
+    "no search in the first act turn": the episode broke down before any search (malformed text, usually
+    starting at the question's name in the plan); "answered too early" / "one hop too many": every search
+    right, but it answered an intermediate value or searched past the last hop (question kind confused);
+    "wrong answer after the right searches"; "ran out of turns after the right searches"."""
+    hops = meta["hops"]
+    searched = [m.group(1).strip() for step in steps for m in _SEARCHED.finditer(step)]
+    for i, hop in enumerate(hops):
+        if i >= len(searched):
+            break
+        if searched[i] != hop["entity"]:
+            return "name miscopied"
+    right = min(len(searched), len(hops))
+    if not searched:
+        return "no search in the first act turn"
+    if len(searched) > len(hops):
+        return "one hop too many"
+    if answer is not None and answer.strip() in [h["value"] for h in hops[:-1]]:
+        return "answered too early"
+    if answer is None:
+        return f"ran out of turns after {right} right searches"
+    return "wrong answer after the right searches"
+
+
+def recorded_training_tasks(model_dir: str) -> list:
+    """The tasks a built-in model's SFT trained on, from the settings its builtin.json records ([] if none)."""
+    from shared.models.teacher_build import training_tasks
+
+    manifest = Path(model_dir) / "builtin.json"
+    settings = ((json.loads(manifest.read_text()).get("sft") or {}).get("settings") if manifest.exists() else None)
+    return training_tasks(settings["tasks"], settings["task_seed"]) if settings else []
+
+
 async def run_episodes(model_dir: str, tasks, *, sandbox: str = "real", max_batch_size: int = 32):
     from shared.sandbox.sandbox import Sandbox
 
@@ -102,22 +146,29 @@ async def run_episodes(model_dir: str, tasks, *, sandbox: str = "real", max_batc
         await engine.close()
 
 
-def success(model_dir: str, tasks, *, sandbox: str = "real") -> dict:
-    """Solved share of `tasks` with the greedy teacher: successes, n, rate, 95% interval, seconds, failures."""
+def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int = 5) -> dict:
+    """Solved share of `tasks` with the greedy teacher: successes, n, rate, 95% interval, seconds, and the first
+    `keep_failures` failing episodes (each model turn's text and its observation; -1 keeps them all)."""
     started = time.perf_counter()
     episodes = asyncio.run(run_episodes(model_dir, tasks, sandbox=sandbox))
-    solved, failures = 0, []
+    solved, failures, kinds = 0, [], Counter()
     for task, episode in zip(tasks, episodes):
         if score_answer(episode.final_answer, task.true_answer).correct:
             solved += 1
-        elif len(failures) < 5:
+            continue
+        steps = episode.steps[episode.n_prefix_steps:]
+        raw = [s.raw or "" for s in steps]
+        kind = kb_failure_kind(task.meta, episode.final_answer, raw) if task.family == "kb" else None
+        kinds[kind] += kind is not None
+        if keep_failures < 0 or len(failures) < keep_failures:
             failures.append({"question": task.question, "answer": episode.final_answer,
                              "true_answer": task.true_answer, "stop_reason": episode.stop_reason,
-                             "steps": [s.raw or "" for s in episode.steps[episode.n_prefix_steps:]][:6]})
+                             **({"kind": kind} if kind else {}), "steps": raw,
+                             "observations": [s.observation for s in steps]})
     low, high = wilson(solved, len(tasks))
     return {"solved": solved, "n": len(tasks), "success": round(solved / max(1, len(tasks)), 4),
             "ci95": [round(low, 4), round(high, 4)], "seconds": round(time.perf_counter() - started, 1),
-            "failures": failures}
+            **({"failure_kinds": dict(kinds.most_common())} if +kinds else {}), "failures": failures}
 
 
 def main() -> None:
@@ -128,8 +179,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="tasks per family")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sandbox", choices=("real", "inprocess"), default="real")
+    parser.add_argument("--families", default="arith,kb", help="comma-separated task families to run")
+    parser.add_argument("--failures", type=int, default=5,
+                        help="failing episodes kept per family in the JSON, every turn and observation (-1: all)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "teacher_model.json"),
                         help="write the results here")
+    parser.add_argument("--also-exclude", action="append", default=[], metavar="DIR",
+                        help="with --split train, also leave out the tasks the build in DIR trained on (its "
+                             "builtin.json), so several recipes are compared on the same tasks; repeatable")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -137,6 +194,8 @@ def main() -> None:
     trained = []
     if args.model:
         model_dir = args.model
+        if args.split == "train":
+            trained = recorded_training_tasks(model_dir)
     else:
         from shared.models.builtin import ensure_builtin_model
 
@@ -151,18 +210,23 @@ def main() -> None:
             from shared.models.teacher_build import training_tasks
 
             trained = training_tasks(SFT["teacher-sft"]["tasks"], SFT["teacher-sft"]["task_seed"])
+    if args.split == "train":
+        for other in args.also_exclude:
+            trained += recorded_training_tasks(other)
     results = {"model": model_dir, "split": args.split, "build_seconds": build_seconds, "families": {}}
     print(f"{'family':<8}{'solved':>8}{'n':>5}{'success':>9}  95% interval   seconds")
-    for family in ("arith", "kb"):
+    for family in args.families.split(","):
         if args.split == "eval":
             tasks = builtin_tasks(family=family, split="eval", n=args.n, seed=args.seed)
         else:
             exclude = {task.question for task in trained if task.family == family}
             tasks = validation_tasks(family, args.n, exclude=exclude, seed=101 + args.seed)
-        row = success(model_dir, tasks, sandbox=args.sandbox)
+        row = success(model_dir, tasks, sandbox=args.sandbox, keep_failures=args.failures)
         results["families"][family] = row
         print(f"{family:<8}{row['solved']:>8}{row['n']:>5}{row['success']:>9.1%}  "
               f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]  {row['seconds']:>8}")
+        for kind, count in row.get("failure_kinds", {}).items():
+            print(f"  failed, {kind}: {count}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
