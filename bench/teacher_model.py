@@ -25,8 +25,8 @@ import io
 import json
 import re
 import sys
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -159,7 +159,8 @@ def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int 
         steps = episode.steps[episode.n_prefix_steps:]
         raw = [s.raw or "" for s in steps]
         kind = kb_failure_kind(task.meta, episode.final_answer, raw) if task.family == "kb" else None
-        kinds[kind] += kind is not None
+        if kind:
+            kinds[kind] += 1
         if keep_failures < 0 or len(failures) < keep_failures:
             failures.append({"question": task.question, "answer": episode.final_answer,
                              "true_answer": task.true_answer, "stop_reason": episode.stop_reason,
@@ -168,7 +169,7 @@ def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int 
     low, high = wilson(solved, len(tasks))
     return {"solved": solved, "n": len(tasks), "success": round(solved / max(1, len(tasks)), 4),
             "ci95": [round(low, 4), round(high, 4)], "seconds": round(time.perf_counter() - started, 1),
-            **({"failure_kinds": dict(kinds.most_common())} if +kinds else {}), "failures": failures}
+            **({"failure_kinds": dict(kinds.most_common())} if kinds else {}), "failures": failures}
 
 
 def main() -> None:
@@ -191,11 +192,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     build_seconds = None
-    trained = []
     if args.model:
         model_dir = args.model
-        if args.split == "train":
-            trained = recorded_training_tasks(model_dir)
     else:
         from shared.models.builtin import ensure_builtin_model
 
@@ -205,14 +203,11 @@ def main() -> None:
         build_seconds = manifest.get("build_seconds")
         print(f"builtin:teacher-sft at {model_dir} (build {build_seconds}s; ready in "
               f"{time.perf_counter() - started:.1f}s)")
-        if args.split == "train":
-            from shared.models.builtin import SFT
-            from shared.models.teacher_build import training_tasks
-
-            trained = training_tasks(SFT["teacher-sft"]["tasks"], SFT["teacher-sft"]["task_seed"])
+    # Validation leaves out what this build (and any --also-exclude build) trained on, as its manifest records.
+    trained = []
     if args.split == "train":
-        for other in args.also_exclude:
-            trained += recorded_training_tasks(other)
+        for directory in (model_dir, *args.also_exclude):
+            trained += recorded_training_tasks(directory)
     results = {"model": model_dir, "split": args.split, "build_seconds": build_seconds, "families": {}}
     print(f"{'family':<8}{'solved':>8}{'n':>5}{'success':>9}  95% interval   seconds")
     for family in args.families.split(","):

@@ -326,8 +326,7 @@ def copy_current_builtins(source_home: Path, target_home: Path) -> list[str]:
 
 def is_current_builtin(role: str, home: Path | None = None) -> bool:
     """Whether `role` is built for its current recipe (so `ensure_builtin_model` returns at once)."""
-    tokenizer_hash = _digest(_tokenizer_recipe())
-    return _is_current(builtin_model_dir(role, home), _digest(_model_recipe(role, tokenizer_hash)))
+    return _is_current(builtin_model_dir(role, home), _digest(_model_recipe(role, _digest(_tokenizer_recipe()))))
 
 
 def ensure_builtin_model(role: str, home: Path | None = None) -> Path:
