@@ -10,7 +10,8 @@ Evaluation is on `tasks.eval_split: validation` (training-split tasks no pool us
 without touching held-out tasks; `--held-out` measures the held-out set instead, for once after the choice.
 
     .venv/bin/python bench/cold_start.py [--config configs/experiment.yaml] [--seeds 0 1 2]
-        [--n-bc-init 2048] [--epochs 2] [--micro-batch-tokens 2048] [--lr 3e-3] [--held-out] [--home DIR]
+        [--n-bc-init 2048] [--epochs 2] [--micro-batch-tokens 2048] [--lr 3e-3] [--base CHECKPOINT]
+        [--held-out] [--home DIR]
 
 Prints a table (recipe, seed, success with its 95% Wilson interval, optimizer steps, seconds) and appends one
 JSON line per seed, per-task outcomes included, to docs/results/cold-start-<UTC date>.jsonl (or --out).
@@ -53,6 +54,8 @@ def run_config(raw: dict, seed: int, args) -> RunConfig:
         config.tasks.n_bc_init = args.n_bc_init
     if args.n_eval is not None:
         config.tasks.n_eval = args.n_eval
+    if args.base is not None:
+        config.bc_init.base = args.base
     config.tasks.eval_split = "heldout" if args.held_out else "validation"
     updates = {k: v for k, v in (("num_epochs", args.epochs), ("micro_batch_tokens", args.micro_batch_tokens),
                                  ("learning_rate", args.lr), ("max_steps", args.max_steps)) if v is not None}
@@ -113,6 +116,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, help="cold-start max_steps (default: the config's)")
     parser.add_argument("--micro-batch-tokens", type=int, help="cold-start micro_batch_tokens (default: the config's)")
     parser.add_argument("--lr", type=float, help="cold-start learning rate (default: the config's)")
+    parser.add_argument("--base", help="checkpoint the cold start fine-tunes (a path or trainer reference; "
+                        "default: the config's, else the built-in student)")
     parser.add_argument("--n-eval", type=int, help="tasks evaluated (default: the config's n_eval)")
     parser.add_argument("--held-out", action="store_true",
                         help="evaluate on the held-out split instead of validation (only after choosing a recipe)")
@@ -143,7 +148,7 @@ def main() -> int:
                 row = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": Path(args.config).name,
                        "recipe": recipe_label(config), "seed": seed,
                        "bc_init": config.bc_init.hyperparameters.model_dump(mode="json", exclude_unset=True),
-                       "n_bc_init": config.tasks.n_bc_init, "machine": f"{platform.node()} {os.cpu_count()} cpus",
+                       "n_bc_init": config.tasks.n_bc_init, "base": config.bc_init.base, "machine": f"{platform.node()} {os.cpu_count()} cpus",
                        **measure(client, config)}
                 rows.append(row)
                 with out.open("a") as handle:
