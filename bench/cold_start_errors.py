@@ -17,7 +17,7 @@ to learn (the suite itself is unchanged):
              the thought, a span an induction head can copy
 
     .venv/bin/python bench/cold_start_errors.py [--seeds 0 1 2] [--n 1024] [--epochs 3] [--lr 3e-3]
-        [--batch-tokens 4096] [--variant base] [--base DIR | --shape SIZE [--layers N] [--induction-steps N]]
+        [--batch-tokens 4096] [--variant base] [--base DIR | --shape SIZE [--layers N] [--mlp N] [--induction-steps N]]
         [--threads 2] [--out FILE]
 
 Prints one row per seed and writes the rows (with the most common first errors) as JSON.
@@ -107,7 +107,8 @@ def fresh_base(args, directory: Path) -> Path:
 
     from shared.models import induction, tiny
 
-    shape = dict(tiny.TINY_SIZES[args.shape], **({"num_hidden_layers": args.layers} if args.layers else {}))
+    overrides = {"num_hidden_layers": args.layers, "intermediate_size": args.mlp}
+    shape = dict(tiny.TINY_SIZES[args.shape], **{k: v for k, v in overrides.items() if v})
     tiny.TINY_SIZES["bench-shape"] = shape
     tokenizer = AutoTokenizer.from_pretrained(builtin.ensure_builtin_model("student"), local_files_only=True,
                                               padding_side="left")
@@ -138,7 +139,7 @@ def run_seed(args, seed: int, scratch: Path) -> dict:
     ok = sum(teacher_build.episodes_reproduced(model, checked, pad_id=tokenizer.pad_token_id, threads=args.threads))
     low, high = wilson(ok, len(checked))
     errors = first_errors(model, tokenizer, checked)
-    return {"variant": args.variant, "base": str(base), "shape": args.shape, "layers": args.layers, "seed": seed, "n_train": args.n, "epochs": args.epochs,
+    return {"variant": args.variant, "base": str(base), "shape": args.shape, "layers": args.layers, "mlp": args.mlp, "seed": seed, "n_train": args.n, "epochs": args.epochs,
             "lr": args.lr, "batch_tokens": args.batch_tokens, "optimizer_steps": trained["steps"],
             "final_loss": trained["final_loss"], "train_seconds": trained["seconds"], "reproduced": ok,
             "n_check": len(checked), "ci95": [round(low, 4), round(high, 4)],
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--shape", help="instead of --base: a fresh student of this tiny shape (e.g. nano-wide3), "
                         "induction-pre-trained like the built-in student")
     parser.add_argument("--layers", type=int, help="with --shape: override its number of layers")
+    parser.add_argument("--mlp", type=int, help="with --shape: override its MLP width (intermediate_size)")
     parser.add_argument("--induction-steps", type=int, default=1000, help="with --shape: induction steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cold_start_errors.json"))

@@ -46,3 +46,14 @@ def test_score_up_defaults_to_the_teacher_that_solves_the_suite():
 
     assert build_parser().parse_args(["up"]).teacher_engine == "expert"
     assert build_parser().parse_args(["up", "--teacher-engine", "transformers"]).teacher_engine == "transformers"
+
+
+def test_a_run_s_built_in_cold_start_base_is_built_before_the_services_and_nothing_else_is(
+        score_home, student_model_dir, capsys):
+    from services.cli.builtins import cold_start_base, prepare_builtin
+
+    assert cold_start_base({"bc_init": {"base": "builtin:student-wide"}}) == "builtin:student-wide"
+    assert cold_start_base({"tasks": {}}) is None
+    for reference in (None, "", "my-model/v2", "/some/dir", "builtin:student"):  # the student is current
+        prepare_builtin(reference, score_home, "student")
+    assert capsys.readouterr().out == ""

@@ -10,7 +10,9 @@ from pathlib import Path
 
 # `--quick` caps every size so the whole comparison runs in a few minutes (CI): two seeds, small pools, a few
 # optimizer steps per training job, one RL step on small groups. It checks the machinery (every arm trained and
-# evaluated on one held-out set, every figure recomputable), not the method: the student stays near 0%.
+# evaluated on one held-out set, every figure recomputable), not the method: the student stays near 0%. It also
+# starts from the built-in `nano` student when the config names a built-on-demand one (`builtin:student-wide`),
+# whose first build alone would take minutes.
 QUICK_SEEDS = 2
 QUICK_CAPS = {"n_bc_init": 64, "n_train": 8, "n_rl": 4, "n_eval": 16, "n_reserve": 16}
 QUICK_SFT_STEPS = 4          # per SFT job (cold start, SCoRe-SFT, baselines)
@@ -26,6 +28,9 @@ def quick_config(config: dict) -> dict:
     tasks = run.setdefault("tasks", {})
     for field, cap in QUICK_CAPS.items():
         tasks[field] = min(int(tasks.get(field, cap)), cap)
+    bc_init = run.setdefault("bc_init", {})
+    if _on_demand_builtin(bc_init.get("base")):
+        bc_init["base"] = "builtin:student"
     for stage in ("bc_init", "sft", "baseline"):  # the control trains for SCoRe's step count
         hyperparameters = run.setdefault(stage, {}).setdefault("hyperparameters", {})
         hyperparameters["max_steps"] = min(int(hyperparameters.get("max_steps") or QUICK_SFT_STEPS), QUICK_SFT_STEPS)
@@ -35,10 +40,17 @@ def quick_config(config: dict) -> dict:
     return config
 
 
+def _on_demand_builtin(reference) -> bool:
+    from shared.models.builtin import ON_DEMAND_ROLES
+
+    return isinstance(reference, str) and reference.startswith("builtin:") and reference[8:] in ON_DEMAND_ROLES
+
+
 def experiment_command(args) -> int:
     from services.cli.client import CLIError, api_request, coordinator_client, load_config
     from services.cli.stack import home_dir
     from services.coordinator.experiment_results import table
+    from services.cli.builtins import cold_start_base, prepare_builtin
     from services.cli.teachers import DEFAULT_TEACHER, make_stack, prepare_teacher_model
     from services.launcher import pick_ports, run_with_stack
 
@@ -54,6 +66,7 @@ def experiment_command(args) -> int:
         print(f"score experiment: {path.name}{' (quick)' if args.quick else ''}, seeds {config.get('seeds')}, "
               f"teacher {teacher}, data in {home}", flush=True)
         prepare_teacher_model(teacher, home)
+        prepare_builtin(cold_start_base(config.get("run")), home, "student")
         started = time.monotonic()
         stack.start()
         print(f"services ready in {time.monotonic() - started:.0f}s", flush=True)

@@ -70,6 +70,7 @@ def demo_config(quick: bool, no_baseline: bool) -> tuple[dict, Path]:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from services.cli.builtins import cold_start_base, prepare_builtin
     from services.cli.teachers import DEFAULT_TEACHER, make_stack, prepare_teacher_model
     from services.launcher import pick_ports, run_with_stack
 
@@ -81,6 +82,7 @@ def demo_command(args: argparse.Namespace) -> int:
     def session() -> int:
         print(f"score demo: {config_path.name}, teacher {teacher}, data in {home}", flush=True)
         prepare_teacher_model(teacher, home)
+        prepare_builtin(cold_start_base(config), home, "student")
         print(f"starting Redis and the services on loopback ({stack.threads} thread(s) per model service, "
               f"logs in {stack.log_dir}) ...", flush=True)
         started = time.monotonic()

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 TEACHERS = ("expert", "model", "remote")
@@ -25,20 +24,11 @@ HELP = ("expert: the scripted solver of the built-in suite; model: the built-in 
 
 
 def prepare_teacher_model(teacher: str, home: Path) -> None:
-    """Build the teacher model before the services start, saying so, so that a first run shows why it waits
-    instead of a teacher service that is not ready for many minutes."""
-    if teacher == "expert":
-        return
-    from shared.models.builtin import builtin_model_dir, ensure_builtin_model, is_current_builtin
+    """Build the teacher model before the services start, saying so (see services/cli/builtins.py)."""
+    from services.cli.builtins import prepare_builtin
 
-    role = TEACHER_MODEL.split(":", 1)[1]
-    if is_current_builtin(role, home):
-        return
-    print(f"building the built-in teacher model {TEACHER_MODEL} into {builtin_model_dir(role, home)} "
-          "(first use; tens of minutes on 2 cores, then cached) ...", flush=True)
-    started = time.monotonic()
-    ensure_builtin_model(role, home)
-    print(f"teacher model built in {time.monotonic() - started:.0f}s", flush=True)
+    if teacher != "expert":
+        prepare_builtin(TEACHER_MODEL, home, "teacher model")
 
 
 def make_stack(teacher: str, home: Path, ports: dict[str, int] | None = None, model: str = TEACHER_MODEL):

@@ -37,15 +37,17 @@ logger = logging.getLogger("score.models")
 
 # Built by `scripts/setup.sh` and the test fixtures, so a service starts at once.
 ROLES = ("student", "teacher")
-# Built on first use only (`builtin:teacher-sft`): a teacher fine-tuned at build time on expert trajectories, which
-# takes 15-30 minutes on one thread and does not yet solve the suite well enough to replace the scripted
-# expert (docs/teacher.md), so fresh installs and CI do not pay for it.
-ON_DEMAND_ROLES = ("teacher-sft",)
+# Built on first use only, so fresh installs and CI do not pay for them: `builtin:teacher-sft`, a teacher
+# fine-tuned at build time on expert trajectories, which takes 10-30 minutes on one thread and does not yet solve
+# the suite well enough to replace the scripted expert (docs/teacher.md); `builtin:student-wide`, a wider
+# student whose cold start learns which operation comes next on every seed tried, where the `nano` student stays
+# at chance (docs/experiments.md, "Why the cold start fails"), at about twice the training cost per step.
+ON_DEMAND_ROLES = ("teacher-sft", "student-wide")
 MODELS = ROLES + ON_DEMAND_ROLES
 # Bump when the way models or tokenizer are built changes in a way the recipe dicts do not capture.
 RECIPE_VERSION = 1
 VOCAB_SIZE = 2048
-ROLE_SEEDS = {"student": 1, "teacher": 2, "teacher-sft": 2}
+ROLE_SEEDS = {"student": 1, "teacher": 2, "teacher-sft": 2, "student-wide": 1}
 # BPE training time grows with the corpus; a few MB already gives a stable 2k vocabulary.
 MAX_CORPUS_CHARS = 4_000_000
 MANIFEST = "builtin.json"
@@ -59,6 +61,7 @@ PRETRAIN: dict[str, dict] = {
     "student": {"steps": 0, "lr": 5e-3, "seed": 0, "batch_size": 16, "seq_len": 256},
     "teacher": {"steps": 0, "lr": 3e-3, "seed": 0, "batch_size": 16, "seq_len": 256},
     "teacher-sft": {"steps": 0},
+    "student-wide": {"steps": 0},
 }
 # Induction pre-training (shared/models/induction.py): what makes the student able to copy numbers and names
 # from its context once fine-tuned. Measured on one thread: ~400 steps reach >90% copy accuracy on the nano
@@ -69,6 +72,7 @@ INDUCTION: dict[str, dict] = {
     "student": {"steps": 600, "lr": 3e-3, "seed": 0, "batch_size": 32, "seq_len": 64, "segment": 10},
     "teacher": {"steps": 0},
     "teacher-sft": {"steps": 1000, "lr": 3e-3, "seed": 0, "batch_size": 32, "seq_len": 64, "segment": 10},
+    "student-wide": {"steps": 1000, "lr": 3e-3, "seed": 0, "batch_size": 32, "seq_len": 64, "segment": 10},
 }
 # Build-time SFT on expert trajectories of distinct train-split tasks (shared/models/teacher_build.py); None
 # skips it. `teacher-sft` is trained to solve the built-in suite by itself (docs/teacher.md has the numbers);
@@ -78,6 +82,7 @@ SFT: dict[str, dict | None] = {
     "teacher": None,
     "teacher-sft": {"tasks": {"arith": 4000, "kb": 3000}, "task_seed": 0, "epochs": 1.0, "lr": 1e-2,
                 "batch_tokens": 2048, "warmup": 30, "seed": 1},
+    "student-wide": None,
 }
 # Checks at build time, per family: validation on train-split tasks of `task_seed` that the SFT did not use, and
 # held-out on eval-split tasks (`held_out_seed`; reported only, never used to choose the recipe). Each scored as

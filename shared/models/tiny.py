@@ -26,7 +26,7 @@ TINY_SIZES: dict[str, dict] = {
     "mini": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=9, num_attention_heads=6, num_key_value_heads=2),
 }
 
-ROLE_SIZES = {"student": "nano", "teacher": "micro", "teacher-sft": "nano-wide3"}
+ROLE_SIZES = {"student": "nano", "teacher": "micro", "teacher-sft": "nano-wide3", "student-wide": "nano-wide3"}
 
 
 def _token_id(tokenizer, token: str | None) -> int | None:

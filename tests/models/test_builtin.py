@@ -138,3 +138,16 @@ def test_corpus_cap_keeps_every_part_of_the_corpus():
     assert sum(map(len, kept)) <= 250
     assert kept[0] == texts[0] and int(kept[-1][:3]) > 90  # spread over the whole list, not a prefix
     assert builtin._cap_chars(texts, 10_000) == texts
+
+
+def test_the_wide_student_is_built_on_demand_and_wider_than_the_student_but_not_the_teacher():
+    from shared.models.tiny import ROLE_SIZES, TINY_SIZES
+
+    assert "student-wide" in builtin.ON_DEMAND_ROLES and "student-wide" not in builtin.ROLES  # setup and CI skip it
+    wide, student = (builtin._model_recipe(role, "tok") for role in ("student-wide", "student"))
+    assert wide["shape"]["hidden_size"] > student["shape"]["hidden_size"]
+    assert wide["induction"]["steps"] > 0 and "sft" not in wide  # learning the suite is the cold start's job
+    # The model teacher must stay at least as large as the student it teaches.
+    params = {size: TINY_SIZES[size]["hidden_size"] * TINY_SIZES[size]["intermediate_size"]
+              * TINY_SIZES[size]["num_hidden_layers"] for size in TINY_SIZES}
+    assert params[ROLE_SIZES["teacher-sft"]] >= params[ROLE_SIZES["student-wide"]]
