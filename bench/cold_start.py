@@ -148,7 +148,8 @@ def main() -> int:
                 row = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": Path(args.config).name,
                        "recipe": recipe_label(config), "seed": seed,
                        "bc_init": config.bc_init.hyperparameters.model_dump(mode="json", exclude_unset=True),
-                       "n_bc_init": config.tasks.n_bc_init, "base": config.bc_init.base, "machine": f"{platform.node()} {os.cpu_count()} cpus",
+                       "n_bc_init": config.tasks.n_bc_init, "base": config.bc_init.base,
+                       "machine": f"{platform.node()} {os.cpu_count()} cpus",
                        **measure(client, config)}
                 rows.append(row)
                 with out.open("a") as handle:

@@ -43,7 +43,8 @@ def quick_config(config: dict) -> dict:
 def _on_demand_builtin(reference) -> bool:
     from shared.models.builtin import ON_DEMAND_ROLES
 
-    return isinstance(reference, str) and reference.startswith("builtin:") and reference[8:] in ON_DEMAND_ROLES
+    kind, _, role = str(reference or "").partition(":")
+    return kind == "builtin" and role in ON_DEMAND_ROLES
 
 
 def experiment_command(args) -> int:

@@ -40,8 +40,8 @@ ROLES = ("student", "teacher")
 # Built on first use only, so fresh installs and CI do not pay for them: `builtin:teacher-sft`, a teacher
 # fine-tuned at build time on expert trajectories, which takes 10-30 minutes on one thread and does not yet solve
 # the suite well enough to replace the scripted expert (docs/teacher.md); `builtin:student-wide`, a wider
-# student whose cold start learns which operation comes next on every seed tried, where the `nano` student stays
-# at chance (docs/experiments.md, "Why the cold start fails"), at about twice the training cost per step.
+# student whose cold start can learn which operation comes next, where the `nano` student stays at chance
+# (docs/experiments.md, "Why the cold start fails"), at about twice the training cost per step.
 ON_DEMAND_ROLES = ("teacher-sft", "student-wide")
 MODELS = ROLES + ON_DEMAND_ROLES
 # Bump when the way models or tokenizer are built changes in a way the recipe dicts do not capture.
