@@ -86,7 +86,8 @@ def _part(text: str) -> str:
 
 
 def first_errors(model, tokenizer, checked) -> collections.Counter:
-    """(expected, predicted, where) of each episode's first wrong model token under teacher forcing."""
+    """(expected, predicted, where) of each episode's first wrong model token under teacher forcing (pass only
+    the episodes `episodes_reproduced` found wrong: the others have none)."""
     counts = collections.Counter()
     with torch.no_grad():
         for ids, mask in checked:
@@ -136,9 +137,11 @@ def run_seed(args, seed: int, scratch: Path) -> dict:
                                 lr=args.lr, seed=seed, batch_tokens=args.batch_tokens, warmup=30,
                                 pad_id=tokenizer.pad_token_id, threads=args.threads)
     checked = examples(tokenizer, check_tasks, args.variant)
-    ok = sum(teacher_build.episodes_reproduced(model, checked, pad_id=tokenizer.pad_token_id, threads=args.threads))
+    reproduced = teacher_build.episodes_reproduced(model, checked, pad_id=tokenizer.pad_token_id,
+                                                   threads=args.threads)
+    ok = sum(reproduced)
     low, high = wilson(ok, len(checked))
-    errors = first_errors(model, tokenizer, checked)
+    errors = first_errors(model, tokenizer, [example for example, good in zip(checked, reproduced) if not good])
     return {"variant": args.variant, "base": str(base), "shape": args.shape, "layers": args.layers, "mlp": args.mlp, "seed": seed, "n_train": args.n, "epochs": args.epochs,
             "lr": args.lr, "batch_tokens": args.batch_tokens, "optimizer_steps": trained["steps"],
             "final_loss": trained["final_loss"], "train_seconds": trained["seconds"], "reproduced": ok,

@@ -11,15 +11,26 @@ import time
 from pathlib import Path
 
 
+def builtin_role(reference) -> str | None:
+    """The role of a `builtin:<role>` reference; None for anything else (a path, a published checkpoint)."""
+    kind, _, role = str(reference or "").partition(":")
+    return role if kind == "builtin" and role else None
+
+
+def is_on_demand(reference) -> bool:
+    """True for a built-in model that setup does not build (`ON_DEMAND_ROLES`): its first use builds it."""
+    from shared.models.builtin import ON_DEMAND_ROLES
+
+    return builtin_role(reference) in ON_DEMAND_ROLES
+
+
 def prepare_builtin(reference: str | None, home: Path, what: str) -> None:
     """Build `builtin:<role>` into `home` if it is not current; anything else (a path, a checkpoint) is left."""
-    if not reference or not str(reference).startswith("builtin:"):
-        return
     from shared.models.builtin import MODELS, builtin_model_dir, ensure_builtin_model, is_current_builtin
 
-    role = str(reference).split(":", 1)[1]
+    role = builtin_role(reference)
     if role not in MODELS or is_current_builtin(role, home):
-        return  # an unknown role is refused, with the list of roles, by whoever resolves it
+        return  # not built-in, or unknown: refused, with the list of roles, by whoever resolves it
     print(f"building the built-in {what} {reference} into {builtin_model_dir(role, home)} "
           "(first use; minutes on 2 cores, then cached) ...", flush=True)
     started = time.monotonic()

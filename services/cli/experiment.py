@@ -28,8 +28,10 @@ def quick_config(config: dict) -> dict:
     tasks = run.setdefault("tasks", {})
     for field, cap in QUICK_CAPS.items():
         tasks[field] = min(int(tasks.get(field, cap)), cap)
+    from services.cli.builtins import is_on_demand
+
     bc_init = run.setdefault("bc_init", {})
-    if _on_demand_builtin(bc_init.get("base")):
+    if is_on_demand(bc_init.get("base")):
         bc_init["base"] = "builtin:student"
     for stage in ("bc_init", "sft", "baseline"):  # the control trains for SCoRe's step count
         hyperparameters = run.setdefault(stage, {}).setdefault("hyperparameters", {})
@@ -38,13 +40,6 @@ def quick_config(config: dict) -> dict:
     for field, cap in QUICK_RL.items():
         rl[field] = min(int(rl.get(field, cap)), cap)
     return config
-
-
-def _on_demand_builtin(reference) -> bool:
-    from shared.models.builtin import ON_DEMAND_ROLES
-
-    kind, _, role = str(reference or "").partition(":")
-    return kind == "builtin" and role in ON_DEMAND_ROLES
 
 
 def experiment_command(args) -> int:
