@@ -40,9 +40,23 @@ def sample_next(
     if unseeded:
         picks = torch.multinomial(probs[unseeded], 1).squeeze(-1)
         chosen[sampled_rows[unseeded]] = picks
-    for i, row in enumerate(sampled_rows.tolist()):
-        generator = generators[row]
-        if generator is not None:
-            # Seeded rows draw from their own generator so a seed reproduces whatever the batch around it.
-            chosen[row] = torch.multinomial(probs[i], 1, generator=generator).squeeze(-1)
+    seeded = [i for i, row in enumerate(sampled_rows.tolist()) if generators[row] is not None]
+    if seeded:
+        # Seeded rows draw one uniform each from their own generator, so a seed reproduces whatever the batch
+        # around it; the draws are then inverted through the rows' CDFs at once. (A multinomial call per row
+        # cost more than the model's forward pass at batch 64.)
+        uniforms = torch.stack([torch.rand((), generator=generators[sampled_rows[i]], device=probs.device)
+                                for i in seeded])
+        chosen[sampled_rows[seeded]] = inverse_cdf(probs[seeded], uniforms)
     return chosen
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose CDF interval holds each row's uniform: probs (B, V) rows summing to about 1, uniforms (B,)
+    in [0, 1); returns (B,) long. Only tokens with positive probability can be drawn (a zero-probability token's
+    interval is empty), also when float rounding leaves the last CDF value short of the scaled uniform."""
+    cdf = probs.cumsum(dim=-1)
+    targets = (uniforms * cdf[:, -1]).unsqueeze(-1)
+    picks = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
+    last_possible = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(dim=-1)
+    return torch.minimum(picks, last_possible)
