@@ -66,13 +66,15 @@ class TrainingFacts(BaseModel):
 
 
 class Evaluation(BaseModel):
-    """One held-out evaluation of a checkpoint: a run's measurement of one of its policies."""
+    """One evaluation of a checkpoint: a run's measurement of one of its policies, on held-out tasks or (when a
+    run chooses settings) on validation tasks."""
 
     run: str = Field(description="Run id.")
     label: str = Field(description="The policy's name in the run (`bc_init`, `sft`, `rl`, `baseline`, ...).")
     solved: int = Field(ge=0)
     n: int = Field(ge=0)
     policy_version: int | None = None
+    tasks: Literal["held-out", "validation"] = Field(default="held-out", description="Which tasks were evaluated.")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -83,7 +85,7 @@ class Evaluation(BaseModel):
         success = self.solved / self.n if self.n else 0.0
         return {"run": plain(self.run), "label": plain(self.label), "solved": self.solved, "n": self.n,
                 "success": round(success, 6), "wilson_low": round(low, 6), "wilson_high": round(high, 6),
-                "policy_version": self.policy_version}
+                "policy_version": self.policy_version, "tasks": self.tasks}
 
 
 # --- escaping ------------------------------------------------------------------------------------
@@ -219,8 +221,8 @@ def _model_index(checkpoint: str, evaluations: list[dict]) -> list[dict]:
     """The Hub's `model-index` form of the held-out results (one result per run and policy)."""
     results = [{
         "task": {"type": "text-generation", "name": "tool-using problem solving"},
-        "dataset": {"type": "score-held-out", "name": f"held-out tasks of run {e['run']}"},
-        "metrics": [{"type": "accuracy", "name": f"held-out success ({e['label']})", "value": e["success"]}],
+        "dataset": {"type": f"score-{e['tasks']}", "name": f"{e['tasks']} tasks of run {e['run']}"},
+        "metrics": [{"type": "accuracy", "name": f"{e['tasks']} success ({e['label']})", "value": e["success"]}],
     } for e in evaluations]
     return [{"name": checkpoint, "results": results}]
 
@@ -253,13 +255,14 @@ def training_card(ref: CheckpointRef, facts: TrainingFacts) -> str:
 
 
 def _evaluation_section(evaluations: list[dict]) -> str:
-    rows = [f"| {md_text(e['run'])} | {md_text(e['label'])} | {e['success']:.1%} | "
+    rows = [f"| {md_text(e['run'])} | {md_text(e['label'])} | {e['tasks']} | {e['success']:.1%} | "
             f"[{e['wilson_low']:.1%}, {e['wilson_high']:.1%}] | {e['solved']}/{e['n']} |" for e in evaluations]
     return "\n".join([
         EVAL_START, "## Held-out evaluation", "",
-        "Success on each run's held-out tasks, with the 95% Wilson score interval over those tasks (one seed: it "
-        "shows sampling noise over tasks, not over training runs).", "",
-        "| run | policy | held-out success | 95% CI (Wilson) | solved/n |", "|---|---|---|---|---|", *rows, "",
+        "Success on each run's held-out tasks (or on validation tasks, where a run chose settings on them), with "
+        "the 95% Wilson score interval over those tasks (one seed: it shows sampling noise over tasks, not over "
+        "training runs).", "",
+        "| run | policy | tasks | success | 95% CI (Wilson) | solved/n |", "|---|---|---|---|---|---|", *rows, "",
         EVAL_END, ""])
 
 

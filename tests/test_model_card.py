@@ -100,7 +100,7 @@ def test_the_evaluation_section_is_added_once_and_updated_on_a_rerun(tmp_path, s
     record_evaluation(ref.path, Evaluation(run="run-1", label="sft", solved=4, n=10, policy_version=2))  # rerun
     text = (tmp_path / "checkpoints" / "evaluated" / "v1" / CARD).read_text()
     assert text.count(EVAL_START) == text.count(EVAL_END) == text.count("## Held-out evaluation") == 1
-    assert "| run-1 | sft | 40.0% | [16.8%, 68.7%] | 4/10 |" in text and "3/10" not in text
+    assert "| run-1 | sft | held-out | 40.0% | [16.8%, 68.7%] | 4/10 |" in text and "3/10" not in text
     front, body = read_card(ref.path)
     [evaluation] = front["score"]["evaluations"]
     assert evaluation["success"] == 0.4 and evaluation["wilson_low"] == pytest.approx(0.16818, abs=1e-5)
@@ -112,6 +112,12 @@ def test_the_evaluation_section_is_added_once_and_updated_on_a_rerun(tmp_path, s
     text = (tmp_path / "checkpoints" / "evaluated" / "v1" / CARD).read_text()
     assert text.count(EVAL_START) == 1 and "4/10" in text and "1/10" in text
     assert len(read_card(ref.path)[0]["model-index"][0]["results"]) == 2
+    # A run that chose settings on validation tasks says so: never a held-out figure.
+    record_evaluation(ref.path, Evaluation(run="run-3", label="rl", solved=2, n=10, tasks="validation"))
+    text = (tmp_path / "checkpoints" / "evaluated" / "v1" / CARD).read_text()
+    assert "| run-3 | rl | validation | 20.0% |" in text
+    result = read_card(ref.path)[0]["model-index"][0]["results"][-1]
+    assert result["metrics"][0]["name"] == "validation success (rl)" and result["dataset"]["type"] == "score-validation"
 
 
 def test_a_card_written_elsewhere_keeps_its_text_and_gains_the_section_once(tmp_path):

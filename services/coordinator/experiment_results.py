@@ -118,12 +118,22 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_set(results: dict) -> str:
+    """`held-out`, or `validation` for an experiment that chose settings on validation tasks."""
+    tasks = ((results.get("config") or {}).get("run") or {}).get("tasks") or {}
+    return "validation" if tasks.get("eval_split") == "validation" else "held-out"
+
+
 def render_markdown(results: dict, plots: list[str]) -> str:
     config = results.get("config") or {}
+    tasks = eval_set(results)
     out = [f"# Experiment {results['id']}", "",
-           f"Seeds: {config.get('seeds')}; held-out tasks: {results['held_out_tasks']} (the same for every seed and "
-           "arm). Every arm starts from its seed's cold-start checkpoint.", "",
-           "## Arms", ""]
+           f"Seeds: {config.get('seeds')}; {tasks} tasks: {results['held_out_tasks']} (the same for every seed and "
+           "arm). Every arm starts from its seed's cold-start checkpoint.", ""]
+    if tasks == "validation":
+        out += ["Evaluated on **validation** tasks (training-split tasks that no pool used), for choosing settings; "
+                "these are not held-out results.", ""]
+    out += ["## Arms", ""]
     out += [f"- `{arm}`: {ARM_TITLES.get(arm, arm)}" for arm in results["arms"]] + [""]
     out += ["| arm | seed | success | 95% Wilson CI | teacher tokens (prompt + written) | train rows | optimizer steps |",
             "|---|---|---|---|---|---|---|"]
@@ -138,7 +148,7 @@ def render_markdown(results: dict, plots: list[str]) -> str:
                    f"[{p['ci95'][0]:.1%}, {p['ci95'][1]:.1%}] | mean {p['teacher_tokens_mean']:.0f} | | |")
     out += ["", "Teacher tokens include the shared cold start. Rows and steps are those after cold start (the "
             "cold-start arm: its own).", "", "## Comparisons", "",
-            "Paired over the same held-out tasks: per seed the difference in success with an exact McNemar test; "
+            f"Paired over the same {tasks} tasks: per seed the difference in success with an exact McNemar test; "
             "pooled, the mean paired difference with a bootstrap 95% CI over (seed, task) pairs.", "",
             "| arm | versus | seed | difference | 95% CI | p | arm only / versus only |", "|---|---|---|---|---|---|---|"]
     for c in results["comparisons"]:
@@ -166,8 +176,8 @@ def write_results(directory: Path, results: dict) -> None:
         seeds = [s["success"] for s in results["arms"][arm]["seeds"].values()]
         ax.scatter([i] * len(seeds), seeds, color="#d9534f", s=12, zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize="small")
-    ax.set_ylabel("held-out success")
-    ax.set_title("Held-out success by arm (pooled, 95% Wilson CI; dots: seeds)")
+    ax.set_ylabel(f"{eval_set(results)} success")
+    ax.set_title(f"{eval_set(results).capitalize()} success by arm (pooled, 95% Wilson CI; dots: seeds)")
     fig.tight_layout()
     fig.savefig(plots_dir / "success_by_arm.png", dpi=100)
     plt.close(fig)
@@ -179,7 +189,7 @@ def write_results(directory: Path, results: dict) -> None:
                     color="black", capsize=4)
     ax.axvline(0.0, color="grey", linewidth=1)
     ax.set_yticks(range(len(pooled)), [f"{c['arm']} - {c['versus']}" for c in pooled], fontsize="small")
-    ax.set_xlabel("paired difference in held-out success (bootstrap 95% CI)")
+    ax.set_xlabel(f"paired difference in {eval_set(results)} success (bootstrap 95% CI)")
     ax.set_title("Paired differences, pooled over seeds")
     fig.tight_layout()
     fig.savefig(plots_dir / "paired_differences.png", dpi=100)

@@ -94,6 +94,7 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
         "created_at": info.created_at,
         "finished_at": finished_at,
         "wall_s": wall_s,
+        "eval_set": info.config.tasks.eval_set,
         "eval": {label: dict(result) for label, result in info.eval.items()},
         "mps": {
             "tasks": len(train),
@@ -204,20 +205,28 @@ def _rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["policy", "held-out success", "95% CI (Wilson)", "solved/n", "answered", "mean turns", "mean tokens"]
+def eval_set(metrics: dict) -> str:
+    """`held-out`, or `validation` for a run that evaluated validation tasks (older metrics: held-out)."""
+    return metrics.get("eval_set") or "held-out"
+
+
+def table_header(metrics: dict) -> list[str]:
+    return ["policy", f"{eval_set(metrics)} success", "95% CI (Wilson)", "solved/n", "answered", "mean turns",
+            "mean tokens"]
 
 
 def results_table(metrics: dict) -> str:
-    """The held-out results as an aligned plain-text table (one row per evaluated policy)."""
+    """The evaluation results as an aligned plain-text table (one row per evaluated policy)."""
     rows = _rows(metrics)
     if not rows:
-        return "no held-out evaluations recorded"
-    widths = [max(len(row[i]) for row in [TABLE_HEADER, *rows]) for i in range(len(TABLE_HEADER))]
+        return f"no {eval_set(metrics)} evaluations recorded"
+    header = table_header(metrics)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([line(TABLE_HEADER), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -250,17 +259,21 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     out = [f"# SCoRe run {title}", "",
            f"State: {metrics.get('state')}. Wall time: {_fmt(metrics.get('wall_s'), '.1f')} s.", ""]
 
-    out += ["## Held-out results", ""]
+    tasks = eval_set(metrics)
+    out += [f"## {tasks.capitalize()} results", ""]
     rows = _rows(metrics)
     if rows:
-        out += ["Each policy was evaluated on the same held-out tasks. The interval is the 95% Wilson score interval "
+        if tasks == "validation":
+            out += ["Evaluated on **validation** tasks (training-split tasks that no pool used), for choosing "
+                    "settings; these are not held-out results.", ""]
+        out += [f"Each policy was evaluated on the same {tasks} tasks. The interval is the 95% Wilson score interval "
                 "of the success rate over those tasks (one seed: it shows sampling noise over tasks, not over "
                 "training runs). `answered` is the share of episodes that gave a final answer; turns and tokens "
                 "are means per episode.", ""]
-        out += _markdown_table(TABLE_HEADER, rows) + [""]
+        out += _markdown_table(table_header(metrics), rows) + [""]
         out += [f"- `{label}`: {LABEL_TITLES.get(label, label)}" for label in _labels(metrics)] + [""]
     else:
-        out += ["No held-out evaluations were recorded.", ""]
+        out += [f"No {tasks} evaluations were recorded.", ""]
 
     mps = metrics.get("mps") or {}
     out += ["## Mentored problem solving (train pool)", ""]
@@ -337,7 +350,7 @@ def _plot_success(ax, metrics: dict) -> None:
     students = [label for label in STUDENT_LABELS if results.get(label, {}).get("success") is not None]
     refs = [label for label in ("baseline", "baseline_tokens", "control", "teacher")
             if results.get(label, {}).get("success") is not None]
-    title = "Held-out success by stage"
+    title = f"{eval_set(metrics).capitalize()} success by stage"
     if not students and not refs:
         _no_data(ax, title)
         return
@@ -354,7 +367,7 @@ def _plot_success(ax, metrics: dict) -> None:
             value = results[label]["success"]
             ax.axhline(value, color=color, linestyle=style, label=f"{label}: {value:.1%}")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("held-out success")
+    ax.set_ylabel(f"{eval_set(metrics)} success")
     ax.set_title(title)
     ax.legend(loc="best")
 

@@ -90,6 +90,11 @@ class TaskSource(BaseModel):
         examples=["heldout"],
     )
 
+    @property
+    def eval_set(self) -> str:
+        """What reports call the evaluated tasks: `held-out`, or `validation` when choosing settings on them."""
+        return "validation" if self.eval_split == "validation" else "held-out"
+
     @model_validator(mode="after")
     def _one_source(self) -> "TaskSource":
         if self.path is None and self.suite is None:

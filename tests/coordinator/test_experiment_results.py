@@ -54,3 +54,13 @@ def test_results_hold_outcomes_and_recomputable_comparisons(tmp_path):
     for plot in ("success_by_arm", "paired_differences"):
         assert (tmp_path / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
     assert "score_rl - score_sft: +17.5%" in table(results)
+
+
+def test_an_experiment_on_validation_tasks_says_so_and_never_reports_held_out_results(tmp_path):
+    by_seed = {"0": metrics(0, {"cold_start": 8, "score_sft": 12, "score_rl": 16, "baseline_equal_tokens": 14})}
+    config = {"seeds": [0], "run": {"tasks": {"eval_split": "validation"}}}
+    write_results(tmp_path, build_results("exp-v", config, by_seed))
+    report = (tmp_path / "report.md").read_text()
+    assert "validation tasks: 40" in report and "Paired over the same validation tasks" in report
+    # The only mention of held-out tasks is the line saying these are not held-out results.
+    assert report.lower().count("held-out") == 1

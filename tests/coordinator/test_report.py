@@ -131,6 +131,18 @@ def test_partial_eval_and_recovered_rl_step(tmp_path, records):
     assert "bc_init" in table and "1/10" in table and table.count("\n") == 2
 
 
+def test_a_run_evaluated_on_validation_tasks_never_reports_held_out_results(tmp_path, records):
+    info = make_info()
+    info.config.tasks.eval_split = "validation"
+    metrics = build_metrics(info, records, RL_STEPS, [], TIMING)
+    write_report(tmp_path, metrics)
+    report = (tmp_path / "report.md").read_text()
+    # The only mention of held-out tasks is the line saying these are not held-out results.
+    assert metrics["eval_set"] == "validation" and report.lower().count("held-out") == 1
+    assert "## Validation results" in report and "| validation success |" in report.replace("| policy ", "")
+    assert results_table(metrics).splitlines()[0].split()[1:3] == ["validation", "success"]
+
+
 def test_results_table_lists_every_policy_in_stage_order(records):
     table = results_table(build_metrics(make_info(), records, [], [], {}))
     lines = table.splitlines()

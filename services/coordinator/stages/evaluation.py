@@ -106,7 +106,7 @@ class EvalStage(Stage):
         await ctx.store.set_eval(ctx.run_id, self.label, summary)
         if served is not None:
             await self._add_to_card(ctx, Path(served.checkpoint.path), summary)
-        await ctx.store.event(ctx.run_id, "eval", f"held-out success of {self.label}: {summary['success']:.1%} "
+        await ctx.store.event(ctx.run_id, "eval", f"{ctx.config.tasks.eval_set} success of {self.label}: {summary['success']:.1%} "
                               f"({summary['solved']}/{n})", stage=self.name, data={"label": self.label, **summary})
 
     async def _add_to_card(self, ctx: RunContext, directory: Path, summary: dict) -> None:
@@ -118,11 +118,11 @@ class EvalStage(Stage):
             ctx.log("%s: %s is not a checkpoint under %s; its model card is left as it is", self.name, directory, root)
             return
         evaluation = Evaluation(run=ctx.run_id, label=self.label, solved=summary["solved"], n=summary["n"],
-                                policy_version=summary["policy_version"])
+                                policy_version=summary["policy_version"], tasks=ctx.config.tasks.eval_set)
         try:
             card = await asyncio.to_thread(record_evaluation, directory, evaluation)
         except OSError as exc:
             ctx.log("%s: model card of %s not updated: %s", self.name, directory, exc)
             return
-        await ctx.store.event(ctx.run_id, "log", f"{self.name}: held-out result added to {card}", stage=self.name,
+        await ctx.store.event(ctx.run_id, "log", f"{self.name}: {ctx.config.tasks.eval_set} result added to {card}", stage=self.name,
                               data={"card": str(card)})
