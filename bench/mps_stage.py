@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import statistics
 import sys
 import time
 import zlib
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.probes import cpu_seconds, engine_counters  # noqa: E402
 from bench.report import report  # noqa: E402
 from services.coordinator.batching import MicroBatcher  # noqa: E402
 from services.coordinator.clients import Services  # noqa: E402
@@ -63,18 +63,6 @@ def bench_home(path: Path) -> Path:
     if not link.exists():
         link.symlink_to(default / "models" / "builtin")
     return path
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and of its reaped children (sandboxes, training processes)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
-
-
-def engine_counters(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {name: float(value) for name, value in
-            re.findall(r'score_engine_total\{counter="(\w+)",service="student"\} (\S+)', text)}
 
 
 def sandbox_starts(url: str) -> dict[str, float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -32,15 +31,9 @@ from shared.models.transformers_engine import TransformersEngine  # noqa: E402
 from shared.schemas.sampling import SamplingParams  # noqa: E402
 from shared.settings import ModelServiceConfig  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
+from bench.probes import engine_counters  # noqa: E402
 from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
-
-
-def engine_counters(url: str) -> dict[str, float]:
-    """The service's engine counters (batches, joined requests, tokens) from /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    found = re.findall(r'score_engine_total\{counter="(\w+)",service="student"\} (\S+)', text)
-    return {name: float(value) for name, value in found}
 
 
 def prompts(n: int) -> list[str]:

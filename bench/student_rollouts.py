@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.models.builtin import ensure_builtin_model  # noqa: E402
 from shared.tasks.builtin import builtin_tasks  # noqa: E402
+from bench.probes import cpu_seconds, engine_counters  # noqa: E402
 from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
@@ -43,24 +43,20 @@ COMPARISONS = {
 }
 
 
-def engine_counters(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    found = re.findall(r'score_engine_total\{counter="(\w+)",service="student"\} (\S+)', text)
-    return {name: float(value) for name, value in found}
-
-
-def timed_round(url: str, body: dict) -> tuple[dict, list[list[int]]]:
-    before = engine_counters(url)
+def timed_round(url: str, pid: int, body: dict) -> tuple[dict, list[list[int]]]:
+    before, cpu_before = engine_counters(url), cpu_seconds(pid)
     started = time.perf_counter()
     response = httpx.post(f"{url}/v1/rollouts", json=body, timeout=1800)
     seconds = time.perf_counter() - started
     response.raise_for_status()
-    after = engine_counters(url)
+    after, cpu = engine_counters(url), cpu_seconds(pid) - cpu_before
     episodes = response.json()["episodes"]
     lengths = [len(e["token_ids"]) for e in episodes]
     delta = {k: after.get(k, 0.0) - v for k, v in before.items()}
     return {
         "seconds": seconds, "episodes": len(episodes), "episodes_per_s": len(episodes) / seconds,
+        # The service's own CPU (all threads, sandboxes included): steadier than wall time on a shared box.
+        "cpu_seconds": cpu, "episodes_per_cpu_s": len(episodes) / cpu if cpu else float("nan"),
         "model_turns": sum(len(e["steps"]) for e in episodes),
         "episode_tokens_mean": statistics.mean(lengths),
         "prefill_tokens_per_episode": delta.get("prefill_tokens", 0.0) / len(episodes),
@@ -109,11 +105,11 @@ def main() -> None:
         for service in services.values():
             service.wait_ready()
             warm_up = round_body(args.repeats)
-            timed_round(service.url, {**warm_up, "items": warm_up["items"][:2], "n": 1})
+            timed_round(service.url, service.process.pid, {**warm_up, "items": warm_up["items"][:2], "n": 1})
         for r in range(args.repeats):  # interleaved, so both arms see the same machine noise
             tokens = {}
             for arm, service in services.items():
-                measured, tokens[arm] = timed_round(service.url, round_body(r))
+                measured, tokens[arm] = timed_round(service.url, service.process.pid, round_body(r))
                 rounds[arm].append(measured)
             same_episodes.append(sum(a == b for a, b in zip(tokens[baseline], tokens[candidate])))
     finally:
@@ -125,7 +121,7 @@ def main() -> None:
 
     summary = {
         arm: {key: median(arm, key) for key in (
-            "seconds", "episodes_per_s", "episode_tokens_mean", "prefill_tokens_per_episode",
+            "seconds", "episodes_per_s", "cpu_seconds", "episodes_per_cpu_s", "episode_tokens_mean", "prefill_tokens_per_episode",
             "cached_tokens_per_episode", "generated_tokens_per_episode", "model_turns")}
         for arm in arms
     }
@@ -136,6 +132,7 @@ def main() -> None:
     result = {
         "config": vars(args), "summary": summary, "rounds": rounds,
         "speedup_episodes_per_s": on["episodes_per_s"] / off["episodes_per_s"],
+        "speedup_episodes_per_cpu_s": on["episodes_per_cpu_s"] / off["episodes_per_cpu_s"],
         "identical_episodes_per_round": same_episodes, "episodes_per_round": len(tasks) * args.n,
         "targets": ({"prefill_per_episode_length_with_cache": 1.2, "speedup_episodes_per_s": 2.0}
                     if args.compare == "prefix_cache" else {}),
@@ -145,6 +142,7 @@ def main() -> None:
          f"{baseline} | {candidate}"),
         ("round (s)", f"{off['seconds']:.2f} | {on['seconds']:.2f}"),
         ("episodes/s", f"{off['episodes_per_s']:.2f} | {on['episodes_per_s']:.2f}"),
+        ("service CPU s per round", f"{off['cpu_seconds']:.2f} | {on['cpu_seconds']:.2f}"),
         ("episode length (tokens)", f"{off['episode_tokens_mean']:.0f} | {on['episode_tokens_mean']:.0f}"),
         ("prefill tokens per episode", f"{off['prefill_tokens_per_episode']:.0f} | {on['prefill_tokens_per_episode']:.0f}"),
         (f"prefill / episode length (target {candidate} <= 1.2)" if args.compare == "prefix_cache"
@@ -152,6 +150,7 @@ def main() -> None:
          f"{off['prefill_per_episode_length']:.2f} | {on['prefill_per_episode_length']:.2f}"),
         (f"episodes/s {candidate} / {baseline}" + (" (target >= 2)" if args.compare == "prefix_cache" else ""),
          f"{result['speedup_episodes_per_s']:.2f}"),
+        (f"episodes per service CPU s, {candidate} / {baseline}", f"{result['speedup_episodes_per_cpu_s']:.2f}"),
         ("identical episodes per round", f"{min(same_episodes)} of {len(tasks) * args.n}"),
     ], result, args.out)
 
