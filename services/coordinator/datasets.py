@@ -21,18 +21,25 @@ async def stage_records(store: RunStore, run_id: str, stage: str) -> list[Trajec
     return records_of(await store.results(run_id, stage))
 
 
-def sft_records(records, share: float, run_id: str, *, cold_start=(), replay: float = 0.0) -> list[TrajectoryRecord]:
+def selection_salt(config: RunConfig) -> str:
+    """What the hashed shares below are keyed by: the training seed, not the run id, so two runs of one config
+    train on the same rows in the same order (a share keyed by run id made SFT rows, and so the trained
+    student, differ between such runs), and a redelivered item or a restart keeps the same ones."""
+    return f"seed-{config.tasks.seed}"
+
+
+def sft_records(records, share: float, salt: str, *, cold_start=(), replay: float = 0.0) -> list[TrajectoryRecord]:
     """Repaired trajectories, a deterministic `share` of the self-solved ones (train pool only), and a `replay`
     share of the correct cold-start trajectories."""
     mentored = [r for r in records if r.pool == "train" and (
-        r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, run_id)))]
-    return mentored + replayed(cold_start, replay, run_id)
+        r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, salt)))]
+    return mentored + replayed(cold_start, replay, salt)
 
 
-def replayed(cold_start, share: float, run_id: str) -> list[TrajectoryRecord]:
+def replayed(cold_start, share: float, salt: str) -> list[TrajectoryRecord]:
     """The correct cold-start trajectories SCoRe-SFT replays (its `replay_bc_init` share); reference arms from the
     cold-start checkpoint replay the same ones, so they differ from SCoRe only in their new data."""
-    return [r for r in cold_start if r.correct and keep_share(r.task.id, share, run_id + "/replay")]
+    return [r for r in cold_start if r.correct and keep_share(r.task.id, share, salt + "/replay")]
 
 
 def rl_prefixes(records: list[TrajectoryRecord]) -> list[TrajectoryRecord]:
@@ -45,7 +52,7 @@ async def bc_init_dataset(store: RunStore, run_id: str, config: RunConfig) -> li
 
 
 async def sft_dataset(store: RunStore, run_id: str, config: RunConfig) -> list[TrajectoryRecord]:
-    return sft_records(await stage_records(store, run_id, "mps"), config.mps.self_solved_share, run_id,
+    return sft_records(await stage_records(store, run_id, "mps"), config.mps.self_solved_share, selection_salt(config),
                        cold_start=await stage_records(store, run_id, "bc_init"), replay=config.sft.replay_bc_init)
 
 
@@ -55,7 +62,7 @@ async def baseline_dataset(store: RunStore, run_id: str, config: RunConfig) -> l
     cold = await stage_records(store, run_id, "bc_init")
     new = await stage_records(store, run_id, "baseline")
     if config.baseline.start == "cold_start":
-        return new + replayed(cold, config.sft.replay_bc_init, run_id)
+        return new + replayed(cold, config.sft.replay_bc_init, selection_salt(config))
     return cold + new
 
 

@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from services.coordinator.datasets import selection_salt
 from services.coordinator.records import add_spend, gives_rl_prefix, keep_share
 from shared.fsutil import atomic_write
 from shared.schemas.runs import DeadLetter, RunInfo
@@ -50,7 +51,7 @@ def _sft_rows(info: RunInfo, records: list[TrajectoryRecord]) -> int:
     # Same selection as the SFT stage: repaired plus a hashed share of self-solved, train pool only.
     share = info.config.mps.self_solved_share
     return sum(1 for r in records if r.stage == "mps" and r.pool == "train" and r.correct and (
-        r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, info.id))))
+        r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, selection_salt(info.config)))))
 
 
 def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict],

@@ -159,7 +159,8 @@ class MPSParams(BaseModel):
     max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.", examples=[256])
     self_solved_share: float = Field(
         default=0.5, ge=0.0, le=1.0,
-        description="Share of the tasks the student solved alone that are kept for SCoRe-SFT (the paper keeps about half).",
+        description="Share of the tasks the student solved alone that are kept for SCoRe-SFT (the paper keeps about half), "
+        "chosen by a hash of the task id and the training seed: two runs of one config keep the same ones.",
         examples=[0.5],
     )
     correction_batch: int = Field(

@@ -10,10 +10,10 @@ import pytest
 from services.coordinator.records import plan_corrected, rows_for_sft, trained_on
 from services.coordinator.stages.mps import mentor
 from services.coordinator.stages.rl import answer_kind, episode_turns, judged_kind, reward_of
-from services.coordinator.datasets import rl_prefixes, sft_records
+from services.coordinator.datasets import rl_prefixes, sft_dataset, sft_records
 from shared.agent.format import parse_act
 from shared.schemas.agent import Episode, Step, Task
-from shared.schemas.run_config import KeyStepRewards, MPSParams, RLParams
+from shared.schemas.run_config import KeyStepRewards, MPSParams, RLParams, RunConfig
 from shared.schemas.teacher import Correction, Cost
 from shared.schemas.trajectories import Repair, TrajectoryRecord
 from shared.scoring import score_answer
@@ -87,6 +87,27 @@ def test_sft_selection_keeps_repaired_share_of_self_solved_and_replay():
     assert chosen == sft_records(repaired + solved + rl_pool, 0.5, "run", cold_start=cold, replay=1.0)
     assert sum(r.stage == "bc_init" for r in chosen) == 4
     assert not sft_records(solved, 0.0, "run")
+
+
+def test_two_runs_of_one_config_train_on_the_same_sft_rows_and_another_seed_on_others():
+    # The hashed share of self-solved tasks is keyed by the training seed: keyed by the run id it made the SFT rows,
+    # their order and so the trained student differ between two runs of the same config.
+    steps = [PLAN, act("final_answer_print(5)", "5")]
+    solved = [record(steps, task=Task(id=f"t{i}", question=f"q{i}", true_answer=5), outcome="self_solved")
+              for i in range(60)]
+
+    class Results:  # what sft_dataset reads from the run store: each stage's results by item key
+        async def results(self, run_id, stage):
+            return {f"{stage}-{i:03d}": {"record": r.model_dump(mode="json")}
+                    for i, r in enumerate(solved if stage == "mps" else [])}
+
+    def chosen(run_id, seed):
+        config = RunConfig()
+        config.tasks.seed = seed
+        return [r.task.id for r in asyncio.run(sft_dataset(Results(), run_id, config))]
+
+    assert chosen("run-a", 0) == chosen("run-b", 0)
+    assert chosen("run-a", 0) != chosen("run-a", 1)
 
 
 # --- the MPS repair loop -------------------------------------------------------------------------------------

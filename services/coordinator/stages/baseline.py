@@ -4,7 +4,7 @@ solves the tasks SCoRe used) and `baseline_tokens` at equal teacher tokens (rese
 from __future__ import annotations
 
 from services.coordinator.context import RunContext
-from services.coordinator.datasets import baseline_dataset, replayed
+from services.coordinator.datasets import baseline_dataset, replayed, selection_salt
 from services.coordinator.records import add_spend, records_of, rows_for_sft
 from services.coordinator.stages.teacher_solve import TeacherSolveStage
 from services.coordinator.stages.training import fine_tune
@@ -81,7 +81,7 @@ class BaselineTokensStage(TeacherSolveStage):
             await ctx.store.event(ctx.run_id, "log", f"baseline_tokens: reserve exhausted at {used} of {budget} "
                                   "teacher tokens (raise tasks.n_reserve)", stage=self.name)
         cold = records_of(await ctx.store.results(ctx.run_id, "bc_init"))
-        rows = rows_for_sft(chosen + replayed(cold, ctx.config.sft.replay_bc_init, ctx.run_id))
+        rows = rows_for_sft(chosen + replayed(cold, ctx.config.sft.replay_bc_init, selection_salt(ctx.config)))
         if not rows:
             raise RuntimeError("baseline_tokens: no teacher trajectory fits the budget; nothing to train on")
         base = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
