@@ -36,17 +36,17 @@ def sample_next(
         rows_logits = top_p_filter(rows_logits, top_p[sampled_rows])
     probs = torch.softmax(rows_logits, dim=-1)
     chosen = greedy.clone()
-    unseeded = [i for i, row in enumerate(sampled_rows.tolist()) if generators[row] is None]
+    rows = sampled_rows.tolist()
+    unseeded = [i for i, row in enumerate(rows) if generators[row] is None]
     if unseeded:
         picks = torch.multinomial(probs[unseeded], 1).squeeze(-1)
         chosen[sampled_rows[unseeded]] = picks
-    seeded = [i for i, row in enumerate(sampled_rows.tolist()) if generators[row] is not None]
+    seeded = [i for i, row in enumerate(rows) if generators[row] is not None]
     if seeded:
         # Seeded rows draw one uniform each from their own generator, so a seed reproduces whatever the batch
         # around it; the draws are then inverted through the rows' CDFs at once. (A multinomial call per row
         # cost more than the model's forward pass at batch 64.)
-        uniforms = torch.stack([torch.rand((), generator=generators[sampled_rows[i]], device=probs.device)
-                                for i in seeded])
+        uniforms = torch.stack([torch.rand((), generator=generators[rows[i]], device=probs.device) for i in seeded])
         chosen[sampled_rows[seeded]] = inverse_cdf(probs[seeded], uniforms)
     return chosen
 
