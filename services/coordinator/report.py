@@ -10,8 +10,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from services.coordinator.datasets import selection_salt
-from services.coordinator.records import add_spend, gives_rl_prefix, keep_share
+from services.coordinator.datasets import selection_salt, sft_records
+from services.coordinator.records import add_spend, gives_rl_prefix
 from shared.fsutil import atomic_write
 from shared.schemas.runs import DeadLetter, RunInfo
 from shared.schemas.trajectories import TEACHER_PURPOSES, TeacherSpend, TrajectoryRecord
@@ -48,10 +48,9 @@ def _histogram(values: list[int], at_least: int = 0) -> dict[str, int]:
 def _sft_rows(info: RunInfo, records: list[TrajectoryRecord]) -> int:
     if "sft_rows" in info.counters:
         return int(info.counters["sft_rows"])
-    # Same selection as the SFT stage: repaired plus a hashed share of self-solved, train pool only.
-    share = info.config.mps.self_solved_share
-    return sum(1 for r in records if r.stage == "mps" and r.pool == "train" and r.correct and (
-        r.outcome == "repaired" or (r.outcome == "self_solved" and keep_share(r.task.id, share, selection_salt(info.config)))))
+    # The SFT stage's own selection (repaired plus a hashed share of self-solved), without the replayed cold start.
+    correct = [r for r in records if r.stage == "mps" and r.correct]
+    return len(sft_records(correct, info.config.mps.self_solved_share, selection_salt(info.config)))
 
 
 def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict],
@@ -212,8 +211,7 @@ def eval_set(metrics: dict) -> str:
 
 
 def table_header(metrics: dict) -> list[str]:
-    return ["policy", f"{eval_set(metrics)} success", "95% CI (Wilson)", "solved/n", "answered", "mean turns",
-            "mean tokens"]
+    return ["policy", f"{eval_set(metrics)} success", "95% CI (Wilson)", "solved/n", "answered", "mean turns", "mean tokens"]
 
 
 def results_table(metrics: dict) -> str:

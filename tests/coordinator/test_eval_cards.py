@@ -69,10 +69,10 @@ def test_the_evaluated_checkpoint_gets_its_result_in_its_card(redis_url, tmp_pat
 
     first, card_once, again, teacher, baseline = asyncio.run(scenario())
     assert first["checkpoint"] == again["checkpoint"] == ref.path and teacher["checkpoint"] is None
-    assert f"| {RUN} | sft | 25.0% |" in card_once and "1/4" in card_once
+    assert f"| {RUN} | sft | held-out | 25.0% |" in card_once and "1/4" in card_once
     text = (checkpoints / f"{RUN}-sft" / "v1" / CARD).read_text()
     assert text.count(EVAL_START) == text.count("## Held-out evaluation") == 1
-    assert f"| {RUN} | sft | 50.0% | [21.5%, 78.5%] | 4/8 |" in text and "1/4" not in text
+    assert f"| {RUN} | sft | held-out | 50.0% | [21.5%, 78.5%] | 4/8 |" in text and "1/4" not in text
     front, _ = read_card(ref.path)
     [evaluation] = front["score"]["evaluations"]  # the teacher has no checkpoint, the baseline's is elsewhere
     assert (evaluation["run"], evaluation["label"], evaluation["solved"], evaluation["n"]) == (RUN, "sft", 4, 8)
