@@ -43,20 +43,13 @@ def sample_next(
         chosen[sampled_rows[unseeded]] = picks
     seeded = [i for i, row in enumerate(rows) if generators[row] is not None]
     if seeded:
-        # Seeded rows draw one uniform each from their own generator, so a seed reproduces whatever the batch
-        # around it; the draws are then inverted through the rows' CDFs at once. (A multinomial call per row
-        # cost more than the model's forward pass at batch 64.)
-        uniforms = torch.stack([torch.rand((), generator=generators[rows[i]], device=probs.device) for i in seeded])
-        chosen[sampled_rows[seeded]] = inverse_cdf(probs[seeded], uniforms)
+        # Seeded rows draw from their own generator, so a seed reproduces whatever the batch around it. Each row
+        # draws what torch.multinomial would (one Exp(1) noise per token, the token maximising p / noise: the
+        # same tokens as a multinomial call per row), and the argmax runs once for all rows. An inverse-CDF draw
+        # with one uniform per row was 3x faster but flipped tokens on float noise between equal computations
+        # (the prefix cache on and off), which this draw does not.
+        noise = torch.empty_like(probs[seeded])
+        for j, i in enumerate(seeded):
+            noise[j].exponential_(1.0, generator=generators[rows[i]])
+        chosen[sampled_rows[seeded]] = (probs[seeded] / noise).argmax(dim=-1)
     return chosen
-
-
-def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """The token whose CDF interval holds each row's uniform: probs (B, V) rows summing to about 1, uniforms (B,)
-    in [0, 1); returns (B,) long. Only tokens with positive probability can be drawn (a zero-probability token's
-    interval is empty), also when float rounding leaves the last CDF value short of the scaled uniform."""
-    cdf = probs.cumsum(dim=-1)
-    targets = (uniforms * cdf[:, -1]).unsqueeze(-1)
-    picks = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
-    last_possible = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(dim=-1)
-    return torch.minimum(picks, last_possible)

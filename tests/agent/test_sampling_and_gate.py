@@ -4,7 +4,7 @@ import asyncio
 
 import torch
 
-from shared.models.sampling import inverse_cdf, sample_next, top_p_filter
+from shared.models.sampling import sample_next, top_p_filter
 from shared.versioning import VersionGate
 
 
@@ -38,22 +38,16 @@ def test_a_seeded_row_draws_the_same_token_whatever_the_batch_around_it():
     assert together.tolist() == alone
 
 
-def test_seeded_draws_follow_the_distribution_and_never_pick_a_zero_probability_token():
-    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
-    generator = torch.Generator().manual_seed(0)
-    n = 20_000
-    draws = inverse_cdf(probs.expand(n, -1), torch.rand(n, generator=generator))
-    frequencies = torch.bincount(draws, minlength=5).float() / n
-    assert frequencies[1] == 0 and frequencies[4] == 0
-    assert torch.allclose(frequencies, probs, atol=0.015)
-
-
-def test_a_draw_at_the_top_of_the_cdf_still_lands_on_a_possible_token():
-    # Should float rounding put the scaled uniform at the CDF's last value, the draw must not fall off the end
-    # onto the zero-probability tail (which top-p masks to exactly 0); a uniform of 1 forces that case.
-    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
-    assert inverse_cdf(probs, torch.tensor([1.0, 1.0])).tolist() == [1, 3]
-    assert inverse_cdf(probs, torch.tensor([0.0, 0.0])).tolist() == [0, 0]
+def test_a_seeded_row_draws_what_a_multinomial_call_with_its_generator_draws():
+    # Same tokens as before the rows were batched, step after step, top-p masked rows included.
+    logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
+    temperature, top_p = torch.full((8,), 0.8), torch.tensor([1.0, 0.9, 0.5, 1.0, 0.3, 1.0, 0.95, 1.0])
+    batched = [torch.Generator().manual_seed(100 + i) for i in range(8)]
+    alone = [torch.Generator().manual_seed(100 + i) for i in range(8)]
+    probs = torch.softmax(top_p_filter(logits / temperature.unsqueeze(-1), top_p), dim=-1)
+    for _ in range(5):
+        expected = [torch.multinomial(probs[i], 1, generator=alone[i]).item() for i in range(8)]
+        assert sample_next(logits, temperature, top_p, batched).tolist() == expected
 
 
 def test_gate_lets_a_swap_wait_for_requests_and_hold_new_ones():
