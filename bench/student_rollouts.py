@@ -121,8 +121,8 @@ def main() -> None:
 
     summary = {
         arm: {key: median(arm, key) for key in (
-            "seconds", "episodes_per_s", "cpu_seconds", "episodes_per_cpu_s", "episode_tokens_mean", "prefill_tokens_per_episode",
-            "cached_tokens_per_episode", "generated_tokens_per_episode", "model_turns")}
+            "seconds", "episodes_per_s", "cpu_seconds", "episodes_per_cpu_s", "episode_tokens_mean",
+            "prefill_tokens_per_episode", "cached_tokens_per_episode", "generated_tokens_per_episode", "model_turns")}
         for arm in arms
     }
     for arm in arms:

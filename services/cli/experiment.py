@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from services.cli.builtins import is_on_demand
+
 # `--quick` caps every size so the whole comparison runs in a few minutes (CI): two seeds, small pools, a few
 # optimizer steps per training job, one RL step on small groups. It checks the machinery (every arm trained and
 # evaluated on one held-out set, every figure recomputable), not the method: the student stays near 0%. It also
@@ -28,8 +30,6 @@ def quick_config(config: dict) -> dict:
     tasks = run.setdefault("tasks", {})
     for field, cap in QUICK_CAPS.items():
         tasks[field] = min(int(tasks.get(field, cap)), cap)
-    from services.cli.builtins import is_on_demand
-
     bc_init = run.setdefault("bc_init", {})
     if is_on_demand(bc_init.get("base")):
         bc_init["base"] = "builtin:student"

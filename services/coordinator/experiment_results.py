@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from shared.fsutil import write_text_atomic
+from shared.schemas.run_config import VALIDATION_NOTE, eval_set_name
 from shared.stats import discordant, mcnemar_exact, paired_bootstrap, wilson
 
 ARM_ORDER = ("cold_start", "score_sft", "score_rl", "baseline_equal_tokens", "baseline_equal_tasks", "control")
@@ -120,8 +121,7 @@ def table(results: dict) -> str:
 
 def eval_set(results: dict) -> str:
     """`held-out`, or `validation` for an experiment that chose settings on validation tasks."""
-    tasks = ((results.get("config") or {}).get("run") or {}).get("tasks") or {}
-    return "validation" if tasks.get("eval_split") == "validation" else "held-out"
+    return eval_set_name((((results.get("config") or {}).get("run") or {}).get("tasks") or {}).get("eval_split"))
 
 
 def render_markdown(results: dict, plots: list[str]) -> str:
@@ -131,8 +131,7 @@ def render_markdown(results: dict, plots: list[str]) -> str:
            f"Seeds: {config.get('seeds')}; {tasks} tasks: {results['held_out_tasks']} (the same for every seed and "
            "arm). Every arm starts from its seed's cold-start checkpoint.", ""]
     if tasks == "validation":
-        out += ["Evaluated on **validation** tasks (training-split tasks that no pool used), for choosing settings; "
-                "these are not held-out results.", ""]
+        out += [VALIDATION_NOTE, ""]
     out += ["## Arms", ""]
     out += [f"- `{arm}`: {ARM_TITLES.get(arm, arm)}" for arm in results["arms"]] + [""]
     out += ["| arm | seed | success | 95% Wilson CI | teacher tokens (prompt + written) | train rows | optimizer steps |",

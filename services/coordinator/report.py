@@ -13,6 +13,7 @@ from pathlib import Path
 from services.coordinator.datasets import selection_salt, sft_records
 from services.coordinator.records import add_spend, gives_rl_prefix
 from shared.fsutil import atomic_write
+from shared.schemas.run_config import VALIDATION_NOTE
 from shared.schemas.runs import DeadLetter, RunInfo
 from shared.schemas.trajectories import TEACHER_PURPOSES, TeacherSpend, TrajectoryRecord
 from shared.stats import wilson
@@ -263,8 +264,7 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     rows = _rows(metrics)
     if rows:
         if tasks == "validation":
-            out += ["Evaluated on **validation** tasks (training-split tasks that no pool used), for choosing "
-                    "settings; these are not held-out results.", ""]
+            out += [VALIDATION_NOTE, ""]
         out += [f"Each policy was evaluated on the same {tasks} tasks. The interval is the 95% Wilson score interval "
                 "of the success rate over those tasks (one seed: it shows sampling noise over tasks, not over "
                 "training runs). `answered` is the share of episodes that gave a final answer; turns and tokens "

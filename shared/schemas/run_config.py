@@ -29,6 +29,16 @@ FAMILIES = ("arith", "kb")
 REWARD_BOUND = 1000.0  # rewards are scores of one episode; GRPO normalises them per group anyway
 
 
+# What a report says above results on validation tasks, so they are never read as held-out results.
+VALIDATION_NOTE = ("Evaluated on **validation** tasks (training-split tasks that no pool used), for choosing settings; "
+                   "these are not held-out results.")
+
+
+def eval_set_name(eval_split: str | None) -> str:
+    """What reports call the evaluated tasks: `held-out`, or `validation` when settings are chosen on them."""
+    return "validation" if eval_split == "validation" else "held-out"
+
+
 class TaskSource(BaseModel):
     """Where a run's tasks come from: the built-in suite, or a task file (JSONL: id, question, true_answer)."""
 
@@ -92,8 +102,8 @@ class TaskSource(BaseModel):
 
     @property
     def eval_set(self) -> str:
-        """What reports call the evaluated tasks: `held-out`, or `validation` when choosing settings on them."""
-        return "validation" if self.eval_split == "validation" else "held-out"
+        """What reports call the evaluated tasks (`eval_set_name`)."""
+        return eval_set_name(self.eval_split)
 
     @model_validator(mode="after")
     def _one_source(self) -> "TaskSource":

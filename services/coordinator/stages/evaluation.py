@@ -106,8 +106,9 @@ class EvalStage(Stage):
         await ctx.store.set_eval(ctx.run_id, self.label, summary)
         if served is not None:
             await self._add_to_card(ctx, Path(served.checkpoint.path), summary)
-        await ctx.store.event(ctx.run_id, "eval", f"{ctx.config.tasks.eval_set} success of {self.label}: {summary['success']:.1%} "
-                              f"({summary['solved']}/{n})", stage=self.name, data={"label": self.label, **summary})
+        await ctx.store.event(ctx.run_id, "eval", f"{ctx.config.tasks.eval_set} success of {self.label}: "
+                              f"{summary['success']:.1%} ({summary['solved']}/{n})", stage=self.name,
+                              data={"label": self.label, **summary})
 
     async def _add_to_card(self, ctx: RunContext, directory: Path, summary: dict) -> None:
         """Record the result in the checkpoint's model card: only a folder under this SCORE_HOME's checkpoints
@@ -124,5 +125,5 @@ class EvalStage(Stage):
         except OSError as exc:
             ctx.log("%s: model card of %s not updated: %s", self.name, directory, exc)
             return
-        await ctx.store.event(ctx.run_id, "log", f"{self.name}: {ctx.config.tasks.eval_set} result added to {card}", stage=self.name,
-                              data={"card": str(card)})
+        await ctx.store.event(ctx.run_id, "log", f"{self.name}: {ctx.config.tasks.eval_set} result added to {card}",
+                              stage=self.name, data={"card": str(card)})
