@@ -29,7 +29,7 @@ class Row:
     """Generation state of one request inside a batch."""
 
     request: Request
-    generator: torch.Generator | None
+    stream: int | None  # the key of its seeded noise stream (`sampling.seed_stream`), None when unseeded
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None

@@ -41,7 +41,7 @@ from shared.models.kv_slots import SlotBatch, slots_unsupported
 from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, KVCacheKind, PromptTooLongError
 from shared.models.loading import load_causal_lm
 from shared.models.prefix_cache import PrefixCache
-from shared.models.sampling import sample_next
+from shared.models.sampling import sample_next, seed_stream
 from shared.schemas.sampling import SamplingParams
 
 log = logging.getLogger("score.engine")
@@ -195,7 +195,7 @@ class TransformersEngine(Engine):
         rows = []
         for request in requests:
             try:
-                rows.append(Row(request, self._generator(request.sampling.seed)))
+                rows.append(Row(request, seed_stream(request.sampling.seed)))
             except Exception as exc:
                 self._resolve(request, ValueError(f"cannot sample with {request.sampling!r}: {exc}"))
         return rows
@@ -268,7 +268,8 @@ class TransformersEngine(Engine):
         live = self._prefill(rows)
         while True:
             logp = torch.log_softmax(live.logits, dim=-1)
-            tokens = sample_next(live.logits, live.temperature, live.top_p, [r.generator for r in live.rows])
+            tokens = sample_next(live.logits, live.temperature, live.top_p, [r.stream for r in live.rows],
+                                 [len(r.token_ids) for r in live.rows])
             chosen_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
             for i, (row, token, token_logp) in enumerate(zip(live.rows, tokens.tolist(), chosen_logp.tolist())):
                 self._append(row, token, token_logp, eos_ids)
@@ -400,10 +401,3 @@ class TransformersEngine(Engine):
         elif configured:
             ids.update(configured)
         return {i for i in ids if i is not None}
-
-    def _generator(self, seed: int | None) -> torch.Generator | None:
-        if seed is None:
-            return None
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed)
-        return generator
