@@ -281,6 +281,10 @@ class TransformersEngine(Engine):
             if len(keep) < len(live.rows):
                 order = live.select(keep)
                 tokens = tokens[torch.tensor(order, dtype=torch.long, device=self.device)]
+                # `rows` (the worker's `_current`, failed if the batch crashes) keeps only unanswered rows: a busy
+                # service decodes one batch for a whole stage, and answered rows would pin their prompts, tokens
+                # and the prefix cache entries they reused (KV states evicted long ago) until it ends.
+                rows[:] = [row for row in rows if row.finish_reason is None]
             if not live.rows:
                 break  # what is queued now starts a batch of its own
             live.step(self.model, tokens)

@@ -47,6 +47,24 @@ def test_concurrent_requests_are_batched_and_seeds_reproduce(engine):
     assert alone.token_ids == together[3].token_ids  # a seed reproduces whatever batch the row was in
 
 
+def test_answered_rows_are_released_while_the_batch_keeps_decoding(engine):
+    # A busy service decodes one batch for a whole stage (requests keep joining it). Rows answered meanwhile
+    # must not stay with the batch: they held their prompts, tokens and reused prefix cache entries until it
+    # ended, and the student's memory grew by about 10 MB/s through a demo's mentored problem solving.
+    async def go():
+        before = engine.stats()["batches"]
+        running = asyncio.create_task(engine.generate(_ids(engine), SamplingParams(temperature=0.0, max_tokens=300)))
+        await asyncio.sleep(0.05)
+        for i in range(8):
+            await engine.generate(_ids(engine, f"Compute {i} + 1."), SamplingParams(temperature=0.0, max_tokens=2))
+        held = len(engine._current)
+        return held, await running, engine.stats()["batches"] - before
+
+    held, long_row, batches = asyncio.run(go())
+    assert long_row.finish_reason == "length" and batches == 1  # the short requests joined the running batch
+    assert held == 1
+
+
 def test_greedy_is_deterministic_and_length_is_respected(engine):
     sampling = SamplingParams(temperature=0.0, max_tokens=7)
     first, second = _generate_many(engine, [_ids(engine)] * 2, [sampling] * 2)
