@@ -4,7 +4,7 @@ Seeded rows draw from a counter-based stream: the noise a row gets for token v a
 request is a hash of (its seed, n, v). So a seed reproduces the same tokens whatever the batch around the row,
 however the rows are ordered, and on any machine (integer arithmetic only, until the noise becomes a float),
 and the noise of every seeded row of a step is computed in one vectorised pass instead of one generator call
-per row (64 rows x a 2,048-token vocabulary: about 1 ms instead of 5 on one CPU thread).
+per row (64 rows x a 2,048-token vocabulary: 2.0 ms instead of 5.4 on one thread of a 2-core box).
 """
 
 from __future__ import annotations
