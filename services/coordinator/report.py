@@ -212,8 +212,7 @@ def eval_set(metrics: dict) -> str:
 
 
 def table_header(metrics: dict) -> list[str]:
-    return ["policy", f"{eval_set(metrics)} success", "95% CI (Wilson)", "solved/n", "answered", "mean turns",
-            "mean tokens"]
+    return ["policy", f"{eval_set(metrics)} success", "95% CI (Wilson)", "solved/n", "answered", "mean turns", "mean tokens"]
 
 
 def results_table(metrics: dict) -> str:
