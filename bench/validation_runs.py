@@ -37,6 +37,7 @@ from shared.schemas.runs import RunState  # noqa: E402
 from shared.stats import discordant, mcnemar_exact, paired_bootstrap, wilson  # noqa: E402
 
 POLL_S = 2.0
+MPS_OUTCOMES = ("self_solved", "repaired", "unsolved")  # of the SFT pool's tasks (counters mps_train_*)
 DEFAULT_OUT = ROOT / "docs" / "results" / f"validation-{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"
 
 
@@ -89,7 +90,7 @@ def follow(client, config: RunConfig) -> dict:
                if stage.get("finished_at") and stage.get("started_at")}
     return {
         "run_id": run_id, "wall_s": round(time.monotonic() - started, 1), "stage_s": stage_s,
-        "mps": {k: counters.get(k, 0) for k in ("self_solved", "repaired", "hard", "unsolved")},
+        "mps": {outcome: counters.get(f"mps_train_{outcome}", 0) for outcome in MPS_OUTCOMES},
         "counters": counters,
         "eval": {policy: {"solved": r["solved"], "n": r["n"], "outcomes": r.get("outcomes", {})}
                  for policy, r in run["eval"].items()},
