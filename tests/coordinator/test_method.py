@@ -313,3 +313,77 @@ def test_equal_token_baseline_takes_trajectories_until_the_budget_is_spent():
     assert within_budget(records, 200) == (records[:2], 200)
     assert within_budget(records, 10_000) == (records, 500)  # the reserve runs out
     assert within_budget(records, 0) == ([], 0)
+
+
+def test_equal_token_baseline_solves_only_the_reserve_tasks_its_budget_needs(redis_url, tmp_path):
+    """The teacher solves what the budget buys at the cold start's mean cost (with a margin), then, where that
+    falls short, more chunks in order; never the whole reserve. The chosen trajectories are those of solving it all."""
+    import redis.asyncio as aioredis
+
+    from services.coordinator.context import RunContext
+    from services.coordinator.pools import Pools
+    from services.coordinator.queue import StageQueue
+    from services.coordinator.records import records_of, teacher_record
+    from services.coordinator.stages.baseline import BaselineTokensStage, reserve_estimate, within_budget
+    from services.coordinator.store import RunStore
+    from shared.schemas.teacher import TeacherEpisode, TeacherRolloutResponse
+
+    steps = [PLAN, act("final_answer_print(5)", "5")]
+    reserve = [Task(id=f"r{i:03d}", question="q", true_answer=5) for i in range(200)]
+    cost_of = {task.id: 100 + 50 * (i % 3) for i, task in enumerate(reserve)}  # 100, 150, 200 tokens: mean 150
+
+    def solved(task, tokens):
+        cost = Cost(teacher_calls=1, teacher_tokens=tokens // 10, teacher_prompt_tokens=tokens - tokens // 10)
+        return TeacherEpisode(task_id=task.id, steps=steps, final_answer="5", finished=True, cost=cost)
+
+    class Teacher:  # the teacher service's client; the stage's own logic and store are what is tested
+        def __init__(self):
+            self.solved_ids = []
+
+        async def solve(self, tasks, max_turns):
+            self.solved_ids += [t.id for t in tasks]
+            return TeacherRolloutResponse(episodes=[solved(t, cost_of[t.id]) for t in tasks], cost=Cost(),
+                                          engine="expert")
+
+    class Services:
+        def __init__(self):
+            self.teacher = Teacher()
+
+    async def scenario(budget, cold_cost):
+        client = aioredis.Redis.from_url(redis_url)
+        store = RunStore(client, tmp_path)
+        run_id = f"tok{budget}-{cold_cost}"
+        await store.create(run_id, RunConfig())
+        services = Services()
+        ctx = RunContext(run_id=run_id, config=RunConfig(), store=store, queue=StageQueue(client, "t"),
+                         services=services, run_dir=tmp_path)
+        ctx.__dict__["pools"] = Pools(bc_init=reserve[:4], train=[], rl=[], eval=[], reserve=reserve)
+        cold = [teacher_record(run_id, "bc_init", "bc_init", t, solved(t, cold_cost), True) for t in reserve[:4]]
+        await store.plan(run_id, "bc_init", ["bc_init-00000"])
+        await store.record(run_id, "bc_init", "bc_init-00000", {"records": [r.model_dump(mode="json") for r in cold]})
+        stage = BaselineTokensStage()
+        stage.budget = lambda ctx: asyncio.sleep(0, budget)  # SCoRe's spend, which earlier stages measure
+        items = await stage.plan(ctx)
+        await store.plan(run_id, stage.name, [item.key for item in items])
+        for item in items:  # what the stage's queue workers do with each planned item
+            await store.record(run_id, stage.name, item.key, await stage.handle(ctx, item))
+        planned = len(services.teacher.solved_ids)
+        records = await stage.solved_until_spent(ctx, budget)
+        assert [r.task.id for r in records_of(await store.results(run_id, stage.name))] == services.teacher.solved_ids
+        await client.aclose()
+        return planned, services.teacher.solved_ids, records
+
+    # The cold start's mean (150) is the reserve's: 3,000 tokens buy 20 tasks; 25 + a chunk are planned.
+    planned, solved_ids, records = asyncio.run(scenario(3_000, 150))
+    cold = teacher_record("x", "bc_init", "bc_init", reserve[0], solved(reserve[0], 150), True)
+    assert reserve_estimate(3_000, [cold], 200) == 33 and planned == 40  # whole chunks of 8
+    assert solved_ids == [t.id for t in reserve[:40]]
+    assert within_budget(records, 3_000)[1] == 3_150 and len(within_budget(records, 3_000)[0]) == 21
+    # The cold start cost four times what the reserve does: the plan (24) falls short of the 41 tasks 6,000 tokens
+    # buy, and chunks follow in order until they are solved.
+    planned, solved_ids, records = asyncio.run(scenario(6_000, 600))
+    assert planned == 24 and solved_ids == [t.id for t in reserve[:48]]
+    everything = [teacher_record("x", "baseline_tokens", "reserve", t, solved(t, cost_of[t.id]), True)
+                  for t in reserve]
+    assert [r.task.id for r in within_budget(records, 6_000)[0]] == \
+        [r.task.id for r in within_budget(everything, 6_000)[0]]

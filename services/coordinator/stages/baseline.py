@@ -3,10 +3,13 @@ solves the tasks SCoRe used) and `baseline_tokens` at equal teacher tokens (rese
 
 from __future__ import annotations
 
+import math
+
 from services.coordinator.context import RunContext
 from services.coordinator.datasets import baseline_dataset, replayed, selection_salt
 from services.coordinator.records import add_spend, records_of, rows_for_sft
-from services.coordinator.stages.teacher_solve import TeacherSolveStage
+from services.coordinator.stages.base import chunks
+from services.coordinator.stages.teacher_solve import CHUNK, TeacherSolveStage
 from services.coordinator.stages.training import fine_tune
 
 
@@ -36,11 +39,28 @@ class BaselineStage(TeacherSolveStage):
         await ctx.use_student(checkpoint, label=self.name)
 
 
+RESERVE_MARGIN = 1.25  # reserve trajectories solved up front, over what the budget buys at the mean cost
+
+
 def score_teacher_spend(mps_records, rl_results: dict) -> int:
     """SCoRe's teacher spend after cold start, prompt plus written tokens: corrections, rollouts, judgements."""
     spent = add_spend(*(r.teacher_spend for r in mps_records),
                       *((s.get("teacher_spend") or {}) for s in rl_results.values()))
     return sum(part.prompt_tokens + part.written_tokens for part in spent.values())
+
+
+def record_spend(record) -> int:
+    return sum(p.prompt_tokens + p.written_tokens for p in record.teacher_spend.values())
+
+
+def reserve_estimate(budget: int, cold_start_records, reserve: int) -> int:
+    """Reserve tasks to solve up front: what the budget buys at the cold start's mean cost per trajectory (the
+    same kind of task, solved the same way), with a margin; every reserve task when there is no such mean."""
+    costs = [record_spend(r) for r in cold_start_records]
+    mean = sum(costs) / len(costs) if costs else 0
+    if mean <= 0:
+        return reserve
+    return min(reserve, math.ceil(budget / mean * RESERVE_MARGIN) + CHUNK)
 
 
 def within_budget(records, budget: int) -> tuple[list, int]:
@@ -51,13 +71,18 @@ def within_budget(records, budget: int) -> tuple[list, int]:
         if used >= budget:
             break
         chosen.append(record)
-        used += sum(p.prompt_tokens + p.written_tokens for p in record.teacher_spend.values())
+        used += record_spend(record)
     return chosen, used
 
 
 class BaselineTokensStage(TeacherSolveStage):
     """Plain trajectory distillation at equal teacher tokens: reserve tasks' teacher trajectories, in order, until
-    SCoRe's teacher spend after cold start is used up (the trajectory that crosses the budget is the last one)."""
+    SCoRe's teacher spend after cold start is used up (the trajectory that crosses the budget is the last one).
+
+    The teacher solves only the reserve tasks the budget needs: as many as the cold start's mean cost says up
+    front, in parallel items, then one chunk at a time in order until the budget is spent. Solving the whole
+    reserve would spend several times the budget on trajectories the arm never uses (with a model teacher, real
+    tokens), and count them in the run's teacher tokens."""
 
     name, queue, pool = "baseline_tokens", "baseline", "reserve"
 
@@ -67,10 +92,34 @@ class BaselineTokensStage(TeacherSolveStage):
     async def skip_reason(self, ctx: RunContext) -> str | None:
         return None if ctx.pools.reserve else "no reserve tasks (tasks.n_reserve is 0)"
 
+    async def budget(self, ctx: RunContext) -> int:
+        return score_teacher_spend(records_of(await ctx.store.results(ctx.run_id, "mps")),
+                                   await ctx.store.results(ctx.run_id, "rl"))
+
+    async def plan(self, ctx: RunContext):
+        cold = records_of(await ctx.store.results(ctx.run_id, "bc_init"))
+        wanted = reserve_estimate(await self.budget(ctx), cold, len(ctx.pools.reserve))
+        return (await super().plan(ctx))[: math.ceil(wanted / CHUNK)]
+
+    async def solved_until_spent(self, ctx: RunContext, budget: int) -> list:
+        """The reserve's records in order, after solving further chunks (durably, one at a time) while the
+        records so far fall short of the budget and reserve tasks remain."""
+        results = await ctx.store.results(ctx.run_id, self.name)
+        for index, chunk in enumerate(chunks(self.tasks(ctx), CHUNK)):
+            if within_budget(records_of(results), budget)[1] >= budget:
+                break
+            key = f"{self.pool}-{index:05d}"
+            if key in results:
+                continue
+            item = self.item(ctx, key, task_ids=[t.id for t in chunk])
+            await ctx.store.plan(ctx.run_id, self.name, [key])
+            results[key] = await self.handle(ctx, item)
+            await ctx.store.record(ctx.run_id, self.name, key, results[key])
+        return records_of(results)
+
     async def finish(self, ctx: RunContext) -> None:
-        budget = score_teacher_spend(records_of(await ctx.store.results(ctx.run_id, "mps")),
-                                     await ctx.store.results(ctx.run_id, "rl"))
-        chosen, used = within_budget(records_of(await ctx.store.results(ctx.run_id, self.name)), budget)
+        budget = await self.budget(ctx)
+        chosen, used = within_budget(await self.solved_until_spent(ctx, budget), budget)
         spend = add_spend(*(r.teacher_spend for r in chosen))
         part = spend.get("reserve_trajectories")
         await ctx.store.set_counters(ctx.run_id, baseline_tokens_budget=budget, baseline_tokens_used=used,
