@@ -73,6 +73,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from services.cli.builtins import cold_start_base, prepare_builtin
     from services.cli.teachers import DEFAULT_TEACHER, make_stack, prepare_teacher_model
     from services.launcher import pick_ports, run_with_stack
+    from services.student.config import StudentConfig
 
     teacher = args.teacher or DEFAULT_TEACHER
     config, config_path = demo_config(args.quick, args.no_baseline)
@@ -83,6 +84,8 @@ def demo_command(args: argparse.Namespace) -> int:
         print(f"score demo: {config_path.name}, teacher {teacher}, data in {home}", flush=True)
         prepare_teacher_model(teacher, home)
         prepare_builtin(cold_start_base(config), home, "student")
+        # The student service would build its own model on start, silently; built here, the wait is announced.
+        prepare_builtin(StudentConfig().model or "builtin:student", home, "student")
         print(f"starting Redis and the services on loopback ({stack.threads} thread(s) per model service, "
               f"logs in {stack.log_dir}) ...", flush=True)
         started = time.monotonic()
