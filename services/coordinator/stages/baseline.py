@@ -108,13 +108,12 @@ class BaselineTokensStage(TeacherSolveStage):
         for index, chunk in enumerate(chunks(self.tasks(ctx), CHUNK)):
             if within_budget(records_of(results), budget)[1] >= budget:
                 break
-            key = f"{self.pool}-{index:05d}"
-            if key in results:
+            item = self.chunk_item(ctx, index, chunk)
+            if item.key in results:
                 continue
-            item = self.item(ctx, key, task_ids=[t.id for t in chunk])
-            await ctx.store.plan(ctx.run_id, self.name, [key])
-            results[key] = await self.handle(ctx, item)
-            await ctx.store.record(ctx.run_id, self.name, key, results[key])
+            await ctx.store.plan(ctx.run_id, self.name, [item.key])
+            results[item.key] = await self.handle(ctx, item)
+            await ctx.store.record(ctx.run_id, self.name, item.key, results[item.key])
         return records_of(results)
 
     async def finish(self, ctx: RunContext) -> None:

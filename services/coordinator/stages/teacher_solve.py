@@ -20,8 +20,11 @@ class TeacherSolveStage(Stage):
         return getattr(ctx.pools, self.pool)
 
     async def plan(self, ctx: RunContext) -> list[WorkItem]:
-        return [self.item(ctx, f"{self.pool}-{i:05d}", task_ids=[t.id for t in chunk])
-                for i, chunk in enumerate(chunks(self.tasks(ctx), CHUNK))]
+        return [self.chunk_item(ctx, i, chunk) for i, chunk in enumerate(chunks(self.tasks(ctx), CHUNK))]
+
+    def chunk_item(self, ctx: RunContext, index: int, tasks) -> WorkItem:
+        """The item of the pool's `index`-th chunk of tasks (keys sort in pool order)."""
+        return self.item(ctx, f"{self.pool}-{index:05d}", task_ids=[t.id for t in tasks])
 
     async def handle(self, ctx: RunContext, item: WorkItem) -> dict:
         tasks_by_id = ctx.pools.by_id()
