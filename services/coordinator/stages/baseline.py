@@ -44,13 +44,17 @@ RESERVE_MARGIN = 1.25  # reserve trajectories solved up front, over what the bud
 
 def score_teacher_spend(mps_records, rl_results: dict) -> int:
     """SCoRe's teacher spend after cold start, prompt plus written tokens: corrections, rollouts, judgements."""
-    spent = add_spend(*(r.teacher_spend for r in mps_records),
-                      *((s.get("teacher_spend") or {}) for s in rl_results.values()))
-    return sum(part.prompt_tokens + part.written_tokens for part in spent.values())
+    return spend_tokens(add_spend(*(r.teacher_spend for r in mps_records),
+                                  *((s.get("teacher_spend") or {}) for s in rl_results.values())))
+
+
+def spend_tokens(spend: dict) -> int:
+    """Teacher tokens of a spend by purpose: prompt plus written, every purpose."""
+    return sum(part.prompt_tokens + part.written_tokens for part in spend.values())
 
 
 def record_spend(record) -> int:
-    return sum(p.prompt_tokens + p.written_tokens for p in record.teacher_spend.values())
+    return spend_tokens(record.teacher_spend)
 
 
 def reserve_estimate(budget: int, cold_start_records, reserve: int) -> int:
