@@ -271,20 +271,25 @@ class TransformersEngine(Engine):
             tokens = sample_next(live.logits, live.temperature, live.top_p, [r.stream for r in live.rows],
                                  [len(r.token_ids) for r in live.rows])
             chosen_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            finished = []
             for i, (row, token, token_logp) in enumerate(zip(live.rows, tokens.tolist(), chosen_logp.tolist())):
                 self._append(row, token, token_logp, eos_ids)
                 if row.finish_reason is not None:
                     self._keep_prefix(live, i)
                     self._stats["generated_tokens"] += len(row.token_ids)
+                    finished.append(row)
+            if finished:
+                # `rows` (the worker's `_current`, failed if the batch crashes) keeps only unanswered rows: a busy
+                # service decodes one batch for a whole stage, and answered rows would pin their prompts, tokens
+                # and the prefix cache entries they reused (KV states evicted long ago) until it ends. Pruned
+                # before the answers go out, so a caller that wakes on its answer never sees its row still held.
+                rows[:] = [row for row in rows if row.finish_reason is None]
+                for row in finished:
                     self._resolve(row.request, self._output(row))
             keep = [pos for pos, row in enumerate(live.rows) if row.finish_reason is None]
             if len(keep) < len(live.rows):
                 order = live.select(keep)
                 tokens = tokens[torch.tensor(order, dtype=torch.long, device=self.device)]
-                # `rows` (the worker's `_current`, failed if the batch crashes) keeps only unanswered rows: a busy
-                # service decodes one batch for a whole stage, and answered rows would pin their prompts, tokens
-                # and the prefix cache entries they reused (KV states evicted long ago) until it ends.
-                rows[:] = [row for row in rows if row.finish_reason is None]
             if not live.rows:
                 break  # what is queued now starts a batch of its own
             live.step(self.model, tokens)
