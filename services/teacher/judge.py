@@ -22,7 +22,7 @@ from shared.agent.format import parse_act
 from shared.schemas.agent import Step, Task
 from shared.schemas.teacher import Correction, Cost
 from shared.tasks.expert import expert_next_step, expert_progress
-from services.teacher import prompts
+from shared.agent import teacher_prompts as prompts
 from services.teacher.backends import BackendError, ExpertBackend, TeacherBackend
 from services.teacher.config import TeacherConfig
 from services.teacher.execution import Executor

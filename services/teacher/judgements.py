@@ -22,7 +22,7 @@ from shared.schemas.teacher import (
 )
 from shared.scoring import score_answer_async
 from shared.errors import UnprocessableError
-from services.teacher import prompts
+from shared.agent import teacher_prompts as prompts
 from services.teacher.backends import BackendError, TeacherBackend
 from services.teacher.execution import Executor, same_effect
 from services.teacher.parsing import parse_equivalence
