@@ -9,9 +9,11 @@ full teacher rollouts, teacher tokens and sandboxes per correction, and how ofte
 found, and how often the corrected step is a drop-in repair: the verified prefix, the corrected step and the gold
 trajectory's steps after it (what a student that went on correctly writes), replayed in the real sandbox, reach the
 gold answer. `verify` runs with the default `verify_window` (1: prefix by prefix, stopping at the first critical
-error) and again with 0 (every prefix proposed in one call), side by side. A second, smaller round runs `verify` and `judge` on the built-in tiny teacher model in-process
-(untrained: it mostly writes malformed steps, so its corrections are mostly `hard`), for model tokens and
-calls per correction. Nothing is asserted; the numbers are reported.
+error) and again with 0 (every prefix proposed in one call), side by side. A second, smaller round runs `verify`
+and `judge` on a built-in teacher model in-process, on broken trajectories of held-out (eval-split) tasks: the
+untrained tiny `teacher` (it mostly writes malformed steps, so its corrections are mostly `hard`) or the
+fine-tuned `teacher-sft`, whose build trains on broken train-split trajectories. Nothing is asserted; the
+numbers are reported.
 
     .venv/bin/python bench/teacher_corrections.py [--items 200] [--model-items 4] [--model-max-tokens 64]
         [--model-role teacher|teacher-sft]   # teacher-sft: the fine-tuned teacher (built on first use)
@@ -42,10 +44,10 @@ from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
 
-def broken_items(n: int, seed: int, restyle: bool = False) -> tuple[list[dict], list[int], list[str]]:
+def broken_items(n: int, seed: int, restyle: bool = False, split: str = "train") -> tuple[list[dict], list[int], list[str]]:
     rng = random.Random(seed)
     items, positions, kinds = [], [], []
-    for task in builtin_tasks(n=n, seed=seed):
+    for task in builtin_tasks(n=n, seed=seed, split=split):
         steps, position, what = broken_trajectory(task, rng, restyle=restyle)
         items.append({"task": task.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
         positions.append(position)
@@ -161,7 +163,8 @@ def main() -> None:
     for name, r in expert_round(home, args.items, args.seed, verify_window=0).items():
         result["expert"][f"{name}, window 0"] = r
     if args.model_items:
-        m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1)
+        # Held-out tasks: the teacher model's build trains on (broken) train-split trajectories.
+        m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1, split="eval")
         result["tiny_model"] = model_round(home, m_items, m_positions, m_kinds, args.model_max_tokens,
                                            args.model_role)
 

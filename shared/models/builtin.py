@@ -81,7 +81,14 @@ SFT: dict[str, dict | None] = {
     "student": None,
     "teacher": None,
     "teacher-sft": {"tasks": {"arith": 4000, "kb": 3000}, "task_seed": 0, "epochs": 1.0, "lr": 1e-2,
-                "batch_tokens": 2048, "warmup": 30, "seed": 1},
+                "batch_tokens": 2048, "warmup": 30, "seed": 1,
+                # Then the `judge` strategy's two prompts (shared/models/judge_examples.py) on broken trajectories
+                # of other train-split tasks, with agent episodes replayed so the agent turns are kept.
+                # Sizes chosen on validation tasks (docs/teacher.md): 1,000 tasks a family found 25-28% of the broken
+                # steps, 3,000 65%, 6,000 arith + 3,000 kb 82.5%.
+                "judge": {"tasks": {"arith": 6000, "kb": 3000}, "task_seed": 77, "break_seed": 5,
+                          "replay": {"arith": 1500, "kb": 1500}, "epochs": 1.0, "lr": 3e-3, "batch_tokens": 8192,
+                          "warmup": 20, "seed": 1, "threads": 2}},
     "student-wide": None,
 }
 # Checks at build time, per family: validation on train-split tasks of `task_seed` that the SFT did not use, and
@@ -89,7 +96,8 @@ SFT: dict[str, dict | None] = {
 # "greedy reproduces every expert turn" under teacher forcing: a lower bound on greedy success that runs no code.
 SFT_VALIDATION = {"tasks_per_family": 100, "task_seed": 101, "held_out_seed": 0}
 # The modules whose code shapes the SFT examples; their text is part of the recipe hash.
-_SFT_SOURCES = ("shared.models.teacher_build", "shared.agent.format", "shared.agent.tokens")
+_SFT_SOURCES = ("shared.models.teacher_build", "shared.models.judge_examples", "shared.agent.teacher_prompts",
+                "shared.agent.format", "shared.agent.tokens")
 PRETRAIN_THREADS = 1  # builds run beside services and tests; one thread keeps them from slowing each other
 TOKENIZER_DIRNAME = "tokenizer"
 
@@ -186,9 +194,15 @@ def _model_recipe(role: str, tokenizer_hash: str) -> dict:
 def builtin_training_questions(role: str) -> set[str]:
     """The questions of the tasks the built-in `role` was fine-tuned on (empty without build-time SFT)."""
     settings = SFT[role]
-    if settings is None:
-        return set()
-    return {task.question for task in teacher_build.training_tasks(settings["tasks"], settings["task_seed"])}
+    return set() if settings is None else builtin_training_questions_of(settings)
+
+
+def builtin_training_questions_of(settings: dict) -> set[str]:
+    """The questions of the tasks an SFT recipe trains on: agent episodes and, with a judge stage, its tasks."""
+    tasks = teacher_build.training_tasks(settings["tasks"], settings["task_seed"])
+    if settings.get("judge"):
+        tasks += teacher_build.training_tasks(settings["judge"]["tasks"], settings["judge"]["task_seed"])
+    return {task.question for task in tasks}
 
 
 def _validation_tasks(settings: dict, exclude: set[str]) -> dict[str, list]:
@@ -196,13 +210,22 @@ def _validation_tasks(settings: dict, exclude: set[str]) -> dict[str, list]:
 
     n = SFT_VALIDATION["tasks_per_family"]
     chosen = {}
+    stages = [settings, *([settings["judge"]] if settings.get("judge") else [])]
     for family in settings["tasks"]:
         # Enough candidates to skip every excluded task (the list for a larger n extends the smaller one's).
-        excluded = sum(1 for task in teacher_build.training_tasks({family: settings["tasks"][family]},
-                                                                  settings["task_seed"]) if task.question in exclude)
+        excluded = len({task.question for stage in stages for task in teacher_build.training_tasks(
+            {family: stage["tasks"].get(family, 0)}, stage["task_seed"])} & exclude)
         candidates = builtin_tasks(family=family, split="train", n=n + excluded, seed=SFT_VALIDATION["task_seed"])
         chosen[family] = [task for task in candidates if task.question not in exclude][:n]
     return chosen
+
+
+def _share(reproduced: list[bool]) -> dict:
+    from shared.stats import wilson
+
+    ok, n = sum(reproduced), len(reproduced)
+    low, high = wilson(ok, n)
+    return {"reproduced": ok, "n": n, "rate": round(ok / max(1, n), 4), "ci95": [round(low, 4), round(high, 4)]}
 
 
 def _fine_tune(model, tokenizer, settings: dict) -> dict:
@@ -216,27 +239,43 @@ def _fine_tune(model, tokenizer, settings: dict) -> dict:
     trained = teacher_build.sft(model, examples, epochs=settings["epochs"], lr=settings["lr"], seed=settings["seed"],
                                 batch_tokens=settings["batch_tokens"], warmup=settings["warmup"],
                                 pad_id=tokenizer.pad_token_id, threads=PRETRAIN_THREADS)
+    judge = settings.get("judge")
+    if judge:
+        trained["judge"] = teacher_build.judge_sft(model, tokenizer, judge, replay_task_seed=settings["task_seed"])
     from shared.tasks.builtin import builtin_tasks
-    from shared.stats import wilson
 
     def reproduced_share(family_tasks) -> dict:
         examples = [teacher_build.episode_example(tokenizer, task, teacher_build.expert_trajectory(task))
                     for task in family_tasks]
-        ok = sum(teacher_build.episodes_reproduced(model, examples, pad_id=tokenizer.pad_token_id,
-                                                   threads=PRETRAIN_THREADS))
-        low, high = wilson(ok, len(examples))
-        return {"reproduced": ok, "n": len(examples), "rate": round(ok / max(1, len(examples)), 4),
-                "ci95": [round(low, 4), round(high, 4)]}
+        return _share(teacher_build.episodes_reproduced(model, examples, pad_id=tokenizer.pad_token_id,
+                                                        threads=PRETRAIN_THREADS))
 
-    validation = {family: reproduced_share(family_tasks)
-                  for family, family_tasks in _validation_tasks(settings, {task.question for task in tasks}).items()}
+    unseen = _validation_tasks(settings, builtin_training_questions_of(settings))
+    validation = {family: reproduced_share(family_tasks) for family, family_tasks in unseen.items()}
     held_out = {family: reproduced_share(builtin_tasks(family=family, split="eval",
                                                        n=SFT_VALIDATION["tasks_per_family"],
                                                        seed=SFT_VALIDATION["held_out_seed"]))
                 for family in settings["tasks"]}
     logger.info("teacher: greedy reproduces the expert on validation %s, held-out %s",
                 {f: r["rate"] for f, r in validation.items()}, {f: r["rate"] for f, r in held_out.items()})
-    return {**trained, "settings": settings, "validation": validation, "held_out": held_out,
+    checks = {"validation": validation, "held_out": held_out}
+    if judge:
+        from shared.models import judge_examples
+
+        def verdicts_reproduced(family_tasks) -> dict:
+            examples = judge_examples.training_examples(tokenizer, family_tasks, SFT_VALIDATION["task_seed"],
+                                                        corrections=False)
+            return _share(teacher_build.episodes_reproduced(model, examples, pad_id=tokenizer.pad_token_id,
+                                                            threads=PRETRAIN_THREADS))
+
+        checks["judge_validation"] = {family: verdicts_reproduced(family_tasks) for family, family_tasks in unseen.items()}
+        checks["judge_held_out"] = {family: verdicts_reproduced(builtin_tasks(
+            family=family, split="eval", n=SFT_VALIDATION["tasks_per_family"], seed=SFT_VALIDATION["held_out_seed"]))
+            for family in settings["tasks"]}
+        logger.info("teacher: greedy reproduces the judge's verdict on validation %s, held-out %s",
+                    {f: r["rate"] for f, r in checks["judge_validation"].items()},
+                    {f: r["rate"] for f, r in checks["judge_held_out"].items()})
+    return {**trained, "settings": settings, **checks,
             "checks_note": "validation: train-split tasks the SFT did not use; held_out: eval-split tasks. An "
                            "episode counts when greedy decoding reproduces every expert turn given the expert's "
                            "observations (teacher-forced; a lower bound on greedy success). Greedy rollouts: "

@@ -65,9 +65,12 @@ def test_the_teacher_recipe_records_its_sft_and_rehashes_when_it_changes(monkeyp
 
 
 def test_validation_tasks_are_train_split_and_unseen():
+    settings = builtin.SFT["teacher-sft"]
     trained = builtin.builtin_training_questions("teacher-sft")
-    assert len(trained) == sum(builtin.SFT["teacher-sft"]["tasks"].values())
-    chosen = builtin._validation_tasks(builtin.SFT["teacher-sft"], trained)
+    agent = {t.question for t in teacher_build.training_tasks(settings["tasks"], settings["task_seed"])}
+    judged = {t.question for t in teacher_build.training_tasks(settings["judge"]["tasks"], settings["judge"]["task_seed"])}
+    assert trained == agent | judged and len(agent) == sum(settings["tasks"].values()) and judged - agent
+    chosen = builtin._validation_tasks(settings, trained)
     for family, tasks in chosen.items():
         assert len(tasks) == builtin.SFT_VALIDATION["tasks_per_family"]
         assert all(t.split == "train" and t.family == family and t.question not in trained for t in tasks)
@@ -91,7 +94,8 @@ def test_sft_learns_an_episode_and_the_check_sees_it(score_home):
 def test_a_teacher_sft_build_records_its_sft_and_checks_in_the_manifest(score_home, tmp_path, monkeypatch):
     """The on-demand `teacher-sft` build end to end, on a few tasks (the real recipe takes minutes; the figures it
     reaches are in docs/teacher.md and bench/teacher_model.py measures them)."""
-    small = {**builtin.SFT["teacher-sft"], "tasks": {"arith": 6, "kb": 3}}
+    judge = {**builtin.SFT["teacher-sft"]["judge"], "tasks": {"arith": 4, "kb": 2}, "replay": {"arith": 2, "kb": 1}}
+    small = {**builtin.SFT["teacher-sft"], "tasks": {"arith": 6, "kb": 3}, "judge": judge}
     monkeypatch.setitem(builtin.SFT, "teacher-sft", small)
     monkeypatch.setitem(builtin.INDUCTION, "teacher-sft", {**builtin.INDUCTION["teacher-sft"], "steps": 10})
     monkeypatch.setitem(builtin.SFT_VALIDATION, "tasks_per_family", 3)
@@ -101,7 +105,8 @@ def test_a_teacher_sft_build_records_its_sft_and_checks_in_the_manifest(score_ho
     assert manifest["role"] == "teacher-sft" and manifest["size"] == "nano-wide3"
     sft = manifest["sft"]
     assert sft["settings"] == small and sft["examples"] == 9
-    for check in ("validation", "held_out"):
+    assert sft["judge"]["examples"] == 2 * 6 + 3  # a verdict and a corrected step per broken trajectory, + replay
+    for check in ("validation", "held_out", "judge_validation", "judge_held_out"):
         assert set(sft[check]) == {"arith", "kb"}
         for row in sft[check].values():
             assert row["n"] == 3 and 0 <= row["rate"] <= 1
