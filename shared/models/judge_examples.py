@@ -37,8 +37,8 @@ def analysis_text(steps: list[Step], position: int, what: str) -> str:
 
     arith: each act step's printed value against the value the next step's thought says it got ("That gives
     X"), in order, up to the first that differs (a wrong final answer: the value the last thought gives against
-    what it printed). kb: the searched name against the one the thought names, or the answer against the gold
-    one. Every comparison is of two numbers or names that stand a few tokens apart in the prompt. The gold
+    what it printed). kb: a search for another name than the thought's, or the final answer, which is not the
+    gold one. Every comparison is of two numbers or names that stand a few tokens apart in the prompt. The gold
     answer is never written: the analysis goes on to the correction prompt, which must not see it."""
     n = position + 1
     act = [(i, step) for i, step in enumerate(steps) if step.kind == "act"]
@@ -102,7 +102,10 @@ def _value(node: ast.expr, names: dict, search):
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_value(node.left, names, search), _value(node.right, names, search))
+        left, right = _value(node.left, names, search), _value(node.right, names, search)
+        if type(left) is not int or type(right) is not int:  # `"x" * 10**9` is code too
+            raise Unsupported(ast.unparse(node))
+        return _OPERATORS[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -_value(node.operand, names, search)
     if isinstance(node, ast.Call) and not node.keywords:

@@ -163,8 +163,7 @@ def _sft_loop(model, examples, *, epochs, lr, seed, batch_tokens, warmup, pad_id
 def judge_sft(model, tokenizer, settings: dict, *, replay_task_seed: int) -> dict:
     """The build's second SFT: the `judge` strategy's prompts (`shared.models.judge_examples`) on broken trajectories
     of `settings["tasks"]`, mixed with agent episodes of the first SFT's tasks (`replay`), so that learning to
-    judge does not cost the agent turns (with 1,000 replayed episodes and 2,000 judge tasks, `verify` fell from 38 to
-    33 of 40 validation items; docs/teacher.md has the recipe's own figures)."""
+    judge costs the agent turns less (it still costs some: docs/teacher.md has the recipe's figures)."""
     from shared.models.judge_examples import training_examples
 
     started = time.perf_counter()

@@ -41,7 +41,7 @@ def test_observations_of_broken_trajectories_are_what_the_sandbox_prints():
 
 @pytest.mark.parametrize("code", [
     "import os\nprint(os.listdir('/'))", "print(open('/etc/passwd').read())", "a = __import__('os')",
-    "print(a)", "a = 2 ** 1000", "print(search(x) for x in 'ab')", "exec('1')",
+    "print(a)", "a = 2 ** 1000", "a = 'x' * 1000000000", "print(search(x) for x in 'ab')", "exec('1')",
 ])
 def test_observe_evaluates_only_the_experts_statement_shapes(code):
     from shared.schemas.agent import Step
