@@ -36,31 +36,29 @@ def analysis_text(steps: list[Step], position: int, what: str) -> str:
     """The verdict's reasoning, written before the step number so a small model reaches the number by steps.
 
     arith: each act step's printed value against the value the next step's thought says it got ("That gives
-    X"), in order, up to the first that differs (a wrong final answer: the value the last thought gives against
-    what it printed). kb: a search for another name than the thought's, or the final answer, which is not the
-    gold one. Every comparison is of two numbers or names that stand a few tokens apart in the prompt. The gold
-    answer is never written: the analysis goes on to the correction prompt, which must not see it."""
-    n = position + 1
-    act = [(i, step) for i, step in enumerate(steps) if step.kind == "act"]
-    if what in ("wrong operand", "wrong operator", "wrong final answer") and all(_CLAIM.search(s.thought) or i == act[0][0]
-                                                                                 for i, s in act):
-        checks = []
-        for (i, step), (_, after) in zip(act, act[1:]):
-            if i >= position:
-                break
-            checks.append(f"Step {i + 1} printed {step.observation}, step {i + 2} says {_CLAIM.search(after.thought).group(1)}.")
-        if what == "wrong final answer":
-            said = _CLAIM.search(steps[position].thought)
-            checks.append(f"Step {n} says {said.group(1) if said else 'nothing'} but answers {steps[position].observation}.")
-        else:
-            nxt = steps[position + 1].thought if position + 1 < len(steps) else ""
-            claim = _CLAIM.search(nxt)
-            checks.append(f"Step {n} printed {steps[position].observation}, step {n + 1} says "
-                          f"{claim.group(1) if claim else 'nothing'}.")
-        return " ".join(checks) + f" So step {n} is wrong."
+    X"), in order, up to the broken step (a wrong final answer: the value its thought gives against what it
+    printed). kb: a search for another name than the thought's, or the final answer, which is not the gold one.
+    Every comparison is of two numbers or names that stand a few tokens apart in the prompt. The gold answer is
+    never written: the analysis goes on to the correction prompt, which must not see it."""
+    n, printed = position + 1, steps[position].observation
     if what == "wrong entity searched":
         return f"Step {n} searches for another name than its thought says. So step {n} is wrong."
-    return f"Step {n} answers {steps[position].observation}, which is not the gold answer. So step {n} is wrong."
+    if what == "wrong final answer" and not _CLAIM.search(steps[position].thought):  # kb: no value to compare
+        return f"Step {n} answers {printed}, which is not the gold answer. So step {n} is wrong."
+    # The expert's act steps follow each other from index 1 (after the plan).
+    checks = [f"Step {i + 1} printed {steps[i].observation}, step {i + 2} says {_claim(steps[i + 1])}."
+              for i in range(1, position)]
+    if what == "wrong final answer":
+        checks.append(f"Step {n} says {_claim(steps[position])} but answers {printed}.")
+    else:
+        after = _claim(steps[position + 1]) if position + 1 < len(steps) else "nothing"
+        checks.append(f"Step {n} printed {printed}, step {n + 1} says {after}.")
+    return " ".join(checks) + f" So step {n} is wrong."
+
+
+def _claim(step: Step) -> str:
+    found = _CLAIM.search(step.thought)
+    return found.group(1) if found else "nothing"
 
 
 class Unsupported(ValueError):
@@ -116,16 +114,7 @@ def _value(node: ast.expr, names: dict, search):
     raise Unsupported(ast.unparse(node))
 
 
-def builtin_search():
-    """`search(query)` as the sandbox's tool answers it on the built-in knowledge base."""
-    from shared.tasks.builtin import builtin_search_backend
-    from shared.tools.search import format_hits
-
-    backend = builtin_search_backend()
-    return lambda query: format_hits(backend.search(query))
-
-
-def verdict_text(task: Task, steps: list[Step], position: int, what: str) -> str:
+def verdict_text(steps: list[Step], position: int, what: str) -> str:
     """The verdict for a first error at step index `position` (0-based; the prompt numbers steps from 1)."""
     n = position + 1
     return json.dumps({"answer_correct": False,
@@ -135,12 +124,13 @@ def verdict_text(task: Task, steps: list[Step], position: int, what: str) -> str
 
 def judge_example(tokenizer, task: Task, broken: list[Step], position: int, what: str) -> tuple[list[int], list[int]]:
     """(ids, loss mask) of prompt 1 on an observed broken trajectory, answered with its verdict."""
-    return _answered(tokenizer, prompts.judge_messages(task, broken), verdict_text(task, broken, position, what))
+    return _answered(tokenizer, prompts.judge_messages(task, broken), verdict_text(broken, position, what))
 
 
 def correction_example(tokenizer, task: Task, broken: list[Step], position: int, what: str,
                        gold: list[Step]) -> tuple[list[int], list[int]]:
-    """(ids, loss mask) of prompt 2 for the verdict's step, answered with the expert's step there."""
+    """(ids, loss mask) of prompt 2 for the verdict's step, answered with the expert's step there (`gold`: the
+    expert's steps)."""
     n = position + 1
     messages = prompts.correction_messages(task, broken[:position], broken[position],
                                            analysis_text(broken, position, what),
@@ -160,12 +150,14 @@ def training_examples(tokenizer, tasks: list[Task], break_seed: int, *, correcti
     `corrections`, the corrected-step example."""
     import random
 
-    search, rng = builtin_search(), random.Random(break_seed)
+    from shared.tasks.gold import builtin_tools
+
+    search, rng = builtin_tools()["search"], random.Random(break_seed)
     examples = []
     for task in tasks:
         steps, position, what = broken_trajectory(task, rng)
         broken = observe(steps, search)
         examples.append(judge_example(tokenizer, task, broken, position, what))
-        if corrections:
-            examples.append(correction_example(tokenizer, task, broken, position, what, observe(expert_steps(task), search)))
+        if corrections:  # the expert's step is rendered without its observation
+            examples.append(correction_example(tokenizer, task, broken, position, what, expert_steps(task)))
     return examples

@@ -286,9 +286,7 @@ class TransformersEngine(Engine):
                 rows[:] = [row for row in rows if row.finish_reason is None]
                 for row in finished:
                     self._resolve(row.request, self._output(row))
-            keep = [pos for pos, row in enumerate(live.rows) if row.finish_reason is None]
-            if len(keep) < len(live.rows):
-                order = live.select(keep)
+                order = live.select([pos for pos, row in enumerate(live.rows) if row.finish_reason is None])
                 tokens = tokens[torch.tensor(order, dtype=torch.long, device=self.device)]
             if not live.rows:
                 break  # what is queued now starts a batch of its own

@@ -13,7 +13,7 @@ from shared.agent.execute import replay_steps
 from shared.agent.format import parse_act, render_step
 from shared.agent.tokens import chat_token_ids
 from shared.models import builtin
-from shared.models.judge_examples import Unsupported, builtin_search, correction_example, judge_example, observe
+from shared.models.judge_examples import Unsupported, correction_example, judge_example, observe
 from shared.sandbox.sandbox import Sandbox
 from shared.tasks.builtin import builtin_tasks
 from shared.tasks.expert import broken_trajectory, expert_steps
@@ -29,7 +29,7 @@ def _broken(n_per_family: int, seed: int):
 
 
 def test_observations_of_broken_trajectories_are_what_the_sandbox_prints():
-    search = builtin_search()
+    search = builtin_tools()["search"]
     kinds = set()
     for task, steps, _, what in _broken(6, seed=11):
         kinds.add(what)
@@ -52,7 +52,7 @@ def test_observe_evaluates_only_the_experts_statement_shapes(code):
 
 def test_the_examples_are_the_prompts_the_service_sends_answered_as_it_reads_them(score_home):
     tokenizer = AutoTokenizer.from_pretrained(builtin.builtin_model_dir("student", score_home), local_files_only=True)
-    search = builtin_search()
+    search = builtin_tools()["search"]
     for task, steps, position, what in _broken(3, seed=12):
         broken, gold = observe(steps, search), observe(expert_steps(task), search)
 
