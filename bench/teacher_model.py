@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.agent.rollout import RolloutRunner  # noqa: E402
+from shared.models.teacher_build import unused_train_tasks  # noqa: E402
 from shared.models.transformers_engine import TransformersEngine  # noqa: E402
 from shared.schemas.rollout import RolloutItem  # noqa: E402
 from shared.schemas.sampling import SamplingParams  # noqa: E402
@@ -80,14 +81,6 @@ class InProcessSandbox:
         pass
 
 
-def validation_tasks(family: str, n: int, *, exclude: set[str], seed: int = 101):
-    """Train-split tasks of `family` whose questions are not in `exclude` (the build's training questions of that
-    family; the list for a larger n extends the smaller one's, so n + len(exclude) candidates are enough)."""
-    tasks = [t for t in builtin_tasks(family=family, split="train", n=n + len(exclude), seed=seed)
-             if t.question not in exclude]
-    return tasks[:n]
-
-
 _SEARCHED = re.compile(r'search\(\s*"([^"]*)"')
 
 
@@ -118,13 +111,14 @@ def kb_failure_kind(meta: dict, answer: str | None, steps: list[str]) -> str:
     return "wrong answer after the right searches"
 
 
-def recorded_training_tasks(model_dir: str) -> list:
-    """The tasks a built-in model's SFT trained on, from the settings its builtin.json records ([] if none)."""
-    from shared.models.teacher_build import training_tasks
+def recorded_training_questions(model_dir: str) -> set[str]:
+    """The questions a built-in model's SFT stages trained on (agent episodes and judge examples), from the
+    settings its builtin.json records (empty if none)."""
+    from shared.models.builtin import builtin_training_questions_of
 
     manifest = Path(model_dir) / "builtin.json"
     settings = ((json.loads(manifest.read_text()).get("sft") or {}).get("settings") if manifest.exists() else None)
-    return training_tasks(settings["tasks"], settings["task_seed"]) if settings else []
+    return builtin_training_questions_of(settings) if settings else set()
 
 
 async def run_episodes(model_dir: str, tasks, *, sandbox: str = "real", max_batch_size: int = 32):
@@ -204,18 +198,17 @@ def main() -> None:
         print(f"builtin:teacher-sft at {model_dir} (build {build_seconds}s; ready in "
               f"{time.perf_counter() - started:.1f}s)")
     # Validation leaves out what this build (and any --also-exclude build) trained on, as its manifest records.
-    trained = []
+    trained: set[str] = set()
     if args.split == "train":
         for directory in (model_dir, *args.also_exclude):
-            trained += recorded_training_tasks(directory)
+            trained |= recorded_training_questions(directory)
     results = {"model": model_dir, "split": args.split, "build_seconds": build_seconds, "families": {}}
     print(f"{'family':<8}{'solved':>8}{'n':>5}{'success':>9}  95% interval   seconds")
     for family in args.families.split(","):
         if args.split == "eval":
             tasks = builtin_tasks(family=family, split="eval", n=args.n, seed=args.seed)
         else:
-            exclude = {task.question for task in trained if task.family == family}
-            tasks = validation_tasks(family, args.n, exclude=exclude, seed=101 + args.seed)
+            tasks = unused_train_tasks(family, args.n, exclude=trained, seed=101 + args.seed)
         row = success(model_dir, tasks, sandbox=args.sandbox, keep_failures=args.failures)
         results["families"][family] = row
         print(f"{family:<8}{row['solved']:>8}{row['n']:>5}{row['success']:>9.1%}  "

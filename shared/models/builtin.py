@@ -206,18 +206,9 @@ def builtin_training_questions_of(settings: dict) -> set[str]:
 
 
 def _validation_tasks(settings: dict, exclude: set[str]) -> dict[str, list]:
-    from shared.tasks.builtin import builtin_tasks
-
-    n = SFT_VALIDATION["tasks_per_family"]
-    chosen = {}
-    stages = [settings, *([settings["judge"]] if settings.get("judge") else [])]
-    for family in settings["tasks"]:
-        # Enough candidates to skip every excluded task (the list for a larger n extends the smaller one's).
-        excluded = len({task.question for stage in stages for task in teacher_build.training_tasks(
-            {family: stage["tasks"].get(family, 0)}, stage["task_seed"])} & exclude)
-        candidates = builtin_tasks(family=family, split="train", n=n + excluded, seed=SFT_VALIDATION["task_seed"])
-        chosen[family] = [task for task in candidates if task.question not in exclude][:n]
-    return chosen
+    return {family: teacher_build.unused_train_tasks(family, SFT_VALIDATION["tasks_per_family"], exclude=exclude,
+                                                     seed=SFT_VALIDATION["task_seed"])
+            for family in settings["tasks"]}
 
 
 def _share(reproduced: list[bool]) -> dict:

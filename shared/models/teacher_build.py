@@ -75,6 +75,21 @@ def training_tasks(n_per_family: dict[str, int], seed: int):
     return tasks
 
 
+def unused_train_tasks(family: str, n: int, *, exclude: set[str], seed: int) -> list:
+    """The first `n` train-split tasks of `family` (draw `seed`) whose questions are not in `exclude`: validation
+    tasks for a build that trained on `exclude`. The draw for a larger n extends the smaller one's, so growing
+    the draw until `n` remain keeps earlier choices."""
+    from shared.tasks.builtin import builtin_tasks
+
+    draw = n
+    while True:
+        chosen = [task for task in builtin_tasks(family=family, split="train", n=draw, seed=seed)
+                  if task.question not in exclude]
+        if len(chosen) >= n:
+            return chosen[:n]
+        draw += 2 * (n - len(chosen))  # raises ValueError once the split is exhausted
+
+
 def _batches(examples, *, batch_tokens: int, rng: random.Random):
     """Length-bucketed batches of about `batch_tokens` slots, in random order (one pass over the examples)."""
     order = sorted(range(len(examples)), key=lambda i: (len(examples[i][0]), rng.random()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from transformers import AutoTokenizer
 
@@ -112,3 +114,17 @@ def test_a_teacher_sft_build_records_its_sft_and_checks_in_the_manifest(score_ho
             assert row["n"] == 3 and 0 <= row["rate"] <= 1
             assert row["ci95"][0] <= row["rate"] <= row["ci95"][1]
     assert builtin._read_manifest(builtin.builtin_model_dir("teacher", tmp_path))["size"] == "micro"
+
+
+def test_the_teacher_bench_validates_on_tasks_no_stage_trained_on(tmp_path):
+    """`bench/teacher_model.py --split train` leaves out the judge stage's tasks too, as the manifest records them."""
+    import bench.teacher_model as bench
+
+    settings = builtin.SFT["teacher-sft"]
+    (tmp_path / "builtin.json").write_text(json.dumps({"sft": {"settings": settings}}))
+    recorded = bench.recorded_training_questions(str(tmp_path))
+    assert recorded == builtin.builtin_training_questions("teacher-sft")
+    chosen = teacher_build.unused_train_tasks("kb", 20, exclude=recorded, seed=101)
+    assert len(chosen) == 20 and not {t.question for t in chosen} & recorded
+    # Growing the draw keeps the first choices (what a smaller n chose stays chosen).
+    assert teacher_build.unused_train_tasks("kb", 5, exclude=recorded, seed=101) == chosen[:5]
