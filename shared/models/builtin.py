@@ -200,8 +200,10 @@ def builtin_training_questions(role: str) -> set[str]:
 def builtin_training_questions_of(settings: dict) -> set[str]:
     """The questions of the tasks an SFT recipe trains on: agent episodes and, with a judge stage, its tasks."""
     tasks = teacher_build.training_tasks(settings["tasks"], settings["task_seed"])
-    if settings.get("judge"):
-        tasks += teacher_build.training_tasks(settings["judge"]["tasks"], settings["judge"]["task_seed"])
+    judge = settings.get("judge")
+    if judge:
+        tasks += teacher_build.training_tasks(judge["tasks"], judge["task_seed"])
+        tasks += teacher_build.training_tasks(judge["replay"], judge.get("replay_task_seed", settings["task_seed"]))
     return {task.question for task in tasks}
 
 
@@ -223,8 +225,8 @@ def _fine_tune(model, tokenizer, settings: dict) -> dict:
     """Build-time SFT of `model` on expert trajectories, then its validation; the manifest's `sft` entry."""
     started = time.perf_counter()
     tasks = teacher_build.training_tasks(settings["tasks"], settings["task_seed"])
-    examples = [teacher_build.episode_example(tokenizer, task, teacher_build.expert_trajectory(task))
-                for task in tasks]
+    examples = teacher_build.agent_examples(tokenizer, tasks, rename_kb=settings.get("rename_kb", 0.0),
+                                            seed=settings["seed"])
     logger.info("teacher SFT data: %d episodes, %d tokens (%.1fs)", len(examples),
                 sum(len(ids) for ids, _ in examples), time.perf_counter() - started)
     trained = teacher_build.sft(model, examples, epochs=settings["epochs"], lr=settings["lr"], seed=settings["seed"],

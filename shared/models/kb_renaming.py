@@ -1,0 +1,108 @@
+"""kb episodes with the world's names replaced by fresh ones, consistently within each episode.
+
+The kb family's world is fixed, and train and eval questions ask about the same entities, so an episode's names
+can be predicted two ways: copied from the search results in context, or recalled from the facts that training
+episodes showed. Only copying generalises, but a tiny model fine-tuned on real episodes learns a mix of both,
+and which one wins depended on the batch order and the CPU (docs/models.md). An episode whose every person,
+company, city and country is renamed (the same fresh name wherever the old one appears: question, thoughts,
+code, search results, answer) can only be written by copying, so fine-tuning on renamed episodes teaches copying
+alone. Fresh names are made like the world's (`shared.tasks.kb._NameMaker`: the same syllables; a company keeps
+its suffix, a country its ending), so they tokenize like real ones.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import cache
+
+from shared.schemas.agent import Task
+
+# A run of capitalised words: a name is one word (city, country) or two (person, company) inside such a run.
+_CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)*\b")
+
+
+@cache
+def _names() -> dict[str, str]:
+    """Every name of the world and its kind: person, company, city or country."""
+    from shared.tasks.kb import world
+
+    w = world()
+    kinds = {name: "country" for name in w.countries}
+    kinds.update({name: "city" for name in w.cities})
+    kinds.update({name: "person" for name in w.people})
+    kinds.update({name: "company" for name in w.companies})
+    return kinds
+
+
+class _Renamer:
+    """One episode's mapping from world names to fresh names, made on first sight."""
+
+    def __init__(self, rng: random.Random) -> None:
+        from shared.tasks.kb import _NameMaker
+
+        self._maker = _NameMaker(rng)
+        self._fresh: dict[str, str] = {}
+
+    def _new_name(self, name: str, kind: str) -> str:
+        words = self._maker.word
+        if kind == "person":
+            # First names are shared in the world (several people are called Masha); renamed separately from
+            # surnames, they stay shared, so copying still has to tell "Masha Reses" from "Masha Zarkral".
+            first, surname = name.split(" ", 1)
+            return f"{self._word(first, (2,))} {self._word(surname, (2, 3))}"
+        if kind == "company":
+            return f"{words()} {name.split(' ', 1)[1]}"
+        if kind == "country":
+            from shared.tasks.kb import _COUNTRY_ENDINGS
+
+            ending = next((e for e in _COUNTRY_ENDINGS if name.lower().endswith(e)), "")
+            return words((2,), ending=ending)
+        return words((2,))
+
+    def _word(self, word: str, syllables: tuple[int, ...]) -> str:
+        key = "word:" + word
+        if key not in self._fresh:
+            self._fresh[key] = self._maker.word(syllables)
+        return self._fresh[key]
+
+    def name(self, name: str) -> str:
+        if name not in self._fresh:
+            self._fresh[name] = self._new_name(name, _names()[name])
+        return self._fresh[name]
+
+    def text(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        return _CAPITALISED_RUN.sub(lambda match: self._run(match.group(0)), text)
+
+    def _run(self, run: str) -> str:
+        words, out, i = run.split(" "), [], 0
+        names = _names()
+        while i < len(words):
+            pair = " ".join(words[i:i + 2])
+            if i + 1 < len(words) and pair in names:
+                out.append(self.name(pair))
+                i += 2
+            elif words[i] in names:
+                out.append(self.name(words[i]))
+                i += 1
+            else:
+                out.append(words[i])
+                i += 1
+        return " ".join(out)
+
+
+def renamed_episode(task: Task, steps: list, rng: random.Random) -> tuple[Task, list]:
+    """`task` and its `steps` (with observations) with every world name replaced by a fresh one, consistently."""
+    renamer = _Renamer(rng)
+    question = renamer.text(task.question)
+    new_steps = [step.model_copy(update={field: renamer.text(getattr(step, field))
+                                         for field in ("thought", "code", "observation")})
+                 for step in steps]
+    answer = renamer.text(str(task.true_answer)) if task.true_answer is not None else None
+    meta = dict(task.meta or {})
+    if "hops" in meta:
+        meta["hops"] = [{key: renamer.text(value) if key in ("entity", "value") else value
+                         for key, value in hop.items()} for hop in meta["hops"]]
+    return task.model_copy(update={"question": question, "true_answer": answer, "meta": meta}), new_steps
