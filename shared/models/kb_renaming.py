@@ -1,4 +1,4 @@
-"""kb episodes with the world's names replaced by fresh ones, consistently within each episode.
+"""kb episodes with the world's names swapped for other names of the world, consistently within each episode.
 
 The kb family's world is fixed, and train and eval questions ask about the same entities, so an episode's names
 can be predicted two ways: copied from the search results in context, or recalled from the facts that training
@@ -6,8 +6,9 @@ episodes showed. Only copying generalises, but a tiny model fine-tuned on real e
 and which one wins depended on the batch order and the CPU (docs/models.md). An episode whose every person,
 company, city and country is renamed (the same fresh name wherever the old one appears: question, thoughts,
 code, search results, answer) can only be written by copying, so fine-tuning on renamed episodes teaches copying
-alone. Fresh names are made like the world's (`shared.tasks.kb._NameMaker`: the same syllables; a company keeps
-its suffix, a country its ending), so they tokenize like real ones.
+alone. The new names are the world's own (a person gets another first name and surname, a company another
+name with its suffix, a city or country another one), so the tokens to copy are the ones real episodes use: a
+first try with newly made names taught the model to copy those and never to write the world's name tokens.
 """
 
 from __future__ import annotations
@@ -35,41 +36,50 @@ def _names() -> dict[str, str]:
     return kinds
 
 
+@cache
+def _parts() -> dict[str, tuple[str, ...]]:
+    """The world's name parts by kind, to draw replacements from: first names, surnames, company words, cities,
+    countries."""
+    kinds = _names()
+    people = [name.split(" ", 1) for name, kind in kinds.items() if kind == "person"]
+    return {"first": tuple(sorted({first for first, _ in people})),
+            "surname": tuple(sorted({surname for _, surname in people})),
+            "company": tuple(sorted({name.split(" ", 1)[0] for name, kind in kinds.items() if kind == "company"})),
+            "city": tuple(sorted(name for name, kind in kinds.items() if kind == "city")),
+            "country": tuple(sorted(name for name, kind in kinds.items() if kind == "country"))}
+
+
 class _Renamer:
-    """One episode's mapping from world names to fresh names, made on first sight."""
+    """One episode's mapping from world names to other world names of the same kind, made on first sight and
+    one-to-one within the episode."""
 
     def __init__(self, rng: random.Random) -> None:
-        from shared.tasks.kb import _NameMaker
-
-        self._maker = _NameMaker(rng)
+        self._rng = rng
         self._fresh: dict[str, str] = {}
+        self._taken: set[str] = set()
 
-    def _new_name(self, name: str, kind: str) -> str:
-        words = self._maker.word
-        if kind == "person":
-            # First names are shared in the world (several people are called Masha); renamed separately from
-            # surnames, they stay shared, so copying still has to tell "Masha Reses" from "Masha Zarkral".
-            first, surname = name.split(" ", 1)
-            return f"{self._word(first, (2,))} {self._word(surname, (2, 3))}"
-        if kind == "company":
-            return f"{words()} {name.split(' ', 1)[1]}"
-        if kind == "country":
-            from shared.tasks.kb import _COUNTRY_ENDINGS
-
-            ending = next((e for e in _COUNTRY_ENDINGS if name.lower().endswith(e)), "")
-            return words((2,), ending=ending)
-        return words((2,))
-
-    def _word(self, word: str, syllables: tuple[int, ...]) -> str:
-        key = "word:" + word
+    def _draw(self, part: str, old: str) -> str:
+        key = f"{part}:{old}"
         if key not in self._fresh:
-            self._fresh[key] = self._maker.word(syllables)
+            while True:
+                new = self._rng.choice(_parts()[part])
+                if new != old and f"{part}:{new}" not in self._taken:
+                    break
+            self._taken.add(f"{part}:{new}")
+            self._fresh[key] = new
         return self._fresh[key]
 
     def name(self, name: str) -> str:
-        if name not in self._fresh:
-            self._fresh[name] = self._new_name(name, _names()[name])
-        return self._fresh[name]
+        kind = _names()[name]
+        if kind == "person":
+            # First names are shared in the world (several people are called Masha); drawn separately from
+            # surnames, they stay shared, so copying still has to tell "Masha Reses" from "Masha Zarkral".
+            first, surname = name.split(" ", 1)
+            return f"{self._draw('first', first)} {self._draw('surname', surname)}"
+        if kind == "company":
+            word, suffix = name.split(" ", 1)
+            return f"{self._draw('company', word)} {suffix}"
+        return self._draw(kind, name)
 
     def text(self, text: str | None) -> str | None:
         if text is None:
