@@ -144,20 +144,25 @@ def _answered(tokenizer, messages: list[dict], reply: str) -> tuple[list[int], l
     return ids + answer, [0] * len(ids) + [1] * len(answer)
 
 
-def training_examples(tokenizer, tasks: list[Task], break_seed: int, *, corrections: bool = True
-                      ) -> list[tuple[list[int], list[int]]]:
+def training_examples(tokenizer, tasks: list[Task], break_seed: int, *, corrections: bool = True,
+                      rename_kb: float = 0.0) -> list[tuple[list[int], list[int]]]:
     """Per task one broken trajectory (seeded by `break_seed`, in task order): its verdict example and, with
-    `corrections`, the corrected-step example."""
+    `corrections`, the corrected-step example. A `rename_kb` share of the kb tasks have the world's names swapped
+    for others (`shared.models.kb_renaming`, its own seeded draw, so the breaks are the same either way)."""
     import random
 
+    from shared.models.kb_renaming import renamed
     from shared.tasks.gold import builtin_tools
 
     search, rng = builtin_tools()["search"], random.Random(break_seed)
+    names_rng = random.Random(f"rename/{break_seed}")
     examples = []
     for task in tasks:
         steps, position, what = broken_trajectory(task, rng)
-        broken = observe(steps, search)
+        broken, gold = observe(steps, search), expert_steps(task)
+        if task.family == "kb" and rename_kb and names_rng.random() < rename_kb:
+            task, (broken, gold) = renamed(task, [broken, gold], names_rng)
         examples.append(judge_example(tokenizer, task, broken, position, what))
         if corrections:  # the expert's step is rendered without its observation
-            examples.append(correction_example(tokenizer, task, broken, position, what, expert_steps(task)))
+            examples.append(correction_example(tokenizer, task, broken, position, what, gold))
     return examples

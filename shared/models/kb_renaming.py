@@ -104,15 +104,21 @@ class _Renamer:
 
 
 def renamed_episode(task: Task, steps: list, rng: random.Random) -> tuple[Task, list]:
-    """`task` and its `steps` (with observations) with every world name replaced by a fresh one, consistently."""
+    """`task` and its `steps` (with observations) with every world name swapped for another, consistently."""
+    task, (steps,) = renamed(task, [steps], rng)
+    return task, steps
+
+
+def renamed(task: Task, step_lists: list[list], rng: random.Random) -> tuple[Task, list[list]]:
+    """`task` and several step lists of it (a broken trajectory and the gold one, say), renamed with one mapping."""
     renamer = _Renamer(rng)
     question = renamer.text(task.question)
-    new_steps = [step.model_copy(update={field: renamer.text(getattr(step, field))
-                                         for field in ("thought", "code", "observation")})
-                 for step in steps]
+    new_lists = [[step.model_copy(update={field: renamer.text(getattr(step, field))
+                                          for field in ("thought", "code", "observation")})
+                  for step in steps] for steps in step_lists]
     answer = renamer.text(str(task.true_answer)) if task.true_answer is not None else None
     meta = dict(task.meta or {})
     if "hops" in meta:
         meta["hops"] = [{key: renamer.text(value) if key in ("entity", "value") else value
                          for key, value in hop.items()} for hop in meta["hops"]]
-    return task.model_copy(update={"question": question, "true_answer": answer, "meta": meta}), new_steps
+    return task.model_copy(update={"question": question, "true_answer": answer, "meta": meta}), new_lists

@@ -218,7 +218,7 @@ def judge_sft(model, tokenizer, settings: dict, *, replay_task_seed: int) -> dic
 
     started = time.perf_counter()
     examples = training_examples(tokenizer, training_tasks(settings["tasks"], settings["task_seed"]),
-                                 settings["break_seed"])
+                                 settings["break_seed"], rename_kb=settings.get("rename_kb", 0.0))
     # Replayed episodes are the first SFT's tasks unless the settings name another draw (more distinct tasks).
     replay = training_tasks(settings["replay"], settings.get("replay_task_seed", replay_task_seed))
     examples += agent_examples(tokenizer, replay, rename_kb=settings.get("rename_kb", 0.0), seed=settings["seed"])

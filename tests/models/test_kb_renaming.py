@@ -71,3 +71,22 @@ def test_renamed_names_copy_token_for_token(score_home):
             spaced = list(tokenizer(" " + name, add_special_tokens=False)["input_ids"])
             found = sum(ids[i:i + len(spaced)] == spaced for i in range(len(ids)))
             assert found == text.count(name) > 0, (new_task.question, name)
+
+
+def test_judge_examples_rename_kb_tasks_and_keep_the_same_breaks(score_home):
+    import json
+
+    from shared.models.judge_examples import training_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin.builtin_model_dir("student", score_home), local_files_only=True)
+    tasks = builtin_tasks(family="kb", split="train", n=8, seed=13) + builtin_tasks(family="arith", n=4, seed=13)
+    plain = training_examples(tokenizer, tasks, 5, corrections=False)
+    renamed_ = training_examples(tokenizer, tasks, 5, corrections=False, rename_kb=1.0)
+
+    def verdict(example) -> dict:
+        ids, mask = example
+        return json.loads(tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True))
+
+    for index, (a, b) in enumerate(zip(plain, renamed_)):
+        assert verdict(a)["first_error_step"] == verdict(b)["first_error_step"]
+        assert (a == b) == (index >= 8)  # kb examples renamed, arith untouched
