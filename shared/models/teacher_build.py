@@ -67,7 +67,7 @@ def episode_example(tokenizer, task, steps) -> tuple[list[int], list[int]]:
 
 def agent_examples(tokenizer, tasks, *, rename_kb: float = 0.0, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """`episode_example` of the expert's trajectory of each task; a `rename_kb` share of the kb episodes (chosen
-    with `seed`) have the world's names replaced by fresh ones (`shared.models.kb_renaming`), so they can only be
+    with `seed`) have the world's names swapped for others (`shared.models.kb_renaming`), so they can only be
     written by copying names from the episode's own search results."""
     from shared.models.kb_renaming import renamed_episode
 
@@ -135,31 +135,14 @@ def _collate(examples, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def sft(model, examples, *, epochs: float, lr: float, seed: int, batch_tokens: int = 8192, warmup: int = 30,
-        pad_id: int = 0, threads: int = 1, log_every_s: float = 10.0, time_budget_s: float | None = None,
-        copying: dict | None = None, copy_vocab: list[int] | None = None) -> dict:
-    """Train on (ids, mask) examples, right-padded (causal attention never sees the padding), cosine lr.
-
-    `copying` ({"batch_size", "weight"}) adds the induction pre-training loss on a fresh batch of repeated random
-    segments (`shared.models.induction`, tokens from `copy_vocab`) to every step, so that fine-tuning keeps the
-    copying it started from instead of trading it for recall of the suite's names."""
+        pad_id: int = 0, threads: int = 1, log_every_s: float = 10.0, time_budget_s: float | None = None) -> dict:
+    """Train on (ids, mask) examples, right-padded (causal attention never sees the padding), cosine lr."""
     with seeded_threads(seed, threads):
         return _sft_loop(model, examples, epochs=epochs, lr=lr, seed=seed, batch_tokens=batch_tokens,
-                         warmup=warmup, pad_id=pad_id, log_every_s=log_every_s, time_budget_s=time_budget_s,
-                         copying=copying, copy_vocab=copy_vocab)
+                         warmup=warmup, pad_id=pad_id, log_every_s=log_every_s, time_budget_s=time_budget_s)
 
 
-def _copy_loss(model, generator: torch.Generator, copying: dict, vocab: list[int]) -> torch.Tensor:
-    from shared.models.induction import induction_batch
-
-    ids, targets = induction_batch(generator, batch_size=copying["batch_size"], seq_len=64, segment=10, vocab=vocab)
-    logits = model(input_ids=ids).logits[:, :-1]
-    mask = targets[:, 1:]
-    return torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask])
-
-
-def _sft_loop(model, examples, *, epochs, lr, seed, batch_tokens, warmup, pad_id, log_every_s, time_budget_s,
-              copying, copy_vocab):
-    generator = torch.Generator().manual_seed(seed + 1)
+def _sft_loop(model, examples, *, epochs, lr, seed, batch_tokens, warmup, pad_id, log_every_s, time_budget_s):
     rng = random.Random(seed)
     schedule = []
     full = int(math.floor(epochs))
@@ -184,8 +167,6 @@ def _sft_loop(model, examples, *, epochs, lr, seed, batch_tokens, warmup, pad_id
         targets = labels[:, 1:]
         keep = targets != -100
         loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]), targets[keep])
-        if copying:
-            loss = loss + copying["weight"] * _copy_loss(model, generator, copying, copy_vocab)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
