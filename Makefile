@@ -1,5 +1,5 @@
 # The two entry points a new user needs: `make demo` (the main job) and `make test`.
-.PHONY: setup test test-fast bench demo demo-quick
+.PHONY: setup test test-fast bench demo demo-quick teacher-model
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,11 @@ test: setup
 # Without the slow end-to-end tests.
 test-fast: setup
 	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load -m "not slow"
+
+# The fine-tuned built-in teacher (`builtin:teacher-sft`, 20-30 minutes on 2 cores, then cached in SCORE_HOME):
+# built on first use otherwise; tests/teacher/test_teacher_sft_floor.py runs only once it is built.
+teacher-model: setup
+	.venv/bin/python -c 'from shared.models.builtin import ensure_builtin_model; print(ensure_builtin_model("teacher-sft"))'
 
 bench: setup
 	.venv/bin/python bench/student_batching.py
