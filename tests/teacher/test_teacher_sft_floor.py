@@ -35,7 +35,7 @@ def teacher_sft_client(score_home):
 
 @pytest.mark.parametrize("family, floor", [("arith", 0.75), ("kb", 0.6)])
 def test_it_solves_held_out_tasks_through_rollouts(teacher_sft_client, family, floor):
-    tasks = builtin_tasks(family=family, split="eval", n=40, seed=31)
+    tasks = builtin_tasks(family=family, split="eval", n=30, seed=31)
     response = teacher_sft_client.post("/v1/rollouts", json={"items": [{"task": t.model_dump(mode="json")} for t in tasks],
                                                              "max_turns": 8})
     assert response.status_code == 200, response.text
@@ -50,7 +50,7 @@ def test_it_solves_held_out_tasks_through_rollouts(teacher_sft_client, family, f
 def test_it_finds_the_broken_step_of_held_out_trajectories(teacher_sft_client, strategy, floor):
     rng = random.Random(41)
     items, positions = [], []
-    for task in builtin_tasks(split="eval", n=30, seed=41):
+    for task in builtin_tasks(split="eval", n=20, seed=41):
         steps, position, _ = broken_trajectory(task, rng)
         items.append({"task": task.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
         positions.append(position)
