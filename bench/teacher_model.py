@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/teacher_model.py                  # builtin:teacher-sft (built on first use: 15-30 min on one thread)
     .venv/bin/python bench/teacher_model.py --model DIR --n 50 --split eval --json out.json
+    .venv/bin/python bench/teacher_model.py --via service   # through the teacher service's POST /v1/rollouts
 
 Prints a table and writes bench/results/teacher_model.json (or --json).
 
@@ -140,11 +141,33 @@ async def run_episodes(model_dir: str, tasks, *, sandbox: str = "real", max_batc
         await engine.close()
 
 
-def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int = 5) -> dict:
+def service_episodes(model_dir: str, tasks) -> list:
+    """The same episodes through the teacher service's `POST /v1/rollouts` (its app in this process, configured as
+    `score serve teacher --model DIR` configures it, greedy, 256 tokens a turn), so what a client gets is measured."""
+    from fastapi.testclient import TestClient
+
+    from services.teacher.app import create_app
+    from services.teacher.config import TeacherConfig
+    from shared.schemas.teacher import TeacherRolloutResponse
+    from shared.settings import Settings
+
+    import tempfile
+
+    config = TeacherConfig(engine="transformers", model=model_dir, device="cpu", max_step_tokens=MAX_STEP_TOKENS,
+                           settings=Settings(home=Path(tempfile.mkdtemp(prefix="score-bench-"))))
+    with TestClient(create_app(config)) as client:
+        response = client.post("/v1/rollouts", json={"items": [{"task": t.model_dump(mode="json")} for t in tasks],
+                                                     "max_turns": MAX_TURNS})
+        response.raise_for_status()
+    return [e.to_episode() for e in TeacherRolloutResponse.model_validate(response.json()).episodes]
+
+
+def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int = 5, via: str = "engine") -> dict:
     """Solved share of `tasks` with the greedy teacher: successes, n, rate, 95% interval, seconds, and the first
     `keep_failures` failing episodes (each model turn's text and its observation; -1 keeps them all)."""
     started = time.perf_counter()
-    episodes = asyncio.run(run_episodes(model_dir, tasks, sandbox=sandbox))
+    episodes = (service_episodes(model_dir, tasks) if via == "service"
+                else asyncio.run(run_episodes(model_dir, tasks, sandbox=sandbox)))
     solved, failures, kinds = 0, [], Counter()
     for task, episode in zip(tasks, episodes):
         if score_answer(episode.final_answer, task.true_answer).correct:
@@ -174,6 +197,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="tasks per family")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sandbox", choices=("real", "inprocess"), default="real")
+    parser.add_argument("--via", choices=("engine", "service"), default="engine",
+                        help="engine: the in-process engine and RolloutRunner; service: the teacher service's "
+                             "POST /v1/rollouts (its app in this process)")
     parser.add_argument("--families", default="arith,kb", help="comma-separated task families to run")
     parser.add_argument("--failures", type=int, default=5,
                         help="failing episodes kept per family in the JSON, every turn and observation (-1: all)")
@@ -209,7 +235,7 @@ def main() -> None:
             tasks = builtin_tasks(family=family, split="eval", n=args.n, seed=args.seed)
         else:
             tasks = unused_train_tasks(family, args.n, exclude=trained, seed=101 + args.seed)
-        row = success(model_dir, tasks, sandbox=args.sandbox, keep_failures=args.failures)
+        row = success(model_dir, tasks, sandbox=args.sandbox, keep_failures=args.failures, via=args.via)
         results["families"][family] = row
         print(f"{family:<8}{row['solved']:>8}{row['n']:>5}{row['success']:>9.1%}  "
               f"[{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]  {row['seconds']:>8}")
