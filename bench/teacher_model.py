@@ -26,6 +26,7 @@ import io
 import json
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -150,8 +151,6 @@ def service_episodes(model_dir: str, tasks) -> list:
     from services.teacher.config import TeacherConfig
     from shared.schemas.teacher import TeacherRolloutResponse
     from shared.settings import Settings
-
-    import tempfile
 
     config = TeacherConfig(engine="transformers", model=model_dir, device="cpu", max_step_tokens=MAX_STEP_TOKENS,
                            settings=Settings(home=Path(tempfile.mkdtemp(prefix="score-bench-"))))

@@ -241,17 +241,15 @@ def _fine_tune(model, tokenizer, settings: dict) -> dict:
     from shared.tasks.builtin import builtin_tasks
 
     def reproduced_share(family_tasks) -> dict:
-        examples = [teacher_build.episode_example(tokenizer, task, teacher_build.expert_trajectory(task))
-                    for task in family_tasks]
+        examples = teacher_build.agent_examples(tokenizer, family_tasks)  # real names: what serving sees
         return _share(teacher_build.episodes_reproduced(model, examples, pad_id=tokenizer.pad_token_id,
                                                         threads=PRETRAIN_THREADS))
 
     unseen = _validation_tasks(settings, builtin_training_questions_of(settings))
     validation = {family: reproduced_share(family_tasks) for family, family_tasks in unseen.items()}
-    held_out = {family: reproduced_share(builtin_tasks(family=family, split="eval",
-                                                       n=SFT_VALIDATION["tasks_per_family"],
-                                                       seed=SFT_VALIDATION["held_out_seed"]))
-                for family in settings["tasks"]}
+    held_out_tasks = {family: builtin_tasks(family=family, split="eval", n=SFT_VALIDATION["tasks_per_family"],
+                                            seed=SFT_VALIDATION["held_out_seed"]) for family in settings["tasks"]}
+    held_out = {family: reproduced_share(family_tasks) for family, family_tasks in held_out_tasks.items()}
     logger.info("teacher: greedy reproduces the expert on validation %s, held-out %s",
                 {f: r["rate"] for f, r in validation.items()}, {f: r["rate"] for f, r in held_out.items()})
     checks = {"validation": validation, "held_out": held_out}
@@ -265,9 +263,8 @@ def _fine_tune(model, tokenizer, settings: dict) -> dict:
                                                             threads=PRETRAIN_THREADS))
 
         checks["judge_validation"] = {family: verdicts_reproduced(family_tasks) for family, family_tasks in unseen.items()}
-        checks["judge_held_out"] = {family: verdicts_reproduced(builtin_tasks(
-            family=family, split="eval", n=SFT_VALIDATION["tasks_per_family"], seed=SFT_VALIDATION["held_out_seed"]))
-            for family in settings["tasks"]}
+        checks["judge_held_out"] = {family: verdicts_reproduced(family_tasks)
+                                    for family, family_tasks in held_out_tasks.items()}
         logger.info("teacher: greedy reproduces the judge's verdict on validation %s, held-out %s",
                     {f: r["rate"] for f, r in checks["judge_validation"].items()},
                     {f: r["rate"] for f, r in checks["judge_held_out"].items()})
