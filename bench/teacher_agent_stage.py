@@ -1,0 +1,95 @@
+"""Variants of the `teacher-sft` recipe's agent stage, built step by step for comparison on validation tasks.
+
+    .venv/bin/python bench/teacher_agent_stage.py --out /tmp/stages/epochs3 --set epochs=3.0
+    .venv/bin/python bench/teacher_agent_stage.py --out /tmp/stages/fresh2 --renamings 2
+    .venv/bin/python bench/teacher_model.py --model /tmp/stages/epochs3 --split train --n 100 \
+        --also-exclude ~/.score/models/builtin/teacher-sft
+
+Starts from the recipe's induction checkpoint (built once into `--induction`, reused by every variant: the same
+weights for all), runs the agent SFT of `SFT["teacher-sft"]` with `--set key=value` overrides, and saves a model
+directory whose `builtin.json` records the recipe's settings (judge stage included), so `bench/teacher_model.py
+--split train` leaves out the same tasks for every variant and the full build. The judge stage is not run: this
+compares agent stages only.
+
+`--renamings K` trains one pass over K copies of the episodes, each kb copy with its own swap of names
+(`agent_examples(seed=seed + k)`), instead of `epochs` passes over one swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from transformers import AutoTokenizer, Qwen2ForCausalLM  # noqa: E402
+
+from shared.models import builtin, induction, teacher_build  # noqa: E402
+from shared.models.tiny import ROLE_SIZES, build_tiny_model  # noqa: E402
+
+ROLE = "teacher-sft"
+
+
+def _induction_checkpoint(directory: Path, tokenizer_dir: Path, threads: int) -> Path:
+    if (directory / "induction.json").exists():
+        return directory
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, padding_side="left")
+    model = build_tiny_model(ROLE_SIZES[ROLE], tokenizer, seed=builtin.ROLE_SEEDS[ROLE])
+    copying = induction.pretrain_induction(model, tokenizer, threads=threads, **builtin.INDUCTION[ROLE])
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "induction.json").write_text(json.dumps(copying, indent=2) + "\n")
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--induction", type=Path, default=Path("/tmp/teacher-stages/induction"),
+                        help="the induction checkpoint (built here first if missing)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the agent stage (a Python literal), e.g. epochs=3.0")
+    parser.add_argument("--renamings", type=int, default=0,
+                        help="one pass over this many differently renamed copies (0: the recipe's epochs)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    tokenizer_dir = builtin.ensure_builtin_model("student").parent / builtin.TOKENIZER_DIRNAME
+    checkpoint = _induction_checkpoint(args.induction, tokenizer_dir, args.threads)
+    settings = dict(builtin.SFT[ROLE])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        settings[key] = ast.literal_eval(value)
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True, padding_side="left")
+    model = Qwen2ForCausalLM.from_pretrained(checkpoint)
+    started = time.perf_counter()
+    tasks = teacher_build.training_tasks(settings["tasks"], settings["task_seed"])
+    copies = max(1, args.renamings)
+    examples = []
+    for k in range(copies):
+        examples += teacher_build.agent_examples(tokenizer, tasks, rename_kb=settings.get("rename_kb", 0.0),
+                                                 seed=settings["seed"] + k)
+    epochs = 1.0 if args.renamings else settings["epochs"]
+    trained = teacher_build.sft(model, examples, epochs=epochs, lr=settings["lr"], seed=settings["seed"],
+                                batch_tokens=settings["batch_tokens"], warmup=settings["warmup"],
+                                pad_id=tokenizer.pad_token_id, threads=args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    record = {"sft": {"settings": settings, "renamings": args.renamings, **trained},
+              "stage_seconds": round(time.perf_counter() - started, 1), "induction_checkpoint": str(checkpoint)}
+    (args.out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in record["sft"].items() if k != "settings"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
