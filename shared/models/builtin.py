@@ -206,7 +206,7 @@ def builtin_training_questions_of(settings: dict) -> set[str]:
     judge = settings.get("judge")
     if judge:
         tasks += teacher_build.training_tasks(judge["tasks"], judge["task_seed"])
-        tasks += teacher_build.training_tasks(judge["replay"], judge.get("replay_task_seed", settings["task_seed"]))
+        tasks += teacher_build.judge_replay_tasks(judge, settings["task_seed"])
     return {task.question for task in tasks}
 
 

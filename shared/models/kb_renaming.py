@@ -4,7 +4,7 @@ The kb family's world is fixed, and train and eval questions ask about the same 
 can be predicted two ways: copied from the search results in context, or recalled from the facts that training
 episodes showed. Only copying generalises, but a tiny model fine-tuned on real episodes learns a mix of both,
 and which one wins depended on the batch order and the CPU (docs/models.md). An episode whose every person,
-company, city and country is renamed (the same fresh name wherever the old one appears: question, thoughts,
+company, city and country is renamed (the same other name wherever the old one appears: question, thoughts,
 code, search results, answer) can only be written by copying, so fine-tuning on renamed episodes teaches copying
 alone. The new names are the world's own (a person gets another first name and surname, a company another
 name with its suffix, a city or country another one), so the tokens to copy are the ones real episodes use: a

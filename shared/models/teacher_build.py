@@ -191,6 +191,12 @@ def _sft_loop(model, examples, *, epochs, lr, seed, batch_tokens, warmup, pad_id
             "seconds": round(time.perf_counter() - started, 2)}
 
 
+def judge_replay_tasks(settings: dict, agent_task_seed: int) -> list:
+    """The agent episodes the judge stage replays: the agent stage's draw (`agent_task_seed`) unless its
+    `settings` name another (`replay_task_seed`, for more distinct tasks)."""
+    return training_tasks(settings["replay"], settings.get("replay_task_seed", agent_task_seed))
+
+
 def judge_sft(model, tokenizer, settings: dict, *, replay_task_seed: int) -> dict:
     """The build's second SFT: the `judge` strategy's prompts (`shared.models.judge_examples`) on broken trajectories
     of `settings["tasks"]`, mixed with agent episodes of the first SFT's tasks (`replay`), so that learning to
@@ -200,8 +206,7 @@ def judge_sft(model, tokenizer, settings: dict, *, replay_task_seed: int) -> dic
     started = time.perf_counter()
     examples = training_examples(tokenizer, training_tasks(settings["tasks"], settings["task_seed"]),
                                  settings["break_seed"], rename_kb=settings.get("rename_kb", 0.0))
-    # Replayed episodes are the first SFT's tasks unless the settings name another draw (more distinct tasks).
-    replay = training_tasks(settings["replay"], settings.get("replay_task_seed", replay_task_seed))
+    replay = judge_replay_tasks(settings, replay_task_seed)
     examples += agent_examples(tokenizer, replay, rename_kb=settings.get("rename_kb", 0.0), seed=settings["seed"])
     logger.info("teacher judge SFT data: %d examples (%d replayed episodes), %d tokens (%.1fs)", len(examples),
                 len(replay), sum(len(ids) for ids, _ in examples), time.perf_counter() - started)
