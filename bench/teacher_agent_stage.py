@@ -48,6 +48,21 @@ def _induction_checkpoint(directory: Path, tokenizer_dir: Path, threads: int) ->
     return directory
 
 
+def _copy_examples(tokenizer, n: int, *, seed: int) -> list[tuple[list[int], list[int]]]:
+    """`n` induction sequences as (ids, mask) SFT examples, in the induction stage's shape."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    vocab = induction.copy_vocabulary(tokenizer)
+    settings = builtin.INDUCTION[ROLE]
+    examples = []
+    while len(examples) < n:
+        ids, targets = induction.induction_batch(generator, batch_size=min(256, n - len(examples)),
+                                                 seq_len=settings["seq_len"], segment=settings["segment"], vocab=vocab)
+        examples += [(row.tolist(), mask.int().tolist()) for row, mask in zip(ids, targets)]
+    return examples
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -57,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting of the agent stage (a Python literal), e.g. epochs=3.0")
     parser.add_argument("--renamings", type=int, default=0,
                         help="one pass over this many differently renamed copies (0: the recipe's epochs)")
+    parser.add_argument("--copy-examples", type=int, default=0,
+                        help="add this many induction sequences (repeated random segments, loss on the repeats) "
+                             "to the SFT data, to keep the copying circuit trained")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -77,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(copies):
         examples += teacher_build.agent_examples(tokenizer, tasks, rename_kb=settings.get("rename_kb", 0.0),
                                                  seed=settings["seed"] + k)
+    if args.copy_examples:
+        examples += _copy_examples(tokenizer, args.copy_examples, seed=settings["seed"])
     epochs = 1.0 if args.renamings else settings["epochs"]
     trained = teacher_build.sft(model, examples, epochs=epochs, lr=settings["lr"], seed=settings["seed"],
                                 batch_tokens=settings["batch_tokens"], warmup=settings["warmup"],
@@ -84,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    record = {"sft": {"settings": settings, "renamings": args.renamings, **trained},
+    record = {"sft": {"settings": settings, "renamings": args.renamings, "copy_examples": args.copy_examples,
+                      **trained},
               "stage_seconds": round(time.perf_counter() - started, 1), "induction_checkpoint": str(checkpoint)}
     (args.out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v for k, v in record["sft"].items() if k != "settings"}))

@@ -162,14 +162,17 @@ def service_episodes(model_dir: str, tasks) -> list:
 
 
 def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int = 5, via: str = "engine") -> dict:
-    """Solved share of `tasks` with the greedy teacher: successes, n, rate, 95% interval, seconds, and the first
-    `keep_failures` failing episodes (each model turn's text and its observation; -1 keeps them all)."""
+    """Solved share of `tasks` with the greedy teacher: successes, n, rate, 95% interval, seconds, per-task
+    outcomes (task id -> 0/1, in the tasks' order), and the first `keep_failures` failing episodes (each model
+    turn's text and its observation; -1 keeps them all)."""
     started = time.perf_counter()
     episodes = (service_episodes(model_dir, tasks) if via == "service"
                 else asyncio.run(run_episodes(model_dir, tasks, sandbox=sandbox)))
-    solved, failures, kinds = 0, [], Counter()
+    solved, failures, kinds, outcomes = 0, [], Counter(), {}
     for task, episode in zip(tasks, episodes):
-        if score_answer(episode.final_answer, task.true_answer).correct:
+        correct = score_answer(episode.final_answer, task.true_answer).correct
+        outcomes[task.id] = int(correct)
+        if correct:
             solved += 1
             continue
         steps = episode.steps[episode.n_prefix_steps:]
@@ -185,7 +188,8 @@ def success(model_dir: str, tasks, *, sandbox: str = "real", keep_failures: int 
     low, high = wilson(solved, len(tasks))
     return {"solved": solved, "n": len(tasks), "success": round(solved / max(1, len(tasks)), 4),
             "ci95": [round(low, 4), round(high, 4)], "seconds": round(time.perf_counter() - started, 1),
-            **({"failure_kinds": dict(kinds.most_common())} if kinds else {}), "failures": failures}
+            **({"failure_kinds": dict(kinds.most_common())} if kinds else {}), "outcomes": outcomes,
+            "failures": failures}
 
 
 def main() -> None:
