@@ -58,7 +58,7 @@ def test_the_teacher_recipe_records_its_sft_and_rehashes_when_it_changes(monkeyp
     base = builtin._model_recipe("teacher-sft", "tok")
     assert base["size"] == "nano-wide3" and base["induction"]["steps"] > 0
     assert base["sft"]["tasks"] == builtin.SFT["teacher-sft"]["tasks"] and "sft" not in builtin._model_recipe("student", "tok")
-    monkeypatch.setitem(builtin.SFT, "teacher-sft", {**builtin.SFT["teacher-sft"], "epochs": 3.0})
+    monkeypatch.setitem(builtin.SFT, "teacher-sft", {**builtin.SFT["teacher-sft"], "epochs": base["sft"]["epochs"] + 1})
     assert builtin._digest(builtin._model_recipe("teacher-sft", "tok")) != builtin._digest(base)
     monkeypatch.setitem(builtin.SFT, "teacher-sft", {**builtin.SFT["teacher-sft"], "epochs": base["sft"]["epochs"]})
     assert builtin._digest(builtin._model_recipe("teacher-sft", "tok")) == builtin._digest(base)
