@@ -19,7 +19,8 @@ test-fast: setup
 # The fine-tuned built-in teacher (`builtin:teacher-sft`, 20-30 minutes on 2 cores, then cached in SCORE_HOME):
 # built on first use otherwise; tests/teacher/test_teacher_sft_floor.py runs only once it is built.
 teacher-model: setup
-	.venv/bin/python -c 'from shared.models.builtin import ensure_builtin_model; print(ensure_builtin_model("teacher-sft"))'
+	.venv/bin/python -c 'from shared.observability import configure_logging; configure_logging(service="build"); \
+	from shared.models.builtin import ensure_builtin_model; print(ensure_builtin_model("teacher-sft"))'
 
 bench: setup
 	.venv/bin/python bench/student_batching.py
