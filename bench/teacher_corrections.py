@@ -12,11 +12,13 @@ gold answer. `verify` runs with the default `verify_window` (1: prefix by prefix
 error) and again with 0 (every prefix proposed in one call), side by side. A second, smaller round runs `verify`
 and `judge` on a built-in teacher model in-process, on broken trajectories of held-out (eval-split) tasks: the
 untrained tiny `teacher` (it mostly writes malformed steps, so its corrections are mostly `hard`) or the
-fine-tuned `teacher-sft`, whose build trains on broken train-split trajectories. Nothing is asserted; the
+fine-tuned `teacher-sft`, whose build trains on broken train-split trajectories (`--model-split train` uses
+train-split tasks its build did not use instead: validation, for choosing a recipe). Nothing is asserted; the
 numbers are reported.
 
     .venv/bin/python bench/teacher_corrections.py [--items 200] [--model-items 4] [--model-max-tokens 64]
         [--model-role teacher|teacher-sft]   # teacher-sft: the fine-tuned teacher (built on first use)
+        [--model-split eval|train]           # train: validation tasks its build did not use
 
 Prints a table and writes bench/results/teacher_corrections.json.
 """
@@ -44,10 +46,12 @@ from bench.report import report  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
 
-def broken_items(n: int, seed: int, restyle: bool = False, split: str = "train") -> tuple[list[dict], list[int], list[str]]:
+def broken_items(n: int, seed: int, restyle: bool = False, split: str = "train", tasks: list | None = None
+                 ) -> tuple[list[dict], list[int], list[str]]:
+    """`n` built-in tasks of `split` (or the given `tasks`), each with one act step broken (draw `seed`)."""
     rng = random.Random(seed)
     items, positions, kinds = [], [], []
-    for task in builtin_tasks(n=n, seed=seed, split=split):
+    for task in tasks if tasks is not None else builtin_tasks(n=n, seed=seed, split=split):
         steps, position, what = broken_trajectory(task, rng, restyle=restyle)
         items.append({"task": task.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
         positions.append(position)
@@ -146,6 +150,19 @@ def model_round(home: Path, items, positions, kinds, max_tokens: int, role: str 
     return results
 
 
+def validation_tasks(args, home: Path) -> list | None:
+    """With `--model-split train`: train-split tasks, half of each family, that the model's build did not use."""
+    if args.model_split != "train":
+        return None
+    from bench.teacher_model import recorded_training_questions
+    from shared.models.teacher_build import unused_train_tasks
+
+    trained = recorded_training_questions(str(ensure_builtin_model(args.model_role, home)))
+    half = args.model_items // 2
+    return [task for family, n in (("arith", half), ("kb", args.model_items - half))
+            for task in unused_train_tasks(family, n, exclude=trained, seed=args.seed + 1)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200, help="broken trajectories for the expert round")
@@ -153,6 +170,9 @@ def main() -> None:
     parser.add_argument("--model-max-tokens", type=int, default=64, help="token budget of one teacher model turn")
     parser.add_argument("--model-role", default="teacher", choices=("teacher", "teacher-sft"),
                         help="built-in model of the model round: the untrained tiny teacher or the fine-tuned one")
+    parser.add_argument("--model-split", choices=("eval", "train"), default="eval",
+                        help="tasks of the model round: eval (held-out) or train-split tasks the model's build did "
+                             "not train on (validation, as its builtin.json records; half of each family)")
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "teacher_corrections.json"))
     args = parser.parse_args()
@@ -163,8 +183,9 @@ def main() -> None:
     for name, r in expert_round(home, args.items, args.seed, verify_window=0).items():
         result["expert"][f"{name}, window 0"] = r
     if args.model_items:
-        # Held-out tasks: the teacher model's build trains on (broken) train-split trajectories.
-        m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1, split="eval")
+        # Held-out tasks by default: the teacher model's build trains on (broken) train-split trajectories.
+        m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1, split="eval",
+                                                     tasks=validation_tasks(args, home))
         result["tiny_model"] = model_round(home, m_items, m_positions, m_kinds, args.model_max_tokens,
                                            args.model_role)
 
