@@ -16,7 +16,7 @@ test: setup
 test-fast: setup
 	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load -m "not slow"
 
-# The fine-tuned built-in teacher (`builtin:teacher-sft`, 20-30 minutes on 2 cores, then cached in SCORE_HOME):
+# The fine-tuned built-in teacher (`builtin:teacher-sft`, about 35 minutes on 2 cores, then cached in SCORE_HOME):
 # built on first use otherwise; tests/teacher/test_teacher_sft_floor.py runs only once it is built.
 teacher-model: setup
 	.venv/bin/python -c 'from shared.observability import configure_logging; configure_logging(service="build"); \

@@ -11,6 +11,9 @@ directory whose `builtin.json` records the recipe's settings (judge stage includ
 --split train` leaves out the same tasks for every variant and the full build. The judge stage is not run: this
 compares agent stages only.
 
+`--judge-from DIR` runs the recipe's judge stage (`--set judge.KEY=VALUE` to change it) from an agent stage saved
+in DIR, for comparing judge stages with `bench/teacher_corrections.py --model-dir OUT --model-split train`.
+
 `--renamings K` trains one pass over K copies of the episodes, each kb copy with its own swap of names
 (`agent_examples(seed=seed + k)`), instead of `epochs` passes over one swap.
 """
@@ -63,6 +66,34 @@ def _copy_examples(tokenizer, n: int, *, seed: int) -> list[tuple[list[int], lis
     return examples
 
 
+def _overridden(settings: dict, assignments: list[str]) -> dict:
+    """`settings` with KEY=VALUE assignments applied (VALUE a Python literal; judge.KEY for the judge stage's)."""
+    settings = {**settings, "judge": dict(settings["judge"])}
+    for item in assignments:
+        key, _, value = item.partition("=")
+        target = settings["judge"] if key.startswith("judge.") else settings
+        target[key.removeprefix("judge.")] = ast.literal_eval(value)
+    return settings
+
+
+def _judge_stage(args) -> int:
+    source = args.judge_from
+    settings = _overridden(json.loads((source / builtin.MANIFEST).read_text())["sft"]["settings"], args.set)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, padding_side="left")
+    model = Qwen2ForCausalLM.from_pretrained(source)
+    started = time.perf_counter()
+    trained = teacher_build.judge_sft(model, tokenizer, {**settings["judge"], "threads": args.threads},
+                                      replay_task_seed=settings["task_seed"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    record = {"sft": {"settings": settings, "judge": trained}, "agent_stage": str(source),
+              "stage_seconds": round(time.perf_counter() - started, 1)}
+    (args.out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(trained))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
@@ -75,16 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copy-examples", type=int, default=0,
                         help="add this many induction sequences (repeated random segments, loss on the repeats) "
                              "to the SFT data, to keep the copying circuit trained")
+    parser.add_argument("--judge-from", type=Path, metavar="DIR",
+                        help="run the judge stage instead, from an agent stage this script saved in DIR; "
+                             "--set judge.KEY=VALUE overrides its settings")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.judge_from:
+        return _judge_stage(args)
 
     tokenizer_dir = builtin.ensure_builtin_model("student").parent / builtin.TOKENIZER_DIRNAME
     checkpoint = _induction_checkpoint(args.induction, tokenizer_dir, args.threads)
-    settings = dict(builtin.SFT[ROLE])
-    for item in args.set:
-        key, _, value = item.partition("=")
-        settings[key] = ast.literal_eval(value)
+    settings = _overridden(builtin.SFT[ROLE], args.set)
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True, padding_side="left")
     model = Qwen2ForCausalLM.from_pretrained(checkpoint)

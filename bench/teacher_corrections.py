@@ -131,13 +131,14 @@ def expert_round(home: Path, n: int, seed: int, verify_window: int = 1) -> dict:
     return results
 
 
-def model_round(home: Path, items, positions, kinds, max_tokens: int, role: str = "teacher") -> dict:
+def model_round(home: Path, items, positions, kinds, max_tokens: int, role: str = "teacher",
+                model_dir: str | None = None) -> dict:
     from fastapi.testclient import TestClient
 
     from services.teacher.app import create_app
     from services.teacher.config import TeacherConfig
 
-    config = TeacherConfig(engine="transformers", model=str(ensure_builtin_model(role, home)),
+    config = TeacherConfig(engine="transformers", model=model_dir or str(ensure_builtin_model(role, home)),
                            settings=Settings(home=home), max_step_tokens=max_tokens,
                            max_judge_tokens=max_tokens * 2)
     results = {}
@@ -157,7 +158,7 @@ def validation_tasks(args, home: Path) -> list | None:
     from bench.teacher_model import recorded_training_questions
     from shared.models.teacher_build import unused_train_tasks
 
-    trained = recorded_training_questions(str(ensure_builtin_model(args.model_role, home)))
+    trained = recorded_training_questions(args.model_dir or str(ensure_builtin_model(args.model_role, home)))
     half = args.model_items // 2
     return [task for family, n in (("arith", half), ("kb", args.model_items - half))
             for task in unused_train_tasks(family, n, exclude=trained, seed=args.seed + 1)]
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--model-max-tokens", type=int, default=64, help="token budget of one teacher model turn")
     parser.add_argument("--model-role", default="teacher", choices=("teacher", "teacher-sft"),
                         help="built-in model of the model round: the untrained tiny teacher or the fine-tuned one")
+    parser.add_argument("--model-dir", help="the model round's model directory instead of --model-role's build")
     parser.add_argument("--model-split", choices=("eval", "train"), default="eval",
                         help="tasks of the model round: eval (held-out) or train-split tasks the model's build did "
                              "not train on (validation, as its builtin.json records; half of each family)")
@@ -187,7 +189,7 @@ def main() -> None:
         m_items, m_positions, m_kinds = broken_items(args.model_items, args.seed + 1, split="eval",
                                                      tasks=validation_tasks(args, home))
         result["tiny_model"] = model_round(home, m_items, m_positions, m_kinds, args.model_max_tokens,
-                                           args.model_role)
+                                           args.model_role, args.model_dir)
 
     rows = []
     for backend, strategies in (("expert", result["expert"]), ("tiny model", result.get("tiny_model", {}))):

@@ -38,8 +38,8 @@ logger = logging.getLogger("score.models")
 # Built by `scripts/setup.sh` and the test fixtures, so a service starts at once.
 ROLES = ("student", "teacher")
 # Built on first use only, so fresh installs and CI do not pay for them: `builtin:teacher-sft`, a teacher
-# fine-tuned at build time on expert trajectories, which takes 10-30 minutes on one thread and does not yet solve
-# the suite well enough to replace the scripted expert (docs/teacher.md); `builtin:student-wide`, a wider
+# fine-tuned at build time on expert trajectories and judge examples, which takes about 35 minutes on 2 cores
+# (docs/teacher.md has what it solves); `builtin:student-wide`, a wider
 # student whose cold start can learn which operation comes next, where the `nano` student stays at chance
 # (docs/experiments.md, "Why the cold start fails"), at about twice the training cost per step.
 ON_DEMAND_ROLES = ("teacher-sft", "student-wide")

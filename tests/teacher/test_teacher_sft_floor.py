@@ -1,7 +1,7 @@
 """The built-in fine-tuned teacher (`builtin:teacher-sft`) solves held-out tasks and finds broken steps, through
 the teacher service, above a floor well under what it measures (docs/teacher.md has the figures).
 
-Its build takes 20-30 minutes on 2 cores, more than the whole suite may, so these tests use the build that
+Its build takes about 35 minutes on 2 cores, more than the whole suite may, so these tests use the build that
 `SCORE_HOME` already holds (`.ci/run` builds it first) and skip, saying so, where there is none."""
 
 from __future__ import annotations
