@@ -82,7 +82,8 @@ def _judge_stage(args) -> int:
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, padding_side="left")
     model = Qwen2ForCausalLM.from_pretrained(source)
     started = time.perf_counter()
-    trained = teacher_build.judge_sft(model, tokenizer, {**settings["judge"], "threads": args.threads},
+    trained = teacher_build.judge_sft(model, tokenizer,
+                                      {**settings["judge"], "threads": args.threads or settings["judge"]["threads"]},
                                       replay_task_seed=settings["task_seed"])
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
@@ -109,14 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge-from", type=Path, metavar="DIR",
                         help="run the judge stage instead, from an agent stage this script saved in DIR; "
                              "--set judge.KEY=VALUE overrides its settings")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the recipe's, 1 for the agent stage and the judge stage's own)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.judge_from:
         return _judge_stage(args)
 
     tokenizer_dir = builtin.ensure_builtin_model("student").parent / builtin.TOKENIZER_DIRNAME
-    checkpoint = _induction_checkpoint(args.induction, tokenizer_dir, args.threads)
+    threads = args.threads or builtin.PRETRAIN_THREADS
+    checkpoint = _induction_checkpoint(args.induction, tokenizer_dir, threads)
     settings = _overridden(builtin.SFT[ROLE], args.set)
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True, padding_side="left")
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = 1.0 if args.renamings else settings["epochs"]
     trained = teacher_build.sft(model, examples, epochs=epochs, lr=settings["lr"], seed=settings["seed"],
                                 batch_tokens=settings["batch_tokens"], warmup=settings["warmup"],
-                                pad_id=tokenizer.pad_token_id, threads=args.threads)
+                                pad_id=tokenizer.pad_token_id, threads=threads)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
