@@ -51,19 +51,12 @@ def _induction_checkpoint(directory: Path, tokenizer_dir: Path, threads: int) ->
     return directory
 
 
-def _copy_examples(tokenizer, n: int, *, seed: int) -> list[tuple[list[int], list[int]]]:
-    """`n` induction sequences as (ids, mask) SFT examples, in the induction stage's shape."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    vocab = induction.copy_vocabulary(tokenizer)
-    settings = builtin.INDUCTION[ROLE]
-    examples = []
-    while len(examples) < n:
-        ids, targets = induction.induction_batch(generator, batch_size=min(256, n - len(examples)),
-                                                 seq_len=settings["seq_len"], segment=settings["segment"], vocab=vocab)
-        examples += [(row.tolist(), mask.int().tolist()) for row, mask in zip(ids, targets)]
-    return examples
+def _save(out: Path, model, tokenizer, record: dict) -> None:
+    """The stage's model, tokenizer and `builtin.json` (whose `sft.settings` bench/teacher_model.py reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _overridden(settings: dict, assignments: list[str]) -> dict:
@@ -85,12 +78,8 @@ def _judge_stage(args) -> int:
     trained = teacher_build.judge_sft(model, tokenizer,
                                       {**settings["judge"], "threads": args.threads or settings["judge"]["threads"]},
                                       replay_task_seed=settings["task_seed"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    record = {"sft": {"settings": settings, "judge": trained}, "agent_stage": str(source),
-              "stage_seconds": round(time.perf_counter() - started, 1)}
-    (args.out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    _save(args.out, model, tokenizer, {"sft": {"settings": settings, "judge": trained}, "agent_stage": str(source),
+                                       "stage_seconds": round(time.perf_counter() - started, 1)})
     print(json.dumps(trained))
     return 0
 
@@ -104,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting of the agent stage (a Python literal), e.g. epochs=3.0")
     parser.add_argument("--renamings", type=int, default=0,
                         help="one pass over this many differently renamed copies (0: the recipe's epochs)")
-    parser.add_argument("--copy-examples", type=int, default=0,
-                        help="add this many induction sequences (repeated random segments, loss on the repeats) "
-                             "to the SFT data, to keep the copying circuit trained")
     parser.add_argument("--judge-from", type=Path, metavar="DIR",
                         help="run the judge stage instead, from an agent stage this script saved in DIR; "
                              "--set judge.KEY=VALUE overrides its settings")
@@ -131,20 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(copies):
         examples += teacher_build.agent_examples(tokenizer, tasks, rename_kb=settings.get("rename_kb", 0.0),
                                                  seed=settings["seed"] + k)
-    if args.copy_examples:
-        examples += _copy_examples(tokenizer, args.copy_examples, seed=settings["seed"])
     epochs = 1.0 if args.renamings else settings["epochs"]
     trained = teacher_build.sft(model, examples, epochs=epochs, lr=settings["lr"], seed=settings["seed"],
                                 batch_tokens=settings["batch_tokens"], warmup=settings["warmup"],
                                 pad_id=tokenizer.pad_token_id, threads=threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    record = {"sft": {"settings": settings, "renamings": args.renamings, "copy_examples": args.copy_examples,
-                      **trained},
-              "stage_seconds": round(time.perf_counter() - started, 1), "induction_checkpoint": str(checkpoint)}
-    (args.out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in record["sft"].items() if k != "settings"}))
+    _save(args.out, model, tokenizer, {"sft": {"settings": settings, "renamings": args.renamings, **trained},
+                                       "stage_seconds": round(time.perf_counter() - started, 1),
+                                       "induction_checkpoint": str(checkpoint)})
+    print(json.dumps({"renamings": args.renamings, **trained}))
     return 0
 
 
