@@ -39,15 +39,20 @@ from shared.models.tiny import ROLE_SIZES, build_tiny_model  # noqa: E402
 ROLE = "teacher-sft"
 
 
-def _induction_checkpoint(directory: Path, tokenizer_dir: Path, threads: int) -> Path:
-    if (directory / "induction.json").exists():
+def _induction_checkpoint(directory: Path, tokenizer_dir: Path, threads: int, settings: dict) -> Path:
+    record = directory / "induction.json"
+    if record.exists():
+        built = json.loads(record.read_text()).get("settings", builtin.INDUCTION[ROLE])
+        if built != settings:
+            raise SystemExit(f"{directory} holds an induction checkpoint of other settings ({built}); "
+                             "name another --induction directory")
         return directory
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, padding_side="left")
     model = build_tiny_model(ROLE_SIZES[ROLE], tokenizer, seed=builtin.ROLE_SEEDS[ROLE])
-    copying = induction.pretrain_induction(model, tokenizer, threads=threads, **builtin.INDUCTION[ROLE])
+    copying = induction.pretrain_induction(model, tokenizer, threads=threads, **settings)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    (directory / "induction.json").write_text(json.dumps(copying, indent=2) + "\n")
+    record.write_text(json.dumps({**copying, "settings": settings}, indent=2) + "\n")
     return directory
 
 
@@ -57,6 +62,15 @@ def _save(out: Path, model, tokenizer, record: dict) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / builtin.MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _assigned(settings: dict, assignments: list[str]) -> dict:
+    """`settings` with KEY=VALUE assignments applied (VALUE a Python literal)."""
+    updated = dict(settings)
+    for item in assignments:
+        key, _, value = item.partition("=")
+        updated[key] = ast.literal_eval(value)
+    return updated
 
 
 def _overridden(settings: dict, assignments: list[str]) -> dict:
@@ -91,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the induction checkpoint (built here first if missing)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the agent stage (a Python literal), e.g. epochs=3.0")
+    parser.add_argument("--induction-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the induction pre-training (e.g. steps=2000); needs its own "
+                             "--induction directory")
     parser.add_argument("--renamings", type=int, default=0,
                         help="one pass over this many differently renamed copies (0: the recipe's epochs)")
     parser.add_argument("--judge-from", type=Path, metavar="DIR",
@@ -105,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer_dir = builtin.ensure_builtin_model("student").parent / builtin.TOKENIZER_DIRNAME
     threads = args.threads or builtin.PRETRAIN_THREADS
-    checkpoint = _induction_checkpoint(args.induction, tokenizer_dir, threads)
+    checkpoint = _induction_checkpoint(args.induction, tokenizer_dir, threads,
+                                       _assigned(builtin.INDUCTION[ROLE], args.induction_set))
     settings = _overridden(builtin.SFT[ROLE], args.set)
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True, padding_side="left")
@@ -123,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                                 pad_id=tokenizer.pad_token_id, threads=threads)
     _save(args.out, model, tokenizer, {"sft": {"settings": settings, "renamings": args.renamings, **trained},
                                        "stage_seconds": round(time.perf_counter() - started, 1),
-                                       "induction_checkpoint": str(checkpoint)})
+                                       "induction_checkpoint": str(checkpoint),
+                                       "induction": json.loads((checkpoint / "induction.json").read_text())})
     print(json.dumps({"renamings": args.renamings, **trained}))
     return 0
 

@@ -29,14 +29,22 @@ logger = logging.getLogger("score.models")
 DATA_VERSION = 1
 
 
-def induction_batch(generator: torch.Generator, *, batch_size: int, seq_len: int, segment: int, vocab: list[int]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def induction_batch(generator: torch.Generator, *, batch_size: int, seq_len: int, segment: int, vocab: list[int],
+                    narrow_rows: int = 0, narrow_vocab: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (batch, seq_len) with a segment repeated after a random gap, and the mask of copyable targets.
 
     The mask marks positions whose next token is predictable only by copying: the repeat's tokens after its
-    first (the first token of a repeat cannot be known before the repeat starts)."""
+    first (the first token of a repeat cannot be known before the repeat starts).
+
+    The first `narrow_rows` rows draw their tokens from `narrow_vocab` ids of their own. Over the whole
+    vocabulary a token seldom recurs within a row, so the token before is enough to find what to copy; in a
+    narrow row it recurs with other successors, and copying has to match the tokens before it too, as in names
+    built of syllables that other names in context share ("Dratrasri" beside "Tratrasri")."""
     table = torch.tensor(vocab)
     ids = table[torch.randint(0, len(vocab), (batch_size, seq_len), generator=generator)]
+    for row in range(narrow_rows):
+        subset = table[torch.randperm(len(vocab), generator=generator)[:narrow_vocab]]
+        ids[row] = subset[torch.randint(0, narrow_vocab, (seq_len,), generator=generator)]
     targets = torch.zeros(batch_size, seq_len, dtype=torch.bool)
     room = seq_len - 2 * segment
     for row in range(batch_size):
@@ -55,8 +63,9 @@ def copy_vocabulary(tokenizer) -> list[int]:
 
 
 def copy_accuracy(model, *, vocab: list[int], seed: int = 12345, batches: int = 2, batch_size: int = 128,
-                  seq_len: int = 64, segment: int = 10) -> float:
-    """Held-out accuracy on the copyable positions (chance is 1/len(vocab))."""
+                  seq_len: int = 64, segment: int = 10, narrow_vocab: int = 0) -> float:
+    """Held-out accuracy on the copyable positions (chance is 1/len(vocab)); with `narrow_vocab`, on rows that
+    are all narrow."""
     generator = torch.Generator().manual_seed(seed)
     correct = total = 0
     was_training = model.training
@@ -64,7 +73,8 @@ def copy_accuracy(model, *, vocab: list[int], seed: int = 12345, batches: int = 
     with torch.no_grad():
         for _ in range(batches):
             ids, targets = induction_batch(generator, batch_size=batch_size, seq_len=seq_len, segment=segment,
-                                           vocab=vocab)
+                                           vocab=vocab, narrow_rows=batch_size if narrow_vocab else 0,
+                                           narrow_vocab=narrow_vocab)
             predicted = model(input_ids=ids).logits[:, :-1].argmax(-1)
             mask = targets[:, 1:]
             correct += int((predicted[mask] == ids[:, 1:][mask]).sum())
@@ -75,14 +85,17 @@ def copy_accuracy(model, *, vocab: list[int], seed: int = 12345, batches: int = 
 
 def pretrain_induction(model, tokenizer, *, steps: int, lr: float, seed: int, batch_size: int = 32,
                        seq_len: int = 64, segment: int = 10, warmup: int = 50, threads: int = 1,
-                       log_every_s: float = 5.0) -> dict:
-    """Train on repeated random segments (loss on the repeats only); returns steps, tokens, seconds, accuracy."""
+                       log_every_s: float = 5.0, narrow_rows: int = 0, narrow_vocab: int = 0) -> dict:
+    """Train on repeated random segments (loss on the repeats only); returns steps, tokens, seconds, accuracy
+    (and the accuracy on narrow rows too, when some are trained)."""
     with seeded_threads(seed, threads):
         return _loop(model, copy_vocabulary(tokenizer), steps=steps, lr=lr, seed=seed, batch_size=batch_size,
-                     seq_len=seq_len, segment=segment, warmup=warmup, log_every_s=log_every_s)
+                     seq_len=seq_len, segment=segment, warmup=warmup, log_every_s=log_every_s,
+                     narrow_rows=narrow_rows, narrow_vocab=narrow_vocab)
 
 
-def _loop(model, vocab, *, steps, lr, seed, batch_size, seq_len, segment, warmup, log_every_s) -> dict:
+def _loop(model, vocab, *, steps, lr, seed, batch_size, seq_len, segment, warmup, log_every_s, narrow_rows,
+          narrow_vocab) -> dict:
     # No weight decay and a short-memory second moment: the circuit forms in a sudden transition that decay
     # and a slow Adam would both delay.
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -94,7 +107,7 @@ def _loop(model, vocab, *, steps, lr, seed, batch_size, seq_len, segment, warmup
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
         ids, targets = induction_batch(generator, batch_size=batch_size, seq_len=seq_len, segment=segment,
-                                       vocab=vocab)
+                                       vocab=vocab, narrow_rows=narrow_rows, narrow_vocab=narrow_vocab)
         logits = model(input_ids=ids).logits[:, :-1]
         mask = targets[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask])
@@ -108,8 +121,12 @@ def _loop(model, vocab, *, steps, lr, seed, batch_size, seq_len, segment, warmup
             last_log = now
             logger.info("induction pre-training step %d/%d loss %.3f", step + 1, steps, loss_value)
     accuracy = copy_accuracy(model, vocab=vocab, seq_len=seq_len, segment=segment)
+    narrow = {}
+    if narrow_rows:
+        narrow["narrow_copy_accuracy"] = round(copy_accuracy(model, vocab=vocab, seq_len=seq_len, segment=segment,
+                                                             narrow_vocab=narrow_vocab), 4)
     model.eval()
     if not math.isfinite(loss_value):
         raise RuntimeError("induction pre-training diverged (non-finite loss)")
     return {"steps": steps, "tokens": steps * batch_size * seq_len, "final_loss": round(loss_value, 4),
-            "copy_accuracy": round(accuracy, 4), "seconds": round(time.perf_counter() - started, 2)}
+            "copy_accuracy": round(accuracy, 4), **narrow, "seconds": round(time.perf_counter() - started, 2)}

@@ -24,6 +24,24 @@ def test_batches_repeat_a_segment_and_mark_only_the_copyable_positions():
         assert segment in earlier  # the marked tokens continue a segment seen before
 
 
+def test_narrow_rows_reuse_few_tokens_and_leave_the_other_rows_as_they_were():
+    vocab = list(range(10, 500))
+    plain, _ = induction.induction_batch(torch.Generator().manual_seed(0), batch_size=8, seq_len=64, segment=10,
+                                         vocab=vocab)
+    ids, targets = induction.induction_batch(torch.Generator().manual_seed(0), batch_size=8, seq_len=64,
+                                             segment=10, vocab=vocab, narrow_rows=3, narrow_vocab=12)
+    assert [len(set(ids[row].tolist())) <= 12 for row in range(8)] == [True] * 3 + [False] * 5
+    assert all(int(targets[row].sum()) == 9 for row in range(8))
+    for row in range(3):  # still a repeated segment where the mask says
+        repeat = int(targets[row].nonzero()[0]) - 1
+        segment = ids[row, repeat:repeat + 10].tolist()
+        assert segment in [ids[row, i:i + 10].tolist() for i in range(0, repeat - 9)]
+    # Without narrow rows the draw is the one every recipe built so far trained on.
+    again, _ = induction.induction_batch(torch.Generator().manual_seed(0), batch_size=8, seq_len=64, segment=10,
+                                         vocab=vocab, narrow_rows=0, narrow_vocab=12)
+    assert torch.equal(plain, again)
+
+
 def test_special_tokens_are_never_sampled(student_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(student_model_dir, local_files_only=True)
     vocab = induction.copy_vocabulary(tokenizer)
