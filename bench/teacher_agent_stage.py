@@ -75,12 +75,9 @@ def _assigned(settings: dict, assignments: list[str]) -> dict:
 
 def _overridden(settings: dict, assignments: list[str]) -> dict:
     """`settings` with KEY=VALUE assignments applied (VALUE a Python literal; judge.KEY for the judge stage's)."""
-    settings = {**settings, "judge": dict(settings["judge"])}
-    for item in assignments:
-        key, _, value = item.partition("=")
-        target = settings["judge"] if key.startswith("judge.") else settings
-        target[key.removeprefix("judge.")] = ast.literal_eval(value)
-    return settings
+    judge = [item.removeprefix("judge.") for item in assignments if item.startswith("judge.")]
+    agent = [item for item in assignments if not item.startswith("judge.")]
+    return {**_assigned(settings, agent), "judge": _assigned(settings["judge"], judge)}
 
 
 def _judge_stage(args) -> int:
