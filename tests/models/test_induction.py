@@ -24,7 +24,7 @@ def test_batches_repeat_a_segment_and_mark_only_the_copyable_positions():
         assert segment in earlier  # the marked tokens continue a segment seen before
 
 
-def test_narrow_rows_reuse_few_tokens_and_leave_the_other_rows_as_they_were():
+def test_narrow_rows_reuse_few_tokens_and_keep_their_repeat():
     vocab = list(range(10, 500))
     plain, _ = induction.induction_batch(torch.Generator().manual_seed(0), batch_size=8, seq_len=64, segment=10,
                                          vocab=vocab)
@@ -36,7 +36,7 @@ def test_narrow_rows_reuse_few_tokens_and_leave_the_other_rows_as_they_were():
         repeat = int(targets[row].nonzero()[0]) - 1
         segment = ids[row, repeat:repeat + 10].tolist()
         assert segment in [ids[row, i:i + 10].tolist() for i in range(0, repeat - 9)]
-    # Without narrow rows the draw is the one every recipe built so far trained on.
+    # `narrow_vocab` alone changes nothing: without narrow rows the draw is the one every recipe so far used.
     again, _ = induction.induction_batch(torch.Generator().manual_seed(0), batch_size=8, seq_len=64, segment=10,
                                          vocab=vocab, narrow_rows=0, narrow_vocab=12)
     assert torch.equal(plain, again)
