@@ -93,6 +93,14 @@ class GRPOHyperparameters(OptimizerSettings, LoRASettings):
         "trainer updates on this one. Older samples are refused with 409.",
         examples=[1],
     )
+    teacher_kl_coef: float = Field(
+        default=0.0, ge=0.0, le=100.0,
+        description="On-policy distillation: each generated token's advantage gains -teacher_kl_coef * (behaviour "
+        "log-probability - teacher log-probability), the sampled reverse KL to the teacher (Tinker's recipe; GKD with "
+        "lambda 1). Needs `teacher_logprobs` on every sample; the step reports `teacher_kl` (nats per generated token, "
+        "before the update). 0 with teacher log-probabilities given: the KL is reported, not trained on.",
+        examples=[1.0],
+    )
 
     max_logprob_diff: float | None = Field(
         default=0.5, gt=0.0, le=1000.0,
@@ -232,6 +240,18 @@ class RLSample(BaseModel):
         description="Tokens before the first model turn; when given, loss_mask must be 0 on all of them.",
         examples=[2],
     )
+    teacher_logprobs: list[Annotated[float, Field(ge=-1e9, le=1e-3)]] | None = Field(
+        default=None,
+        description="Per token: the teacher's log-probability of the token (the teacher service's `POST /v1/logprobs`; "
+        "0.0 where loss_mask is 0). Same length as token_ids. Required when the session's `teacher_kl_coef` > 0.",
+        examples=[[0.0, 0.0, -0.05, -0.4, 0.0, -0.01]],
+    )
+    token_advantages: list[Annotated[float, Field(ge=-1e6, le=1e6)]] | None = Field(
+        default=None,
+        description="Per token: an advantage added to the sample's group advantage (e.g. a caller's own dense "
+        "distillation signal). Same length as token_ids; ignored where loss_mask is 0.",
+        examples=[[0.0, 0.0, 0.1, -0.3, 0.0, 0.02]],
+    )
 
     @classmethod
     def from_episode(cls, episode: Episode, reward: float) -> "RLSample":
@@ -270,6 +290,17 @@ class RLSample(BaseModel):
                     f"logprobs[{position}] = {logprob} is not a log-probability (must be finite and <= 0); send "
                     "log-probabilities, not probabilities"
                 )
+        return value
+
+    @field_validator("teacher_logprobs", "token_advantages")
+    @classmethod
+    def _per_token_aligned(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if value is None:
+            return value
+        _same_length(value, info, info.field_name)
+        for position, number in enumerate(value):
+            if not math.isfinite(number):
+                raise ValueError(f"{info.field_name}[{position}] = {number} is not a finite number")
         return value
 
     @field_validator("reward")

@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+from shared.models.token_logprobs import selective_log_softmax  # noqa: F401  (one definition: the teacher scores with it)
+
 ScaleRewards = Literal["group", "batch", "none"]
 ADVANTAGE_EPS = 1e-4  # TRL's constant: keeps (r - mean) / std finite when a group's rewards are equal
 
@@ -51,16 +53,6 @@ def group_advantages(
     return advantages, is_std_zero
 
 
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[..., index] without materialising the (B, T, V) log-prob tensor twice.
-
-    logits: (B, T, V); index: (B, T) token ids -> (B, T) log-probabilities, in float32.
-    """
-    logits = logits.float()
-    picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of each position's next-token distribution: (B, T, V) -> (B, T)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -79,14 +71,34 @@ def clipped_surrogate(
 
     per_token_logps: (B, T) under the policy being trained (carries the gradient);
     old_per_token_logps: (B, T) under the behaviour policy that sampled the tokens;
-    advantages: (B,) one per sample, broadcast over its tokens.
+    advantages: (B,) one per sample, broadcast over its tokens, or (B, T) one per token (on-policy distillation).
     Returns (per_token_loss (B, T), ratio (B, T)); the loss is -min(r A, clip(r, 1-eps_low, 1+eps_high) A).
     """
     ratio = torch.exp(per_token_logps - old_per_token_logps)                 # (B, T)
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)      # (B, T)
-    advantages = advantages.unsqueeze(-1)                                    # (B, 1)
+    advantages = _per_token(advantages)                                      # (B, 1) or (B, T)
     per_token_loss = -torch.min(ratio * advantages, clipped * advantages)    # (B, T)
     return per_token_loss, ratio
+
+
+def _per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """(B,) sequence advantages as (B, 1), broadcast over tokens; (B, T) per-token ones unchanged."""
+    return advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+
+
+def reverse_kl_advantages(
+    behaviour_logps: torch.Tensor, teacher_logps: torch.Tensor, completion_mask: torch.Tensor, *, coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """On-policy distillation's per-token advantage, -coef * (log p_student - log p_teacher), and the reverse KL.
+
+    behaviour_logps: (B, T) log-probabilities of the sampled tokens under the policy that sampled them;
+    teacher_logps: (B, T) the teacher's for the same tokens; completion_mask: (B, T), 1 on generated tokens.
+    The per-token difference is the single-sample estimate of KL(student || teacher) at that position (Tinker's
+    on-policy distillation, GKD with lambda = 1 and a sampled reverse KL). Both returns are 0 off the mask.
+    Returns (advantages (B, T), reverse_kl (B, T)).
+    """
+    reverse_kl = (behaviour_logps - teacher_logps) * completion_mask
+    return -coef * reverse_kl, reverse_kl
 
 
 def k3_kl(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor) -> torch.Tensor:
@@ -140,7 +152,7 @@ def clip_fractions(
     above 1+eps with a positive one: exactly the tokens that get no gradient. Returns token counts
     (`low`, `high`, `region`) so mini-batches can be summed before dividing by the batch's tokens.
     """
-    advantages = advantages.unsqueeze(-1)
+    advantages = _per_token(advantages)
     low = ((ratio < 1.0 - epsilon_low) & (advantages < 0)).float() * completion_mask
     high = ((ratio > 1.0 + epsilon_high) & (advantages > 0)).float() * completion_mask
     return {"low": low.sum(), "high": high.sum(), "region": (low + high).sum()}

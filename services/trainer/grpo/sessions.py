@@ -195,9 +195,16 @@ class RLSessions:
                 raise
 
     def _check_versions(self, body: RLStepRequest, record: SessionRecord) -> None:
+        coef = record.request.hyperparameters.teacher_kl_coef
         oldest = record.policy_version - record.request.hyperparameters.max_staleness
         for g, group in enumerate(body.groups):
             for s, sample in enumerate(group.samples):
+                if coef > 0 and sample.teacher_logprobs is None:
+                    raise UnprocessableError(
+                        f"the session trains on the reverse KL to the teacher (teacher_kl_coef={coef}) but this sample "
+                        "has no teacher_logprobs; score it with the teacher's POST /v1/logprobs",
+                        param=f"body.groups.{g}.samples.{s}.teacher_logprobs",
+                    )
                 param = f"body.groups.{g}.samples.{s}.policy_version"
                 if sample.policy_version < oldest:
                     raise ConflictError(

@@ -1,6 +1,8 @@
 """One GRPO update of a policy on a batch of rollout groups (no HTTP, no files).
 
     advantages   = group-normalised rewards, one per sample          (losses.group_advantages)
+                   + per-token advantages the sample carries (`token_advantages`)
+                   - teacher_kl_coef * (logp_behaviour - logp_teacher) per token   (on-policy distillation)
     ratio        = exp(logp_policy - logp_behaviour) per token        (behaviour = the student's logprobs)
     loss         = -min(ratio * A, clip(ratio, 1-eps, 1+eps_high) * A) [+ beta * k3 KL to the reference]
                    aggregated over generated tokens only (completion_mask), token- or sequence-mean
@@ -57,6 +59,8 @@ class MiniBatch:
     start: int = 0                     # first position whose logits are needed (it predicts token start + 1)
     checked: torch.Tensor | None = None  # (B,) bool: samples whose behaviour logprobs are checked (on-policy)
     ref_per_token_logps: torch.Tensor | None = None  # (B, K), filled when beta > 0
+    token_advantages: torch.Tensor | None = None   # (B, K) added to each sample's advantage, when samples carry them
+    teacher_per_token_logps: torch.Tensor | None = None  # (B, K) the teacher's log-probabilities of the targets
 
     @property
     def targets(self) -> torch.Tensor:
@@ -77,12 +81,19 @@ def pad_mini_batch(
     attention_mask = torch.zeros((rows, width), dtype=torch.long)
     loss_mask = torch.zeros((rows, width), dtype=torch.float32)
     logprobs = torch.zeros((rows, width), dtype=torch.float32)
+    # Optional per-token inputs: present when any sample has them, zero for the samples that do not.
+    optional = {name: torch.zeros((rows, width), dtype=torch.float32) if any(getattr(s, name, None) is not None
+                                                                            for s in samples) else None
+                for name in ("token_advantages", "teacher_logprobs")}
     for row, sample in enumerate(samples):
         length = len(sample.token_ids)
         input_ids[row, :length] = torch.tensor(sample.token_ids, dtype=torch.long)
         attention_mask[row, :length] = 1
         loss_mask[row, :length] = torch.tensor(sample.loss_mask, dtype=torch.float32)
         logprobs[row, :length] = torch.tensor(sample.logprobs, dtype=torch.float32)
+        for name, values in optional.items():
+            if values is not None and getattr(sample, name, None) is not None:
+                values[row, :length] = torch.tensor(getattr(sample, name), dtype=torch.float32)
     # Long shared prefixes (SCoRe's verified prefix) need no logits: skip them up to the earliest generated token.
     generated = loss_mask.sum(0).nonzero()
     start = max(int(generated[0]) - 1, 0) if len(generated) else width - 2
@@ -94,6 +105,9 @@ def pad_mini_batch(
         advantages=advantages.to(device),
         start=start,
         checked=torch.tensor(list(checked) if checked is not None else [False] * rows, dtype=torch.bool, device=device),
+        **{field: None if values is None else values[:, start + 1 :].to(device)
+           for field, values in (("token_advantages", optional["token_advantages"]),
+                                 ("teacher_per_token_logps", optional["teacher_logprobs"]))},
     )
 
 
@@ -130,6 +144,22 @@ def _check_behaviour(batch: MiniBatch, logps: torch.Tensor, bound: float | None,
     if bool(drop.any()):
         check["dropped"] += float(drop.sum().item())
         batch.completion_mask = batch.completion_mask * (~drop).unsqueeze(-1).to(batch.completion_mask.dtype)
+
+
+def _advantages(batch: MiniBatch, coef: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The advantages the surrogate uses: (B,) group advantages, or (B, K) once samples carry per-token terms; and
+    the per-token reverse KL to the teacher (B, K) when the samples carry the teacher's log-probabilities."""
+    if batch.token_advantages is None and batch.teacher_per_token_logps is None:
+        return batch.advantages, None
+    per_token = batch.advantages.unsqueeze(-1).expand_as(batch.completion_mask).clone()   # (B, K)
+    if batch.token_advantages is not None:
+        per_token = per_token + batch.token_advantages
+    reverse_kl = None
+    if batch.teacher_per_token_logps is not None:
+        distill, reverse_kl = losses.reverse_kl_advantages(
+            batch.old_per_token_logps, batch.teacher_per_token_logps, batch.completion_mask, coef=coef)
+        per_token = per_token + distill
+    return per_token, reverse_kl
 
 
 def _autocast(device: torch.device):
@@ -183,7 +213,9 @@ def grpo_step(
     eps_low, eps_high = hp.epsilon_low, hp.effective_epsilon_high
     params = [p for p in policy.parameters() if p.requires_grad]
     totals = {"loss": 0.0, "kl": 0.0, "grad_norm": 0.0, "clip_low": 0.0, "clip_high": 0.0, "clip_region": 0.0}
-    first = {"entropy": 0.0, "ppo_kl": 0.0, "ratio_sum": 0.0, "ratio_max": 0.0}
+    first = {"entropy": 0.0, "ppo_kl": 0.0, "ratio_sum": 0.0, "ratio_max": 0.0, "teacher_kl": 0.0,
+             "token_advantage_abs": 0.0}
+    with_teacher = any(b.teacher_per_token_logps is not None for b in batches)
     check = {"diff_sum": 0.0, "tokens": 0.0, "max": 0.0, "samples": 0.0, "dropped": 0.0}
     policy.train()
     try:
@@ -196,8 +228,9 @@ def grpo_step(
                 if iteration == 0:
                     _check_behaviour(batch, logps.detach(), hp.max_logprob_diff, check)
                 mask = batch.completion_mask
+                advantages, reverse_kl = _advantages(batch, hp.teacher_kl_coef)
                 per_token_loss, ratio = losses.clipped_surrogate(
-                    logps, batch.old_per_token_logps, batch.advantages, epsilon_low=eps_low, epsilon_high=eps_high
+                    logps, batch.old_per_token_logps, advantages, epsilon_low=eps_low, epsilon_high=eps_high
                 )
                 if batch.ref_per_token_logps is not None:
                     per_token_kl = losses.k3_kl(logps, batch.ref_per_token_logps)
@@ -210,7 +243,7 @@ def grpo_step(
                 loss.backward()
                 iteration_loss += loss.item()  # mini-batch losses sum to the batch loss (shared normaliser)
                 clipped = losses.clip_fractions(
-                    ratio.detach(), batch.advantages, mask, epsilon_low=eps_low, epsilon_high=eps_high
+                    ratio.detach(), advantages, mask, epsilon_low=eps_low, epsilon_high=eps_high
                 )
                 for name in ("low", "high", "region"):
                     totals[f"clip_{name}"] += clipped[name].item()
@@ -220,6 +253,10 @@ def grpo_step(
                     first["ppo_kl"] += ((batch.old_per_token_logps - logps.detach()) * mask).sum().item()
                     first["ratio_sum"] += (ratio * mask).sum().item()
                     first["ratio_max"] = max(first["ratio_max"], (ratio * mask).max().item())
+                    if reverse_kl is not None:
+                        first["teacher_kl"] += (reverse_kl * mask).sum().item()
+                    if advantages.dim() == 2:
+                        first["token_advantage_abs"] += (advantages.abs() * mask).sum().item()
             if iteration == 0 and check["dropped"]:
                 # A dropped sample counts as one without generated tokens. Its mask was zeroed before its loss, so the
                 # gradients hold the kept samples only, but token_mean divided them by the whole batch's token count:
@@ -277,4 +314,10 @@ def grpo_step(
     }
     if hp.beta > 0.0:
         metrics["kl"] = totals["kl"] / (num_tokens * iterations)
+    if with_teacher:
+        # Tinker's name for the sampled reverse KL to the teacher, per generated token, before this update.
+        metrics["teacher_kl"] = first["teacher_kl"] / num_tokens
+        metrics["teacher_kl_coef"] = hp.teacher_kl_coef
+    if any(b.token_advantages is not None or b.teacher_per_token_logps is not None for b in batches):
+        metrics["advantages/token_abs_mean"] = first["token_advantage_abs"] / num_tokens
     return metrics
