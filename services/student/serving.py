@@ -24,9 +24,12 @@ from shared.schemas.openai import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    PromptLogprob,
     TokenLogprob,
     Usage,
 )
+from shared.models.tokenizer_identity import tokenizer_info
+from shared.schemas.logprobs import TokenizerInfo
 from shared.schemas.rollout import RolloutRequest, RolloutResponse
 from shared.schemas.sampling import SamplingParams, offset_seed
 from shared.schemas.weights import LoadWeightsRequest, WeightsInfo
@@ -42,6 +45,7 @@ class StudentServing:
     def __init__(self, *, engine: Engine, runner: RolloutRunner, settings: Settings) -> None:
         self.engine = engine
         self.runner = runner
+        self._tokenizer_info: tuple[object, TokenizerInfo] | None = None
         self.settings = settings
         self.gate = VersionGate()
         self.episodes_total = 0
@@ -82,6 +86,7 @@ class StudentServing:
             seed=request.seed,
         )
         outputs = await self._sample(list(prompt), sampling, request.n)
+        prompt_logprobs = await self._prompt_logprobs(list(prompt)) if request.prompt_logprobs is not None else None
         choices = []
         for i, out in enumerate(outputs):
             logprobs = None
@@ -92,8 +97,22 @@ class StudentServing:
                 )
                 logprobs = CompletionLogprobs(tokens=tokens, token_logprobs=out.logprobs)
             text = out.text if request.skip_special_tokens else tokenizer.decode(out.token_ids)
-            choices.append(CompletionChoice(index=i, text=text, finish_reason=out.finish_reason, logprobs=logprobs))
+            choices.append(CompletionChoice(index=i, text=text, finish_reason=out.finish_reason, logprobs=logprobs,
+                                            prompt_logprobs=prompt_logprobs))
         return CompletionResponse(model=self.engine.model_name, choices=choices, usage=self._usage(prompt, outputs))
+
+    async def _prompt_logprobs(self, prompt: list[int]) -> list[dict[str, PromptLogprob] | None]:
+        """vLLM's `prompt_logprobs=0`: each prompt token's own log-probability, null for the first."""
+        if len(prompt) < 2:
+            return [None] * len(prompt)
+        async with self.gate.request():  # scored by one version, never across a weight swap
+            try:
+                [scores] = await self.engine.score([prompt], [1])
+            except NotImplementedError as exc:
+                raise UnprocessableError(str(exc), param="body.prompt_logprobs") from exc
+            except PromptTooLongError as exc:
+                raise UnprocessableError(str(exc), param="body.prompt") from exc
+        return [None] + [{str(token): PromptLogprob(logprob=lp)} for token, lp in zip(prompt[1:], scores[1:])]
 
     # ---- agent rollouts -------------------------------------------------------------------------
     async def rollouts(self, request: RolloutRequest) -> RolloutResponse:
@@ -111,8 +130,18 @@ class StudentServing:
     # ---- weights --------------------------------------------------------------------------------
     def weights(self) -> WeightsInfo:
         return WeightsInfo(
-            policy_version=self.engine.policy_version, path=self.engine.weights_path, model=self.engine.model_name
+            policy_version=self.engine.policy_version, path=self.engine.weights_path, model=self.engine.model_name,
+            tokenizer=self.tokenizer_info(),
         )
+
+    def tokenizer_info(self) -> TokenizerInfo | None:
+        """The served tokenizer's identity, computed once per tokenizer object (a weight load keeps the vocabulary)."""
+        tokenizer = self.engine.tokenizer
+        if tokenizer is None:
+            return None
+        if self._tokenizer_info is None or self._tokenizer_info[0] is not tokenizer:
+            self._tokenizer_info = (tokenizer, tokenizer_info(tokenizer, self.engine.model_name))
+        return self._tokenizer_info[1]
 
     async def load_weights(self, request: LoadWeightsRequest) -> WeightsInfo:
         path = self._resolve_checkpoint(request)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from shared.errors import ERROR_RESPONSES, ErrorResponse, UnavailableError
 from shared.observability import ops_router as shared_ops_router
+from shared.schemas.logprobs import LogprobRequest, LogprobResponse
 from shared.schemas.teacher import (
     CorrectionRequest, CorrectionResponse, JudgementRequest, JudgementResponse, TeacherRolloutRequest,
     TeacherRolloutResponse,
@@ -70,5 +71,15 @@ def api_router(auth) -> APIRouter:
         model backend generates the turns. A task the backend cannot solve is 422 naming `items[i].task`.
         """
         return await _serving(request).rollouts(body)
+
+    @router.post("/logprobs", response_model=LogprobResponse)
+    async def logprobs(body: LogprobRequest, request: Request) -> LogprobResponse:
+        """The teacher model's log-probability of each given token where `score_mask` is 1 (on-policy distillation:
+        the student's own episodes, scored on the tokens the student wrote), batched in one forward per batch.
+
+        422 when the backend has no model (the expert), when `tokenizer` is not the teacher's (naming both), or when
+        a token id is outside the teacher's vocabulary. Every token read counts in `cost.teacher_prompt_tokens`.
+        """
+        return await _serving(request).scorer.score(body)
 
     return router

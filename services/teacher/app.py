@@ -68,7 +68,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     totals = ScrapedCounter(
         "score_teacher_total", "Teacher counters since start, by counter: corrections, hard, teacher_calls, "
         "teacher_tokens (the expert: what a model teacher would have written), full_rollouts, episodes (from "
-        "/v1/rollouts).", ["service", "counter"], metrics.registry)
+        "/v1/rollouts), scored_tokens (from /v1/logprobs).", ["service", "counter"], metrics.registry)
     generated = ScrapedCounter(
         "score_generated_tokens_total", "Tokens the teacher model generated for corrections and rollouts since "
         "start (0 for the expert engine: no model).", ["service"], metrics.registry)
@@ -124,6 +124,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         if serving is not None:
             for name, value in serving.totals.items():
                 totals.set(("teacher", name), value)
+            totals.set(("teacher", "scored_tokens"), serving.scorer.scored_tokens)
             # The expert's `teacher_tokens` are what a model would have written; no model generated them.
             generated.set(("teacher",), serving.totals["teacher_tokens"] if serving.backend.has_model else 0)
             for kind, value in serving.judgements.totals.items():

@@ -19,6 +19,7 @@ from services.teacher.execution import Executor
 from services.teacher.judge import JudgeStrategy
 from services.teacher.judgements import JudgementService
 from services.teacher.prepare import prepare
+from services.teacher.scoring_tokens import TokenScorer
 from services.teacher.verify import VerifyStrategy
 
 log = logging.getLogger("score.teacher")
@@ -33,6 +34,7 @@ class TeacherServing:
             "judge": JudgeStrategy(backend, executor, config),
         }
         self.judgements = JudgementService(backend, executor, cache_size=config.judgement_cache_size)
+        self.scorer = TokenScorer(getattr(backend, "engine", None), backend.model_name)
         self.totals = {"corrections": 0, "hard": 0, "teacher_tokens": 0, "teacher_calls": 0, "full_rollouts": 0,
                        "episodes": 0}
 

@@ -11,6 +11,7 @@ full checkpoint visible here is refused with what to set instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -102,6 +103,32 @@ class OpenAIEngine(Engine):
             token_ids=token_ids, logprobs=[float(x) for x in choice.logprobs.token_logprobs], text=choice.text,
             finish_reason=choice.finish_reason, prompt_tokens=len(prompt_ids), policy_version=self.policy_version,
         )
+
+    async def score(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """The server's log-probabilities of given tokens: vLLM's `prompt_logprobs=0` on a `max_tokens=1` completion
+        per sequence, sent together (the server batches them)."""
+        return list(await asyncio.gather(*(self._score_one(tokens, start) for tokens, start in zip(sequences, starts))))
+
+    async def _score_one(self, tokens: list[int], start: int) -> list[float]:
+        body = {"model": self.model_name, "prompt": list(tokens), "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": 0}
+        response = await self._client.post("/completions", json=body)
+        self._check(response, "POST /completions (prompt_logprobs)")
+        completion = CompletionResponse.model_validate(response.json())
+        entries = completion.choices[0].prompt_logprobs if completion.choices else None
+        if entries is None or len(entries) != len(tokens):
+            raise RemoteEngineError(
+                f"the server returned {0 if entries is None else len(entries)} prompt log-probabilities for "
+                f"{len(tokens)} tokens; scoring needs vLLM's `prompt_logprobs`")
+        scores = [0.0] * len(tokens)
+        for position in range(start, len(tokens)):
+            entry = entries[position] or {}
+            picked = entry.get(str(tokens[position])) or entry.get(f"{_TOKEN_ID_PREFIX}{tokens[position]}")
+            if picked is None:
+                raise RemoteEngineError(f"the server's prompt_logprobs[{position}] has no entry for token "
+                                        f"{tokens[position]}")
+            scores[position] = float(picked.logprob)
+        return scores
 
     async def load_weights(self, path: str, version: int) -> None:
         if self.weight_sync == "score":

@@ -42,6 +42,7 @@ from shared.models.engine import Engine, EngineStoppedError, GenerationOutput, K
 from shared.models.loading import load_causal_lm
 from shared.models.prefix_cache import PrefixCache
 from shared.models.sampling import sample_next, seed_stream
+from shared.models.token_logprobs import sequence_logprobs
 from shared.schemas.sampling import SamplingParams
 
 log = logging.getLogger("score.engine")
@@ -89,6 +90,7 @@ class TransformersEngine(Engine):
         self._stats = {
             "generated_tokens": 0.0, "prompt_tokens": 0.0, "batches": 0.0, "batched_requests": 0.0,
             "joined_requests": 0.0, "prefill_tokens": 0.0, "cached_tokens": 0.0, "prefix_cache_evictions": 0.0,
+            "scored_tokens": 0.0,
         }
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -158,6 +160,25 @@ class TransformersEngine(Engine):
         if not self._worker.is_alive():  # it stopped between the check and the put: nobody will answer
             self._fail_waiting(EngineStoppedError("engine cannot generate: the generation worker stopped"))
         return await request.future
+
+    async def score(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """Teacher-forced log-probabilities of given tokens: one forward per batch of sequences, in a thread, under
+        the model lock (between generation batches, never with half-swapped weights)."""
+        for i, tokens in enumerate(sequences):
+            if len(tokens) > self.context_length:
+                raise PromptTooLongError(f"sequence {i} has {len(tokens)} tokens; the model's context is "
+                                         f"{self.context_length}")
+        if self.model is None:
+            raise RuntimeError("engine not started")
+
+        def run() -> list[list[float]]:
+            with self._model_lock:
+                pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+                scored = sequence_logprobs(self.model, sequences, starts, pad_id=pad_id)
+            self._stats["scored_tokens"] += sum(map(len, sequences))
+            return scored
+
+        return await asyncio.to_thread(run)
 
     # ---- worker ----------------------------------------------------------------------------------
     def _work(self) -> None:

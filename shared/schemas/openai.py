@@ -137,6 +137,11 @@ class CompletionRequest(OpenAISampling):
     return_tokens_as_token_ids: bool = Field(
         default=False, description="vLLM extension: tokens as `token_id:N`.", examples=[True],
     )
+    prompt_logprobs: int | None = Field(
+        default=None, ge=0, le=0,
+        description="vLLM extension: 0 returns each prompt token's own log-probability given the tokens before it "
+        "(`choices[i].prompt_logprobs`; the first is null). Top alternatives are not offered here.", examples=[0],
+    )
     skip_special_tokens: bool = Field(
         default=True, description="Drop special tokens from the returned text.", examples=[False],
     )
@@ -159,6 +164,14 @@ class CompletionLogprobs(BaseModel):
     )
 
 
+class PromptLogprob(BaseModel):
+    logprob: float = Field(description="Log-probability of the prompt token given the tokens before it.",
+                           examples=[-0.42])
+    rank: int | None = Field(default=None, description="Its rank in the vocabulary (vLLM); null when not computed.",
+                             examples=[1])
+    decoded_token: str | None = Field(default=None, description="The token, decoded.", examples=["add"])
+
+
 class CompletionChoice(BaseModel):
     index: int = Field(description="Position of this choice among the `n` sampled.", examples=[0])
     text: str = Field(description="The generated text.", examples=["<thought>Start from 747: add 822.</thought>"])
@@ -167,6 +180,12 @@ class CompletionChoice(BaseModel):
         examples=["length"],
     )
     logprobs: CompletionLogprobs | None = Field(default=None, description="Per-token log-probabilities, when asked for.")
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        default=None,
+        description="With `prompt_logprobs`: per prompt position, the prompt token's id (as a string) -> its "
+        "log-probability, as vLLM returns it; null at position 0.",
+        examples=[[None, {"87": {"logprob": -3.1, "rank": None, "decoded_token": "add"}}]],
+    )
 
 
 class CompletionResponse(BaseModel):

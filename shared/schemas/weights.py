@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.names import SAFE_NAME
 from shared.schemas.agent import MAX_POLICY_VERSION
 from shared.schemas.checkpoints import Checkpoint
+from shared.schemas.logprobs import TokenizerInfo
 
 
 class WeightsInfo(BaseModel):
@@ -17,6 +18,11 @@ class WeightsInfo(BaseModel):
         description="Directory the weights were loaded from.", examples=["/data/score/checkpoints/student-sft/v2"],
     )
     model: str = Field(description="Served model name.", examples=["score-student"])
+    tokenizer: TokenizerInfo | None = Field(
+        default=None,
+        description="The served tokenizer's identity; a teacher scoring this model's tokens (`POST /v1/logprobs`) "
+        "must have the same fingerprint.",
+    )
 
 
 class LoadWeightsRequest(BaseModel):
