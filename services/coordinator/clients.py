@@ -17,6 +17,7 @@ from shared.http_errors import TRANSIENT_STATUSES, error_message
 from shared.observability import traced_async_client
 from shared.schemas.agent import Step, Task
 from shared.schemas.checkpoints import Checkpoint
+from shared.schemas.logprobs import LogprobRequest, LogprobResponse
 from shared.schemas.rl import RLSessionCreate, RLSessionInfo, RLStepRequest, RLStepResponse
 from shared.schemas.rollout import RolloutItem, RolloutRequest, RolloutResponse
 from shared.schemas.sampling import SamplingParams
@@ -101,6 +102,10 @@ class TeacherClient(ServiceClient):
         items = [RolloutItem(task=task, prefix_steps=(prefixes[i] if prefixes else [])) for i, task in enumerate(tasks)]
         request = TeacherRolloutRequest(items=items, max_turns=max_turns)
         return TeacherRolloutResponse.model_validate((await self.call("POST", "/v1/rollouts", request)).json())
+
+
+    async def logprobs(self, request: LogprobRequest) -> LogprobResponse:
+        return LogprobResponse.model_validate((await self.call("POST", "/v1/logprobs", request)).json())
 
 
 class TrainerClient(ServiceClient):

@@ -23,7 +23,7 @@ logger = logging.getLogger("score.coordinator")
 
 
 # Policies trained only to be compared with SCoRe: the run never ends on them.
-REFERENCE_ARMS = ("baseline", "baseline_tokens", "control")
+REFERENCE_ARMS = ("baseline", "baseline_tokens", "control", "opd")
 
 
 @dataclass
@@ -70,7 +70,7 @@ class RunContext:
         info = await self.services.student.load(checkpoint, policy_version=version)
         served = ServedCheckpoint(checkpoint=checkpoint, policy_version=version, label=label)
         # The SCoRe policy the run ends on moves with it; reference arms are only evaluated.
-        score = {} if label in REFERENCE_ARMS else {"score_checkpoint": served}
+        score = {} if label.split()[0] in REFERENCE_ARMS else {"score_checkpoint": served}
         await self.store.set_pointers(self.run_id, RunPointers(
             student_checkpoint=served, policy_version=info.policy_version, **score))
         await self.store.event(self.run_id, "log", f"student now serves {label} (policy version {version})",

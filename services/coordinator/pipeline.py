@@ -1,6 +1,7 @@
 """The stage graph and its control actions: enter a stage (fan out its items), finish it (fan in), go on.
 
     bc_init -> eval_bc_init -> mps -> sft -> eval_sft -> rl -> eval_rl -> baseline -> eval_baseline
+            -> baseline_tokens -> eval_baseline_tokens -> control -> eval_control -> opd -> eval_opd
             -> eval_teacher -> report
 
 Control actions travel on their own stream, so a transition survives a crash like any item. Both actions are
@@ -21,6 +22,7 @@ from services.coordinator.stages.bc_init import BCInitStage
 from services.coordinator.stages.control import ControlStage
 from services.coordinator.stages.evaluation import EvalStage
 from services.coordinator.stages.mps import MPSStage
+from services.coordinator.stages.opd import OPDStage
 from services.coordinator.stages.report import ReportStage
 from services.coordinator.stages.rl import RLStage
 from services.coordinator.stages.sft import SFTStage
@@ -32,6 +34,7 @@ PIPELINE: list[Stage] = [
     BaselineStage(), EvalStage("baseline", after="baseline"),
     BaselineTokensStage(), EvalStage("baseline_tokens", after="baseline_tokens"),
     ControlStage(), EvalStage("control", after="control"),
+    OPDStage(), EvalStage("opd", after="opd"),
     EvalStage("teacher"), ReportStage(),
 ]
 BY_NAME = {stage.name: stage for stage in PIPELINE}

@@ -11,15 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 from services.coordinator.datasets import selection_salt, sft_records
-from services.coordinator.records import add_spend, gives_rl_prefix
+from services.coordinator.arm_costs import arms, teacher_cost
+from services.coordinator.records import gives_rl_prefix
 from shared.fsutil import atomic_write
 from shared.schemas.run_config import VALIDATION_NOTE
 from shared.schemas.runs import DeadLetter, RunInfo
-from shared.schemas.trajectories import TEACHER_PURPOSES, TeacherSpend, TrajectoryRecord
+from shared.schemas.trajectories import TrajectoryRecord
 from shared.stats import wilson
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.
-EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "baseline_tokens", "control", "teacher")
+EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "baseline_tokens", "control", "opd", "teacher")
 STUDENT_LABELS = ("bc_init", "sft", "rl")
 LABEL_TITLES = {
     "bc_init": "student after cold start (bc_init)",
@@ -28,6 +29,7 @@ LABEL_TITLES = {
     "baseline": "plain-distillation baseline (baseline)",
     "baseline_tokens": "plain distillation at SCoRe's teacher tokens (baseline_tokens)",
     "control": "cold-start data only, SCoRe's optimizer steps (control)",
+    "opd": "on-policy distillation from the cold start (opd)",
     "teacher": "teacher (teacher)",
 }
 REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
@@ -55,7 +57,7 @@ def _sft_rows(info: RunInfo, records: list[TrajectoryRecord]) -> int:
 
 
 def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict],
-                  dead_letters: list[DeadLetter], timing: dict) -> dict:
+                  dead_letters: list[DeadLetter], timing: dict, opd_steps: list[dict] = ()) -> dict:
     """Everything `metrics.json` holds.
 
     `mps` counts the train pool only (the tasks SCoRe-SFT draws from); its correction-step histogram covers every
@@ -106,76 +108,17 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
             "student_tokens": sum(r.student_tokens for r in train),
         },
         "rl": {"prefixes": prefixes, "steps": list(rl_steps)},
+        "opd": {"steps": list(opd_steps)},
         "key_step_rewards": key_step,
         "teacher_tokens": {stage: sum(r.teacher_tokens for r in records if r.stage == stage)
                            for stage in ("bc_init", "mps", "baseline")},
-        "teacher_cost": teacher_cost(records, rl_steps, info.eval),
-        "arms": arms(info, records, rl_steps),
+        "teacher_cost": teacher_cost(records, [*rl_steps, *opd_steps], info.eval),
+        "arms": arms(info, records, [*rl_steps, *opd_steps]),
         "datasets": {"bc_init": bc_init_correct, "sft": _sft_rows(info, records),
                      "baseline": bc_init_correct + baseline_correct},
         "timing": timing,
         "dead_letters": [dl.model_dump(mode="json") for dl in dead_letters],
     }
-
-
-# Which stage each purpose's tokens are spent in; evaluation of the teacher is not training spend.
-PURPOSE_STAGE = {"cold_start_trajectories": "bc_init", "corrections": "mps", "verify_rollouts": "mps",
-                 "judgements": "mps", "rl_judgements": "rl", "baseline_trajectories": "baseline",
-                 "reserve_trajectories": "baseline_tokens", "eval_trajectories": "eval_teacher"}
-# Arms of a comparison: the evaluated policy's label, and the teacher purposes whose spend it needed.
-ARMS = {
-    "cold_start": ("bc_init", ("cold_start_trajectories",)),
-    "score_sft": ("sft", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements")),
-    "score_rl": ("rl", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")),
-    "baseline_equal_tasks": ("baseline", ("cold_start_trajectories", "baseline_trajectories")),
-    "baseline_equal_tokens": ("baseline_tokens", ("cold_start_trajectories",)),
-    "control": ("control", ("cold_start_trajectories",)),
-}
-SCORE_PURPOSES = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")
-
-
-def teacher_cost(records: list[TrajectoryRecord], rl_steps: list[dict], evals: dict) -> dict:
-    """Teacher calls, prompt and written tokens by purpose (with its stage), and the totals SCoRe and the plain
-    baseline spent (cold start counts for both: both start from it)."""
-    spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in rl_steps),
-                      *((e.get("teacher_spend") or {}) for e in evals.values()))
-    by_purpose = {purpose: {"stage": PURPOSE_STAGE[purpose], **spent[purpose].model_dump()}
-                  for purpose in TEACHER_PURPOSES if purpose in spent}
-    return {"by_purpose": by_purpose, "score": _sum(spent, SCORE_PURPOSES),
-            "baseline": _sum(spent, ("cold_start_trajectories", "baseline_trajectories"))}
-
-
-def arms(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict]) -> dict:
-    """Each evaluated arm's cost: teacher tokens (prompt + written; cold start included, every arm starts from
-    it), training rows and optimizer steps after cold start (the cold-start arm: its own)."""
-    spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in rl_steps))
-    counters = info.counters
-    steps_of = {"bc_init": ("bc_init",), "sft": ("sft",), "rl": ("sft",), "baseline": ("baseline",),
-                "baseline_tokens": ("baseline_tokens",), "control": ("control",)}
-    out = {}
-    for arm, (label, purposes) in ARMS.items():
-        if label not in info.eval:
-            continue
-        cost = TeacherSpend.model_validate(_sum(spent, purposes))
-        if arm == "baseline_equal_tokens":  # only the reserve trajectories within the budget were used
-            cost = cost.add(TeacherSpend(prompt_tokens=int(counters.get("baseline_tokens_prompt_tokens", 0)),
-                                         written_tokens=int(counters.get("baseline_tokens_written_tokens", 0))))
-        steps = sum(int(counters.get(f"{stage}_optimizer_steps", 0)) for stage in steps_of[label])
-        if label == "rl":
-            steps += int(counters.get("rl_steps", 0))
-        out[arm] = {"label": label, "teacher_tokens": cost.prompt_tokens + cost.written_tokens,
-                    "teacher_prompt_tokens": cost.prompt_tokens, "teacher_written_tokens": cost.written_tokens,
-                    "train_rows": int(counters.get(f"{steps_of[label][0]}_train_rows", 0)),
-                    "optimizer_steps": steps}
-    return out
-
-
-def _sum(spent: dict, purposes) -> dict:
-    out = TeacherSpend()
-    for purpose in purposes:
-        if purpose in spent:
-            out = out.add(spent[purpose])
-    return out.model_dump()
 
 
 # --- text --------------------------------------------------------------------------------------
@@ -347,7 +290,7 @@ def _no_data(ax, title: str) -> None:
 def _plot_success(ax, metrics: dict) -> None:
     results = metrics.get("eval") or {}
     students = [label for label in STUDENT_LABELS if results.get(label, {}).get("success") is not None]
-    refs = [label for label in ("baseline", "baseline_tokens", "control", "teacher")
+    refs = [label for label in ("baseline", "baseline_tokens", "control", "opd", "teacher")
             if results.get(label, {}).get("success") is not None]
     title = f"{eval_set(metrics).capitalize()} success by stage"
     if not students and not refs:
@@ -361,7 +304,8 @@ def _plot_success(ax, metrics: dict) -> None:
             ax.annotate(f"{value:.1%}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
                         xytext=(0, 3), textcoords="offset points")
     for label, color, style in (("baseline", "tab:orange", "--"), ("baseline_tokens", "tab:red", "--"),
-                                ("control", "tab:gray", "-."), ("teacher", "tab:green", ":")):
+                                ("control", "tab:gray", "-."), ("opd", "tab:purple", "-."),
+                                ("teacher", "tab:green", ":")):
         if label in refs:
             value = results[label]["success"]
             ax.axhline(value, color=color, linestyle=style, label=f"{label}: {value:.1%}")

@@ -95,10 +95,11 @@ class GRPOHyperparameters(OptimizerSettings, LoRASettings):
     )
     teacher_kl_coef: float = Field(
         default=0.0, ge=0.0, le=100.0,
-        description="On-policy distillation: each generated token's advantage gains -teacher_kl_coef * (behaviour "
+        description="On-policy distillation: each generated token's advantage gains -teacher_kl_coef * (student "
         "log-probability - teacher log-probability), the sampled reverse KL to the teacher (Tinker's recipe; GKD with "
-        "lambda 1). Needs `teacher_logprobs` on every sample; the step reports `teacher_kl` (nats per generated token, "
-        "before the update). 0 with teacher log-probabilities given: the KL is reported, not trained on.",
+        "lambda 1), the student's side recomputed by the trainer at the weights being trained. Needs "
+        "`teacher_logprobs` on every sample; the step reports `teacher_kl` (nats per generated token, before the "
+        "update). 0 with teacher log-probabilities given: the KL is reported, not trained on.",
         examples=[1.0],
     )
 

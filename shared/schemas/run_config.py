@@ -298,6 +298,51 @@ class ControlParams(BaseModel):
     )
 
 
+class OPDParams(BaseModel):
+    """On-policy distillation from the cold-start checkpoint: the student samples whole episodes on the training
+    tasks SCoRe used, the teacher model scores the tokens it wrote (`POST /v1/logprobs`), and each GRPO step follows
+    the per-token advantage -coef * (log p_student - log p_teacher). Needs a teacher with a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Train and evaluate the OPD arm (`opd`, `eval_opd`).",
+                          examples=[True])
+    steps: int = Field(
+        default=20, ge=1, le=100_000,
+        description="Most OPD steps. With `equal_tokens`, the arm stops earlier once its teacher tokens reach the "
+        "budget.", examples=[20],
+    )
+    equal_tokens: bool = Field(
+        default=True,
+        description="Stop after the step whose teacher tokens (every token the teacher read to score) reach SCoRe's "
+        "teacher spend after cold start, the budget of `baseline_tokens`, so the arms compare at equal teacher tokens.",
+        examples=[True],
+    )
+    prompts_per_step: int = Field(default=8, ge=1, le=1024, description="Tasks per step.", examples=[8])
+    group_size: int = Field(default=2, ge=1, le=64, description="Episodes sampled per task.", examples=[2])
+    max_turns: int = Field(default=8, ge=1, le=32, description="Turn limit of an episode.", examples=[8])
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="Student sampling temperature.",
+                               examples=[1.0])
+    max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.",
+                            examples=[256])
+    task_reward: bool = Field(
+        default=False,
+        description="Also train on the task reward (1 for a correct final answer, else 0) through group advantages, "
+        "beside the reverse-KL term (KDRL-style). Off: pure on-policy distillation; the reward is still reported.",
+        examples=[False],
+    )
+    hyperparameters: GRPOHyperparameters = Field(
+        default_factory=lambda: GRPOHyperparameters(learning_rate=3e-4, teacher_kl_coef=1.0, max_staleness=0),
+        description="The update's settings; `teacher_kl_coef` weighs the reverse KL to the teacher (must be > 0).",
+    )
+
+    @model_validator(mode="after")
+    def _distills(self) -> "OPDParams":
+        if self.hyperparameters.teacher_kl_coef <= 0:
+            raise ValueError("opd.hyperparameters.teacher_kl_coef must be > 0: it is what on-policy distillation trains on")
+        return self
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; every field has a default, so `{}` is a valid run on the built-in suite."""
 
@@ -327,6 +372,7 @@ class RunConfig(BaseModel):
         examples=[["tensorboard"]],
     )
     control: ControlParams = Field(default_factory=ControlParams, description="Cold-start-only control.")
+    opd: OPDParams = Field(default_factory=OPDParams, description="On-policy distillation arm (needs a model teacher).")
     max_attempts: int = Field(
         default=3, ge=1, le=20,
         description="Deliveries of a work item before it goes to the stage's dead-letter stream.",

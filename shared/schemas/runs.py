@@ -40,7 +40,7 @@ RUN_TRANSITIONS: dict[RunState, set[RunState]] = {
 
 # The stage graph, in order. `eval_*` stages measure the policy the previous stage produced.
 STAGES = ("bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline", "eval_baseline",
-          "baseline_tokens", "eval_baseline_tokens", "control", "eval_control", "eval_teacher", "report")
+          "baseline_tokens", "eval_baseline_tokens", "control", "eval_control", "opd", "eval_opd", "eval_teacher", "report")
 
 
 class StageProgress(BaseModel):

@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field
 from shared.schemas.agent import Step, Task
 
 TeacherPurpose = Literal["cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
-                         "baseline_trajectories", "reserve_trajectories", "eval_trajectories"]
+                         "baseline_trajectories", "reserve_trajectories", "eval_trajectories", "opd_scoring"]
 TEACHER_PURPOSES: tuple[str, ...] = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements",
                                      "rl_judgements", "baseline_trajectories", "reserve_trajectories",
-                                     "eval_trajectories")
+                                     "eval_trajectories", "opd_scoring")
 
 
 class TeacherSpend(BaseModel):

@@ -39,6 +39,8 @@ class EvalStage(Stage):
             return ctx.config.baseline.equal_tokens
         if self.label == "control":
             return ctx.config.control.enabled
+        if self.label == "opd":
+            return ctx.config.opd.enabled
         return True
 
     async def skip_reason(self, ctx: RunContext) -> str | None:

@@ -87,17 +87,17 @@ def _per_token(advantages: torch.Tensor) -> torch.Tensor:
 
 
 def reverse_kl_advantages(
-    behaviour_logps: torch.Tensor, teacher_logps: torch.Tensor, completion_mask: torch.Tensor, *, coef: float
+    student_logps: torch.Tensor, teacher_logps: torch.Tensor, completion_mask: torch.Tensor, *, coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """On-policy distillation's per-token advantage, -coef * (log p_student - log p_teacher), and the reverse KL.
 
-    behaviour_logps: (B, T) log-probabilities of the sampled tokens under the policy that sampled them;
+    student_logps: (B, T) log-probabilities of the sampled tokens under the student (no gradient);
     teacher_logps: (B, T) the teacher's for the same tokens; completion_mask: (B, T), 1 on generated tokens.
     The per-token difference is the single-sample estimate of KL(student || teacher) at that position (Tinker's
     on-policy distillation, GKD with lambda = 1 and a sampled reverse KL). Both returns are 0 off the mask.
     Returns (advantages (B, T), reverse_kl (B, T)).
     """
-    reverse_kl = (behaviour_logps - teacher_logps) * completion_mask
+    reverse_kl = (student_logps - teacher_logps) * completion_mask
     return -coef * reverse_kl, reverse_kl
 
 

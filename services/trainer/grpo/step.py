@@ -2,7 +2,8 @@
 
     advantages   = group-normalised rewards, one per sample          (losses.group_advantages)
                    + per-token advantages the sample carries (`token_advantages`)
-                   - teacher_kl_coef * (logp_behaviour - logp_teacher) per token   (on-policy distillation)
+                   - teacher_kl_coef * (logp_student - logp_teacher) per token   (on-policy distillation; logp_student
+                     is the trainer's own, from the first pass at the weights being trained, not the engine's)
     ratio        = exp(logp_policy - logp_behaviour) per token        (behaviour = the student's logprobs)
     loss         = -min(ratio * A, clip(ratio, 1-eps, 1+eps_high) * A) [+ beta * k3 KL to the reference]
                    aggregated over generated tokens only (completion_mask), token- or sequence-mean
@@ -61,6 +62,7 @@ class MiniBatch:
     ref_per_token_logps: torch.Tensor | None = None  # (B, K), filled when beta > 0
     token_advantages: torch.Tensor | None = None   # (B, K) added to each sample's advantage, when samples carry them
     teacher_per_token_logps: torch.Tensor | None = None  # (B, K) the teacher's log-probabilities of the targets
+    student_per_token_logps: torch.Tensor | None = None  # (B, K) the policy's, from the step's first pass (no grad)
 
     @property
     def targets(self) -> torch.Tensor:
@@ -148,7 +150,11 @@ def _check_behaviour(batch: MiniBatch, logps: torch.Tensor, bound: float | None,
 
 def _advantages(batch: MiniBatch, coef: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The advantages the surrogate uses: (B,) group advantages, or (B, K) once samples carry per-token terms; and
-    the per-token reverse KL to the teacher (B, K) when the samples carry the teacher's log-probabilities."""
+    the per-token reverse KL to the teacher (B, K) when the samples carry the teacher's log-probabilities.
+
+    The student's side of the KL is the trainer's recomputation at the weights being trained (the first pass, fixed
+    for the step's iterations), not the engine's behaviour log-probabilities: it is the policy being moved, and it
+    matches a plain forward pass exactly where the engine's incremental decoding differs by ~1e-5."""
     if batch.token_advantages is None and batch.teacher_per_token_logps is None:
         return batch.advantages, None
     per_token = batch.advantages.unsqueeze(-1).expand_as(batch.completion_mask).clone()   # (B, K)
@@ -157,7 +163,7 @@ def _advantages(batch: MiniBatch, coef: float) -> tuple[torch.Tensor, torch.Tens
     reverse_kl = None
     if batch.teacher_per_token_logps is not None:
         distill, reverse_kl = losses.reverse_kl_advantages(
-            batch.old_per_token_logps, batch.teacher_per_token_logps, batch.completion_mask, coef=coef)
+            batch.student_per_token_logps, batch.teacher_per_token_logps, batch.completion_mask, coef=coef)
         per_token = per_token + distill
     return per_token, reverse_kl
 
@@ -227,6 +233,7 @@ def grpo_step(
                     logps, entropy = per_token_logps(policy, batch, with_entropy=iteration == 0)
                 if iteration == 0:
                     _check_behaviour(batch, logps.detach(), hp.max_logprob_diff, check)
+                    batch.student_per_token_logps = logps.detach().float()
                 mask = batch.completion_mask
                 advantages, reverse_kl = _advantages(batch, hp.teacher_kl_coef)
                 per_token_loss, ratio = losses.clipped_surrogate(

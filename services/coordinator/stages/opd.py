@@ -1,0 +1,130 @@
+"""On-policy distillation (OPD) from the cold-start checkpoint: a reference arm beside SCoRe.
+
+Each step is one work item, chained like SCoRe-RL's: the student samples whole episodes on the training tasks
+SCoRe used (its SFT and RL pools, in order), the teacher model scores every token the student wrote
+(`POST /v1/logprobs`, refused unless the two share a tokenizer), and the trainer applies a GRPO-style update
+whose per-token advantage is -coef * (log p_student - log p_teacher) (plus the task reward's group advantage
+with `opd.task_reward`). At equal teacher tokens the arm stops after the step whose scored tokens reach SCoRe's
+spend after cold start; the steps left settle at once as `budget spent`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from services.coordinator.context import RunContext
+from services.coordinator.queue import WorkItem
+from services.coordinator.records import records_of, spend
+from services.coordinator.stages.base import Stage
+from services.coordinator.stages.baseline import score_teacher_spend, spend_tokens
+from services.coordinator.stages.training import with_run_trackers
+from shared.schemas.logprobs import LogprobRequest, LogprobSequence
+from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
+from shared.schemas.rollout import RolloutItem
+from shared.schemas.sampling import SamplingParams
+from shared.scoring import score_answer_async
+
+PURPOSE = "opd_scoring"
+
+
+def session_id(ctx: RunContext) -> str:
+    return f"{ctx.run_id}-opd"
+
+
+class OPDStage(Stage):
+    name, queue = "opd", "rl"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.config.opd.enabled
+
+    async def skip_reason(self, ctx: RunContext) -> str | None:
+        if (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint is None:
+            return "no cold-start checkpoint to start from"
+        return None if self.tasks(ctx) else "no training tasks (tasks.n_train and tasks.n_rl are 0)"
+
+    def tasks(self, ctx: RunContext) -> list:
+        return [*ctx.pools.train, *ctx.pools.rl]
+
+    async def budget(self, ctx: RunContext) -> int | None:
+        if not ctx.config.opd.equal_tokens:
+            return None
+        return score_teacher_spend(records_of(await ctx.store.results(ctx.run_id, "mps")),
+                                   await ctx.store.results(ctx.run_id, "rl"))
+
+    async def plan(self, ctx: RunContext) -> list[WorkItem]:
+        cold_start = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
+        version = await ctx.use_student(cold_start, label="opd")
+        await ctx.services.trainer.create_session(RLSessionCreate(
+            session_id=session_id(ctx), base=cold_start.path, output_name=session_id(ctx),
+            initial_policy_version=version, hyperparameters=with_run_trackers(ctx, ctx.config.opd.hyperparameters),
+        ))
+        return [self.item(ctx, "step-00000", step=0)]
+
+    def total(self, ctx: RunContext, items: list[WorkItem]) -> int:
+        return ctx.config.opd.steps if items else 0
+
+    async def handle(self, ctx: RunContext, item: WorkItem) -> dict:
+        step, params, sid = int(item.payload["step"]), ctx.config.opd, session_id(ctx)
+        session = await ctx.services.trainer.session(sid)
+        if session.steps > step:  # applied before a crash lost its result: adopt what the trainer published
+            await ctx.use_student(session.checkpoint, version=session.policy_version, label=f"opd step {step + 1}")
+            return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
+                    "recovered": True}
+        budget = await self.budget(ctx)
+        spent = sum(spend_tokens(r.get("teacher_spend") or {}) for r in
+                    (await ctx.store.results(ctx.run_id, self.name)).values())
+        if budget is not None and spent >= budget:
+            return {"step": step, "skipped": "budget spent", "budget": budget, "spent": spent}
+        await ctx.ensure_student()
+
+        started = time.perf_counter()
+        pool = self.tasks(ctx)
+        tasks = [pool[(step * params.prompts_per_step + j) % len(pool)] for j in range(params.prompts_per_step)]
+        sampling = SamplingParams(temperature=params.temperature, max_tokens=params.max_tokens, seed=1000 * step + 11)
+        rollouts = await ctx.services.student.rollouts([RolloutItem(task=t) for t in tasks], n=params.group_size,
+                                                       max_turns=params.max_turns, sampling=sampling)
+        episodes = rollouts.episodes
+        sampled = time.perf_counter()
+        tokenizer = (await ctx.services.student.weights()).tokenizer
+        scored = await ctx.services.teacher.logprobs(LogprobRequest(tokenizer=tokenizer, sequences=[
+            LogprobSequence(token_ids=e.token_ids, score_mask=e.loss_mask) for e in episodes]))
+        scoring = time.perf_counter()
+
+        correct = [(await score_answer_async(e.final_answer, tasks[i // params.group_size].true_answer)).correct
+                   for i, e in enumerate(episodes)]
+        groups = []
+        for j, task in enumerate(tasks):
+            members = range(j * params.group_size, (j + 1) * params.group_size)
+            groups.append(RolloutGroup(prompt_id=task.id, samples=[
+                RLSample.from_episode(episodes[i], float(correct[i]) if params.task_reward else 0.0)
+                .model_copy(update={"teacher_logprobs": scored.sequences[i].logprobs}) for i in members]))
+        result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
+        await ctx.use_student(result.checkpoint, version=result.policy_version, label=f"opd step {step + 1}")
+        teacher = {PURPOSE: spend(scored.cost.teacher_calls, scored.cost.teacher_prompt_tokens, 0)}
+        summary = {
+            "step": step, "metrics": result.metrics, "policy_version": result.policy_version,
+            "teacher_spend": {k: v.model_dump() for k, v in teacher.items()},
+            "success": sum(correct) / len(correct), "scored_tokens": sum(s.scored_tokens for s in scored.sequences),
+            "budget": budget, "spent": spent + scored.cost.teacher_prompt_tokens,
+            # Where a step's time goes, for bench/opd_step.py: the student sampling, the teacher scoring, the update
+            # with its publication and the student's weight load.
+            "seconds": {"sampling": sampled - started, "scoring": scoring - sampled,
+                        "update": time.perf_counter() - scoring},
+        }
+        await ctx.store.add(ctx.run_id, opd_steps=1, opd_samples=len(episodes))
+        await ctx.store.event(ctx.run_id, "opd_step", f"OPD step {step + 1}/{params.steps}: teacher KL "
+                              f"{result.metrics.get('teacher_kl', 0.0):.3f}, success {summary['success']:.2f}",
+                              stage=self.name, data=summary)
+        return summary
+
+    def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
+        step = int(item.payload["step"])
+        if step + 1 < ctx.config.opd.steps:
+            return [self.item(ctx, f"step-{step + 1:05d}", step=step + 1)]
+        return []
+
+    async def finish(self, ctx: RunContext) -> None:
+        results = [r for r in (await ctx.store.results(ctx.run_id, self.name)).values() if "metrics" in r]
+        samples = sum(int(r["metrics"].get("num_samples", 0)) for r in results)
+        # What eval_opd and the arm's costs read: the steps taken and the episodes trained on.
+        await ctx.store.set_counters(ctx.run_id, opd_optimizer_steps=len(results), opd_train_rows=samples)
