@@ -10,18 +10,23 @@ from shared.schemas.trajectories import TEACHER_PURPOSES, TeacherSpend, Trajecto
 # Which stage each purpose's tokens are spent in; evaluation of the teacher is not training spend.
 PURPOSE_STAGE = {"cold_start_trajectories": "bc_init", "corrections": "mps", "verify_rollouts": "mps",
                  "judgements": "mps", "rl_judgements": "rl", "baseline_trajectories": "baseline",
-                 "reserve_trajectories": "baseline_tokens", "eval_trajectories": "eval_teacher", "opd_scoring": "opd"}
+                 "reserve_trajectories": "baseline_tokens", "eval_trajectories": "eval_teacher", "rl_scoring": "rl",
+                 "opd_scoring": "opd", "score_opd_judgements": "score_opd", "score_opd_scoring": "score_opd"}
 # Arms of a comparison: the evaluated policy's label, and the teacher purposes whose spend it needed.
 ARMS = {
     "cold_start": ("bc_init", ("cold_start_trajectories",)),
     "score_sft": ("sft", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements")),
-    "score_rl": ("rl", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")),
+    "score_rl": ("rl", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
+                        "rl_scoring")),
     "baseline_equal_tasks": ("baseline", ("cold_start_trajectories", "baseline_trajectories")),
     "baseline_equal_tokens": ("baseline_tokens", ("cold_start_trajectories",)),
     "control": ("control", ("cold_start_trajectories",)),
     "opd": ("opd", ("cold_start_trajectories", "opd_scoring")),
+    "score_opd": ("score_opd", ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements",
+                                "score_opd_judgements", "score_opd_scoring")),
 }
-SCORE_PURPOSES = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements")
+SCORE_PURPOSES = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
+                  "rl_scoring")
 
 
 def teacher_cost(records: list[TrajectoryRecord], steps: list[dict], evals: dict) -> dict:
@@ -42,7 +47,8 @@ def arms(info: RunInfo, records: list[TrajectoryRecord], steps: list[dict]) -> d
     spent = add_spend(*(r.teacher_spend for r in records), *((s.get("teacher_spend") or {}) for s in steps))
     counters = info.counters
     steps_of = {"bc_init": ("bc_init",), "sft": ("sft",), "rl": ("sft",), "baseline": ("baseline",),
-                "baseline_tokens": ("baseline_tokens",), "control": ("control",), "opd": ("opd",)}
+                "baseline_tokens": ("baseline_tokens",), "control": ("control",), "opd": ("opd",),
+                "score_opd": ("sft",)}
     out = {}
     for arm, (label, purposes) in ARMS.items():
         if label not in info.eval:
@@ -52,8 +58,8 @@ def arms(info: RunInfo, records: list[TrajectoryRecord], steps: list[dict]) -> d
             cost = cost.add(TeacherSpend(prompt_tokens=int(counters.get("baseline_tokens_prompt_tokens", 0)),
                                          written_tokens=int(counters.get("baseline_tokens_written_tokens", 0))))
         steps = sum(int(counters.get(f"{stage}_optimizer_steps", 0)) for stage in steps_of[label])
-        if label == "rl":
-            steps += int(counters.get("rl_steps", 0))
+        if label in ("rl", "score_opd"):  # SFT's steps, then the RL steps taken from its checkpoint
+            steps += int(counters.get(f"{label}_steps", 0))
         out[arm] = {"label": label, "teacher_tokens": cost.prompt_tokens + cost.written_tokens,
                     "teacher_prompt_tokens": cost.prompt_tokens, "teacher_written_tokens": cost.written_tokens,
                     "train_rows": int(counters.get(f"{steps_of[label][0]}_train_rows", 0)),

@@ -104,6 +104,10 @@ class TeacherClient(ServiceClient):
         return TeacherRolloutResponse.model_validate((await self.call("POST", "/v1/rollouts", request)).json())
 
 
+    async def engine(self) -> str:
+        """The teacher's engine (`expert`, `transformers`, `openai`), from its /ready."""
+        return str((await self.call("GET", "/ready")).json().get("engine", ""))
+
     async def logprobs(self, request: LogprobRequest) -> LogprobResponse:
         return LogprobResponse.model_validate((await self.call("POST", "/v1/logprobs", request)).json())
 

@@ -23,7 +23,7 @@ logger = logging.getLogger("score.coordinator")
 
 
 # Policies trained only to be compared with SCoRe: the run never ends on them.
-REFERENCE_ARMS = ("baseline", "baseline_tokens", "control", "opd")
+REFERENCE_ARMS = ("baseline", "baseline_tokens", "control", "opd", "score_opd")
 
 
 @dataclass

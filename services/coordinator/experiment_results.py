@@ -15,7 +15,8 @@ from shared.fsutil import write_text_atomic
 from shared.schemas.run_config import VALIDATION_NOTE, eval_set_name
 from shared.stats import discordant, mcnemar_exact, paired_bootstrap, wilson
 
-ARM_ORDER = ("cold_start", "score_sft", "score_rl", "baseline_equal_tokens", "baseline_equal_tasks", "control")
+ARM_ORDER = ("cold_start", "score_sft", "score_rl", "baseline_equal_tokens", "baseline_equal_tasks", "control", "opd",
+             "score_opd")
 ARM_TITLES = {
     "cold_start": "cold-start student (the shared starting checkpoint)",
     "score_sft": "SCoRe-SFT",
@@ -23,12 +24,15 @@ ARM_TITLES = {
     "baseline_equal_tokens": "plain distillation at equal teacher tokens",
     "baseline_equal_tasks": "plain distillation at equal tasks",
     "control": "cold-start data only, same optimizer steps as SCoRe",
+    "opd": "on-policy distillation from the cold start at SCoRe's teacher tokens",
+    "score_opd": "SCoRe-SFT then SCoRe-RL with the teacher's reverse KL (SCoRe + OPD)",
 }
 # (arm, versus): what each comparison asks.
 COMPARISONS = (
     ("score_sft", "cold_start"), ("score_rl", "score_sft"), ("score_rl", "baseline_equal_tokens"),
     ("score_sft", "baseline_equal_tokens"), ("score_rl", "baseline_equal_tasks"), ("score_rl", "control"),
-    ("score_sft", "control"),
+    ("score_sft", "control"), ("score_rl", "opd"), ("opd", "cold_start"), ("score_opd", "score_rl"),
+    ("score_opd", "opd"),
 )
 
 

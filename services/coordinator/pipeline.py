@@ -2,7 +2,7 @@
 
     bc_init -> eval_bc_init -> mps -> sft -> eval_sft -> rl -> eval_rl -> baseline -> eval_baseline
             -> baseline_tokens -> eval_baseline_tokens -> control -> eval_control -> opd -> eval_opd
-            -> eval_teacher -> report
+            -> score_opd -> eval_score_opd -> eval_teacher -> report
 
 Control actions travel on their own stream, so a transition survives a crash like any item. Both actions are
 idempotent: `enter` of a running stage re-enqueues its items (duplicates are dropped by the result record),
@@ -35,6 +35,7 @@ PIPELINE: list[Stage] = [
     BaselineTokensStage(), EvalStage("baseline_tokens", after="baseline_tokens"),
     ControlStage(), EvalStage("control", after="control"),
     OPDStage(), EvalStage("opd", after="opd"),
+    RLStage("score_opd"), EvalStage("score_opd", after="score_opd"),
     EvalStage("teacher"), ReportStage(),
 ]
 BY_NAME = {stage.name: stage for stage in PIPELINE}

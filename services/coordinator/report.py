@@ -20,7 +20,7 @@ from shared.schemas.trajectories import TrajectoryRecord
 from shared.stats import wilson
 
 # Evaluated policies in the order the report shows them: the three SCoRe stages, then the references.
-EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "baseline_tokens", "control", "opd", "teacher")
+EVAL_LABELS = ("bc_init", "sft", "rl", "baseline", "baseline_tokens", "control", "opd", "score_opd", "teacher")
 STUDENT_LABELS = ("bc_init", "sft", "rl")
 LABEL_TITLES = {
     "bc_init": "student after cold start (bc_init)",
@@ -30,6 +30,7 @@ LABEL_TITLES = {
     "baseline_tokens": "plain distillation at SCoRe's teacher tokens (baseline_tokens)",
     "control": "cold-start data only, SCoRe's optimizer steps (control)",
     "opd": "on-policy distillation from the cold start (opd)",
+    "score_opd": "SCoRe-RL plus on-policy distillation (score_opd)",
     "teacher": "teacher (teacher)",
 }
 REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
@@ -57,12 +58,14 @@ def _sft_rows(info: RunInfo, records: list[TrajectoryRecord]) -> int:
 
 
 def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list[dict],
-                  dead_letters: list[DeadLetter], timing: dict, opd_steps: list[dict] = ()) -> dict:
+                  dead_letters: list[DeadLetter], timing: dict, arm_steps: dict[str, list[dict]] | None = None) -> dict:
     """Everything `metrics.json` holds.
 
+    `arm_steps`: the step results of the chained reference arms (`opd`, `score_opd`), by stage.
     `mps` counts the train pool only (the tasks SCoRe-SFT draws from); its correction-step histogram covers every
     teacher repair that located an error, RL pool included. `teacher_tokens` sums each stage's records.
     """
+    every_step = [*rl_steps, *(step for steps in (arm_steps or {}).values() for step in steps)]
     mps_all = [r for r in records if r.stage == "mps"]
     train = [r for r in mps_all if r.pool == "train"]
     outcomes = Counter(r.outcome for r in train)
@@ -108,12 +111,12 @@ def build_metrics(info: RunInfo, records: list[TrajectoryRecord], rl_steps: list
             "student_tokens": sum(r.student_tokens for r in train),
         },
         "rl": {"prefixes": prefixes, "steps": list(rl_steps)},
-        "opd": {"steps": list(opd_steps)},
+        **{stage: {"steps": list(steps)} for stage, steps in (arm_steps or {}).items()},
         "key_step_rewards": key_step,
         "teacher_tokens": {stage: sum(r.teacher_tokens for r in records if r.stage == stage)
                            for stage in ("bc_init", "mps", "baseline")},
-        "teacher_cost": teacher_cost(records, [*rl_steps, *opd_steps], info.eval),
-        "arms": arms(info, records, [*rl_steps, *opd_steps]),
+        "teacher_cost": teacher_cost(records, every_step, info.eval),
+        "arms": arms(info, records, every_step),
         "datasets": {"bc_init": bc_init_correct, "sft": _sft_rows(info, records),
                      "baseline": bc_init_correct + baseline_correct},
         "timing": timing,
@@ -290,7 +293,7 @@ def _no_data(ax, title: str) -> None:
 def _plot_success(ax, metrics: dict) -> None:
     results = metrics.get("eval") or {}
     students = [label for label in STUDENT_LABELS if results.get(label, {}).get("success") is not None]
-    refs = [label for label in ("baseline", "baseline_tokens", "control", "opd", "teacher")
+    refs = [label for label in ("baseline", "baseline_tokens", "control", "opd", "score_opd", "teacher")
             if results.get(label, {}).get("success") is not None]
     title = f"{eval_set(metrics).capitalize()} success by stage"
     if not students and not refs:
@@ -305,6 +308,7 @@ def _plot_success(ax, metrics: dict) -> None:
                         xytext=(0, 3), textcoords="offset points")
     for label, color, style in (("baseline", "tab:orange", "--"), ("baseline_tokens", "tab:red", "--"),
                                 ("control", "tab:gray", "-."), ("opd", "tab:purple", "-."),
+                                ("score_opd", "tab:cyan", "-."),
                                 ("teacher", "tab:green", ":")):
         if label in refs:
             value = results[label]["success"]

@@ -343,6 +343,22 @@ class OPDParams(BaseModel):
         return self
 
 
+class ScoreOPDParams(BaseModel):
+    """SCoRe-RL with on-policy distillation: the same RL stage (`rl`'s prefixes, groups, rewards and settings) run
+    again from the SCoRe-SFT checkpoint, with the teacher's reverse KL on the student's tokens added to the key-step
+    reward's advantages. Evaluated as `score_opd`; the SCoRe policy the run ends on stays SCoRe-RL's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Train and evaluate the SCoRe+OPD arm (needs `rl.steps` > 0 "
+                          "and a model teacher).", examples=[True])
+    teacher_kl_coef: float = Field(
+        default=1.0, gt=0.0, le=100.0,
+        description="Weight of the reverse-KL term (the trainer's `teacher_kl_coef`); every other RL setting is `rl`'s.",
+        examples=[1.0],
+    )
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; every field has a default, so `{}` is a valid run on the built-in suite."""
 
@@ -373,6 +389,8 @@ class RunConfig(BaseModel):
     )
     control: ControlParams = Field(default_factory=ControlParams, description="Cold-start-only control.")
     opd: OPDParams = Field(default_factory=OPDParams, description="On-policy distillation arm (needs a model teacher).")
+    score_opd: ScoreOPDParams = Field(default_factory=ScoreOPDParams,
+                                      description="SCoRe-RL plus on-policy distillation arm (needs a model teacher).")
     max_attempts: int = Field(
         default=3, ge=1, le=20,
         description="Deliveries of a work item before it goes to the stage's dead-letter stream.",

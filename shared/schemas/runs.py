@@ -40,7 +40,8 @@ RUN_TRANSITIONS: dict[RunState, set[RunState]] = {
 
 # The stage graph, in order. `eval_*` stages measure the policy the previous stage produced.
 STAGES = ("bc_init", "eval_bc_init", "mps", "sft", "eval_sft", "rl", "eval_rl", "baseline", "eval_baseline",
-          "baseline_tokens", "eval_baseline_tokens", "control", "eval_control", "opd", "eval_opd", "eval_teacher", "report")
+          "baseline_tokens", "eval_baseline_tokens", "control", "eval_control", "opd", "eval_opd", "score_opd", "eval_score_opd", "eval_teacher",
+          "report")
 
 
 class StageProgress(BaseModel):
@@ -89,6 +90,9 @@ class RunPointers(BaseModel):
     )
     bc_init_checkpoint: Checkpoint | None = Field(
         default=None, description="The cold-start checkpoint the later fine-tunes start from.",
+    )
+    sft_checkpoint: Checkpoint | None = Field(
+        default=None, description="The SCoRe-SFT checkpoint (the SCoRe+OPD arm's RL starts from it).",
     )
     policy_version: int | None = Field(
         default=None, description="The student's policy version the run last loaded.", examples=[3],

@@ -9,10 +9,12 @@ from pydantic import BaseModel, Field
 from shared.schemas.agent import Step, Task
 
 TeacherPurpose = Literal["cold_start_trajectories", "corrections", "verify_rollouts", "judgements", "rl_judgements",
-                         "baseline_trajectories", "reserve_trajectories", "eval_trajectories", "opd_scoring"]
+                         "baseline_trajectories", "reserve_trajectories", "eval_trajectories", "rl_scoring",
+                         "opd_scoring", "score_opd_judgements", "score_opd_scoring"]
 TEACHER_PURPOSES: tuple[str, ...] = ("cold_start_trajectories", "corrections", "verify_rollouts", "judgements",
                                      "rl_judgements", "baseline_trajectories", "reserve_trajectories",
-                                     "eval_trajectories", "opd_scoring")
+                                     "eval_trajectories", "rl_scoring", "opd_scoring",
+                                     "score_opd_judgements", "score_opd_scoring")
 
 
 class TeacherSpend(BaseModel):

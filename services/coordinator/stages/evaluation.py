@@ -41,6 +41,8 @@ class EvalStage(Stage):
             return ctx.config.control.enabled
         if self.label == "opd":
             return ctx.config.opd.enabled
+        if self.label == "score_opd":
+            return ctx.config.score_opd.enabled and ctx.config.rl.steps > 0
         return True
 
     async def skip_reason(self, ctx: RunContext) -> str | None:
@@ -50,7 +52,7 @@ class EvalStage(Stage):
             return None
         if (await ctx.store.stage(ctx.run_id, self.after)).state == "skipped":
             return f"{self.after} did not run"
-        trains = self.after not in ("rl",)  # every other measured stage publishes its policy through an SFT job
+        trains = self.after not in ("rl", "score_opd")  # the others publish their policy through an SFT job
         if trains and f"{self.after}_optimizer_steps" not in (await ctx.store.info(ctx.run_id)).counters:
             return f"{self.after} trained nothing"
         return None

@@ -14,21 +14,17 @@ import time
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
-from services.coordinator.records import records_of, spend
+from services.coordinator.records import records_of
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.baseline import score_teacher_spend, spend_tokens
+from services.coordinator.stages.rl import session_id, teacher_scored, without_log_probabilities
 from services.coordinator.stages.training import with_run_trackers
-from shared.schemas.logprobs import LogprobRequest, LogprobSequence
 from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
 from shared.scoring import score_answer_async
 
 PURPOSE = "opd_scoring"
-
-
-def session_id(ctx: RunContext) -> str:
-    return f"{ctx.run_id}-opd"
 
 
 class OPDStage(Stage):
@@ -38,6 +34,8 @@ class OPDStage(Stage):
         return ctx.config.opd.enabled
 
     async def skip_reason(self, ctx: RunContext) -> str | None:
+        if reason := await without_log_probabilities(ctx):
+            return reason
         if (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint is None:
             return "no cold-start checkpoint to start from"
         return None if self.tasks(ctx) else "no training tasks (tasks.n_train and tasks.n_rl are 0)"
@@ -55,7 +53,7 @@ class OPDStage(Stage):
         cold_start = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
         version = await ctx.use_student(cold_start, label="opd")
         await ctx.services.trainer.create_session(RLSessionCreate(
-            session_id=session_id(ctx), base=cold_start.path, output_name=session_id(ctx),
+            session_id=session_id(ctx, self.name), base=cold_start.path, output_name=session_id(ctx, self.name),
             initial_policy_version=version, hyperparameters=with_run_trackers(ctx, ctx.config.opd.hyperparameters),
         ))
         return [self.item(ctx, "step-00000", step=0)]
@@ -64,7 +62,7 @@ class OPDStage(Stage):
         return ctx.config.opd.steps if items else 0
 
     async def handle(self, ctx: RunContext, item: WorkItem) -> dict:
-        step, params, sid = int(item.payload["step"]), ctx.config.opd, session_id(ctx)
+        step, params, sid = int(item.payload["step"]), ctx.config.opd, session_id(ctx, self.name)
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:  # applied before a crash lost its result: adopt what the trainer published
             await ctx.use_student(session.checkpoint, version=session.policy_version, label=f"opd step {step + 1}")
@@ -84,28 +82,21 @@ class OPDStage(Stage):
         rollouts = await ctx.services.student.rollouts([RolloutItem(task=t) for t in tasks], n=params.group_size,
                                                        max_turns=params.max_turns, sampling=sampling)
         episodes = rollouts.episodes
-        sampled = time.perf_counter()
-        tokenizer = (await ctx.services.student.weights()).tokenizer
-        scored = await ctx.services.teacher.logprobs(LogprobRequest(tokenizer=tokenizer, sequences=[
-            LogprobSequence(token_ids=e.token_ids, score_mask=e.loss_mask) for e in episodes]))
-        scoring = time.perf_counter()
-
         correct = [(await score_answer_async(e.final_answer, tasks[i // params.group_size].true_answer)).correct
                    for i, e in enumerate(episodes)]
-        groups = []
-        for j, task in enumerate(tasks):
-            members = range(j * params.group_size, (j + 1) * params.group_size)
-            groups.append(RolloutGroup(prompt_id=task.id, samples=[
-                RLSample.from_episode(episodes[i], float(correct[i]) if params.task_reward else 0.0)
-                .model_copy(update={"teacher_logprobs": scored.sequences[i].logprobs}) for i in members]))
+        groups = [RolloutGroup(prompt_id=task.id, samples=[
+            RLSample.from_episode(episodes[i], float(correct[i]) if params.task_reward else 0.0)
+            for i in range(j * params.group_size, (j + 1) * params.group_size)]) for j, task in enumerate(tasks)]
+        sampled = time.perf_counter()
+        groups, teacher = await teacher_scored(ctx, groups, PURPOSE)
+        scoring = time.perf_counter()
         result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
         await ctx.use_student(result.checkpoint, version=result.policy_version, label=f"opd step {step + 1}")
-        teacher = {PURPOSE: spend(scored.cost.teacher_calls, scored.cost.teacher_prompt_tokens, 0)}
         summary = {
             "step": step, "metrics": result.metrics, "policy_version": result.policy_version,
             "teacher_spend": {k: v.model_dump() for k, v in teacher.items()},
-            "success": sum(correct) / len(correct), "scored_tokens": sum(s.scored_tokens for s in scored.sequences),
-            "budget": budget, "spent": spent + scored.cost.teacher_prompt_tokens,
+            "success": sum(correct) / len(correct), "scored_tokens": sum(sum(e.loss_mask) for e in episodes),
+            "budget": budget, "spent": spent + spend_tokens(teacher),
             # Where a step's time goes, for bench/opd_step.py: the student sampling, the teacher scoring, the update
             # with its publication and the student's weight load.
             "seconds": {"sampling": sampled - started, "scoring": scoring - sampled,

@@ -47,11 +47,12 @@ class ReportStage(Stage):
         final = (await ctx.store.pointers(ctx.run_id)).score_checkpoint
         if final is not None:
             await ctx.use_student(final.checkpoint, label=final.label)
-        rl_steps, opd_steps = [await step_results(ctx, stage) for stage in ("rl", "opd")]
+        rl_steps = await step_results(ctx, "rl")
+        arm_steps = {stage: await step_results(ctx, stage) for stage in ("opd", "score_opd")}
         # The report is the last stage: once it is written the run succeeds, so that is the state it records.
         info = (await ctx.store.info(ctx.run_id)).model_copy(update={"state": RunState.succeeded})
         metrics = build_metrics(info, await all_records(ctx), rl_steps, await ctx.store.dead_letters(ctx.run_id),
-                                await run_timing(ctx), opd_steps)
+                                await run_timing(ctx), arm_steps)
         # Plotting takes a second or two of CPU: off the event loop, so the worker keeps its items alive meanwhile.
         await asyncio.to_thread(write_report, ctx.run_dir, metrics)
         await ctx.store.event(ctx.run_id, "log", f"report written to {ctx.run_dir / 'report.md'}", stage=self.name,

@@ -4,6 +4,10 @@ Each GRPO step is one work item; the next is enqueued once its result is recorde
 a crash resumes at the step that did not finish. Every step: the student samples a group from each prefix,
 rewards are computed (final answer, else the key-step term through the teacher's step judgements), the
 trainer applies the update and publishes a version, the student loads it.
+
+The same stage, named `score_opd`, is the SCoRe+OPD arm: from the SCoRe-SFT checkpoint, with the teacher model's
+log-probabilities of the student's tokens (`POST /v1/logprobs`) sent along, so each step's advantages gain the
+reverse-KL term (the trainer's `teacher_kl_coef`). `rl` does the same whenever its own hyperparameters set one.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 from services.coordinator.context import RunContext
 from services.coordinator.datasets import rl_dataset
 from services.coordinator.queue import WorkItem
-from services.coordinator.records import add_spend, correction_spend
+from services.coordinator.records import add_spend, correction_spend, spend
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
-from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
+from shared.schemas.logprobs import LogprobRequest, LogprobSequence
+from shared.schemas.rl import GRPOHyperparameters, RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.run_config import KeyStepRewards, RLParams
 from shared.schemas.sampling import SamplingParams
@@ -27,8 +32,8 @@ from shared.tasks.expert import remaining_gold_turns
 REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
 
 
-def session_id(ctx: RunContext) -> str:
-    return f"{ctx.run_id}-rl"
+def session_id(ctx: RunContext, stage: str = "rl") -> str:
+    return f"{ctx.run_id}-{stage}"
 
 
 def episode_turns(params: RLParams, records: list[TrajectoryRecord]) -> int:
@@ -96,26 +101,46 @@ def reward_of(kind: str, rewards: KeyStepRewards) -> float:
 
 
 class RLStage(Stage):
-    name, queue = "rl", "rl"
+    queue = "rl"
+
+    def __init__(self, name: str = "rl") -> None:
+        self.name = name  # "rl", or "score_opd": the SCoRe+OPD arm
 
     def enabled(self, ctx: RunContext) -> bool:
-        return ctx.config.rl.steps > 0
+        return ctx.config.rl.steps > 0 and (self.name == "rl" or ctx.config.score_opd.enabled)
+
+    def hyperparameters(self, ctx: RunContext) -> GRPOHyperparameters:
+        hp = ctx.config.rl.hyperparameters
+        if self.name == "score_opd":
+            hp = hp.model_copy(update={"teacher_kl_coef": ctx.config.score_opd.teacher_kl_coef})
+        return hp
+
+    def purposes(self) -> tuple[str, str]:
+        """The teacher purposes of this stage's judgements and scoring (an arm's spend stays its own)."""
+        return ("rl_judgements", "rl_scoring") if self.name == "rl" else ("score_opd_judgements", "score_opd_scoring")
 
     async def prefixes(self, ctx: RunContext) -> list[TrajectoryRecord]:
         return await rl_dataset(ctx.store, ctx.run_id, ctx.config)
 
     async def skip_reason(self, ctx: RunContext) -> str | None:
+        if self.name == "score_opd" and (reason := await without_log_probabilities(ctx)):
+            return reason
         prefixes = await self.prefixes(ctx)
         await ctx.store.set_counters(ctx.run_id, rl_prefixes=len(prefixes))
         return None if prefixes else "no corrected prefixes in the RL pool"
 
     async def plan(self, ctx: RunContext) -> list[WorkItem]:
-        served = (await ctx.store.pointers(ctx.run_id)).student_checkpoint
-        version = await ctx.ensure_student()
+        pointers = await ctx.store.pointers(ctx.run_id)
+        if self.name == "rl":
+            base = pointers.student_checkpoint.checkpoint if pointers.student_checkpoint else None
+            version = await ctx.ensure_student()
+        else:  # SCoRe+OPD starts where SCoRe-RL started: the SCoRe-SFT policy (the cold start when SFT trained nothing)
+            base = pointers.sft_checkpoint or pointers.bc_init_checkpoint
+            version = await ctx.use_student(base, label=self.name)
+        sid = session_id(ctx, self.name)
         await ctx.services.trainer.create_session(RLSessionCreate(
-            session_id=session_id(ctx), base=served.checkpoint.path if served else None,
-            output_name=session_id(ctx), initial_policy_version=version or 0,
-            hyperparameters=with_run_trackers(ctx, ctx.config.rl.hyperparameters),
+            session_id=sid, base=base.path if base else None, output_name=sid, initial_policy_version=version or 0,
+            hyperparameters=with_run_trackers(ctx, self.hyperparameters(ctx)),
         ))
         # Only the first step is enqueued; each step enqueues the next (see follow_ups).
         return [self.item(ctx, "step-00000", step=0)]
@@ -126,11 +151,12 @@ class RLStage(Stage):
     async def handle(self, ctx: RunContext, item: WorkItem) -> dict:
         step = int(item.payload["step"])
         params = ctx.config.rl
-        sid = session_id(ctx)
+        sid = session_id(ctx, self.name)
+        label = f"{self.name} step {step + 1}"
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:
             # The trainer applied this step before a crash lost its result: adopt what it published.
-            await ctx.use_student(session.checkpoint, version=session.policy_version, label=f"rl step {step + 1}")
+            await ctx.use_student(session.checkpoint, version=session.policy_version, label=label)
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "rewards": {}, "recovered": True}
         await ctx.ensure_student()  # the previous step loaded its checkpoint; a restarted student gets it back
@@ -150,15 +176,20 @@ class RLStage(Stage):
                 counts[kind] += 1
             groups.append(RolloutGroup(prompt_id=record.task.id, samples=[
                 RLSample.from_episode(e, reward_of(kind, params.rewards)) for e, kind in zip(episodes, kinds)]))
+        judged_as, scored_as = self.purposes()
+        scoring = None
+        if self.hyperparameters(ctx).teacher_kl_coef > 0:
+            groups, scoring = await teacher_scored(ctx, groups, scored_as)
         result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
-        await ctx.use_student(result.checkpoint, version=result.policy_version, label=f"rl step {step + 1}")
+        await ctx.use_student(result.checkpoint, version=result.policy_version, label=label)
         n = sum(counts.values())
-        teacher = add_spend(*(correction_spend(c, purpose_of_judgements="rl_judgements") for c in spent))
+        teacher = add_spend(*(correction_spend(c, purpose_of_judgements=judged_as) for c in spent), scoring or {})
         summary = {"step": step, "metrics": result.metrics, "policy_version": result.policy_version,
                    "teacher_spend": {k: v.model_dump() for k, v in teacher.items()}, "rewards": counts, "reward_mean": sum(reward_of(k, params.rewards) * c for k, c in counts.items()) / n}
-        await ctx.store.add(ctx.run_id, rl_steps=1, rl_samples=n)
+        await ctx.store.add(ctx.run_id, **{f"{self.name}_steps": 1, f"{self.name}_samples": n})
+        kl = f", teacher KL {result.metrics['teacher_kl']:.3f}" if "teacher_kl" in result.metrics else ""
         await ctx.store.event(ctx.run_id, "rl_step",
-                              f"RL step {step + 1}/{params.steps}: reward {summary['reward_mean']:.3f}",
+                              f"{self.name} step {step + 1}/{params.steps}: reward {summary['reward_mean']:.3f}{kl}",
                               stage=self.name, data=summary)
         return summary
 
@@ -169,3 +200,23 @@ class RLStage(Stage):
         if step + 1 < ctx.config.rl.steps:
             return [self.item(ctx, f"step-{step + 1:05d}", step=step + 1)]
         return []
+
+
+async def without_log_probabilities(ctx: RunContext) -> str | None:
+    """Why the teacher cannot score the student's tokens (the scripted expert has no model), or None."""
+    if await ctx.services.teacher.engine() == "expert":
+        return "the teacher is the scripted expert: no model, so no log-probabilities to distil (run a model teacher)"
+    return None
+
+
+async def teacher_scored(ctx: RunContext, groups: list[RolloutGroup], purpose: str) -> tuple[list[RolloutGroup], dict]:
+    """The groups with the teacher model's log-probabilities of every token the student wrote, and what the scoring
+    cost under `purpose`. The student's tokenizer goes along, so a teacher with another vocabulary refuses (422)."""
+    samples = [sample for group in groups for sample in group.samples]
+    tokenizer = (await ctx.services.student.weights()).tokenizer
+    scored = await ctx.services.teacher.logprobs(LogprobRequest(tokenizer=tokenizer, sequences=[
+        LogprobSequence(token_ids=s.token_ids, score_mask=s.loss_mask) for s in samples]))
+    scores = iter(scored.sequences)
+    groups = [group.model_copy(update={"samples": [
+        s.model_copy(update={"teacher_logprobs": next(scores).logprobs}) for s in group.samples]}) for group in groups]
+    return groups, {purpose: spend(scored.cost.teacher_calls, scored.cost.teacher_prompt_tokens, 0)}

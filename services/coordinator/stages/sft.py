@@ -7,6 +7,7 @@ from services.coordinator.datasets import sft_dataset
 from services.coordinator.records import rows_for_sft
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import fine_tune
+from shared.schemas.runs import RunPointers
 
 
 class SFTStage(Stage):
@@ -24,4 +25,5 @@ class SFTStage(Stage):
         base = (await ctx.store.pointers(ctx.run_id)).bc_init_checkpoint
         checkpoint = await fine_tune(ctx, stage=self.name, base=base, rows=rows,
                                      hyperparameters=ctx.config.sft.hyperparameters)
+        await ctx.store.set_pointers(ctx.run_id, RunPointers(sft_checkpoint=checkpoint))
         await ctx.use_student(checkpoint, label="sft")
