@@ -34,6 +34,8 @@ TINY_RUN = {
     "mps": {"max_turns": 2, "max_tokens": 24}, "eval": {"max_turns": 2, "max_tokens": 24},
     "rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_turns": 1, "max_tokens": 24,
            "hyperparameters": {"learning_rate": 1e-3}},
+    # Asked for, but the scripted expert has no log-probabilities: both arms are skipped, saying why.
+    "opd": {"enabled": True}, "score_opd": {"enabled": True},
 }
 VISIBILITY_MS = 3000
 
@@ -155,6 +157,9 @@ def test_a_worker_killed_mid_item_loses_nothing_and_duplicates_nothing(stack):
         assert "reclaimed" in coordinator.log_tail(200_000)
         assert httpx.get(f"{coordinator.url}/ready", timeout=10).json()["workers"] == 2  # restarted
         assert set(run["eval"]) >= {"bc_init", "sft", "rl", "baseline", "teacher"}
+        for stage in ("opd", "score_opd", "eval_opd", "eval_score_opd"):
+            assert run["stages"][stage]["state"] == "skipped", (stage, run["stages"][stage])
+        assert "no log-probabilities" in run["stages"]["opd"]["detail"]
         assert (stack["home"] / "runs" / run_id / "report.md").is_file()
         assert_training_steps_were_reported(coordinator.url, run_id, ("bc_init", "baseline"))
     finally:

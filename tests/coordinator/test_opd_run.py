@@ -21,11 +21,13 @@ pytestmark = pytest.mark.slow
 
 OPD_RUN = {
     "name": "opd",
-    "tasks": {"n_bc_init": 4, "n_train": 4, "n_rl": 0, "n_eval": 4},
+    "tasks": {"n_bc_init": 4, "n_train": 4, "n_rl": 4, "n_eval": 4},
     "bc_init": {"hyperparameters": QUICK_SFT}, "sft": {"hyperparameters": QUICK_SFT},
     "mps": {"max_turns": 2, "max_tokens": 24, "max_repairs": 1}, "eval": {"max_turns": 2, "max_tokens": 24,
                                                                          "teacher": False},
-    "rl": {"steps": 0}, "baseline": {"enabled": False},
+    "rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens": 24,
+           "hyperparameters": {"learning_rate": 1e-3}},
+    "score_opd": {"enabled": True, "teacher_kl_coef": 1.0}, "baseline": {"enabled": False},
     "opd": {"enabled": True, "steps": 4, "prompts_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens": 24,
             "hyperparameters": {"learning_rate": 1e-3, "teacher_kl_coef": 1.0, "max_staleness": 0}},
 }
@@ -88,6 +90,16 @@ def test_an_opd_arm_trains_on_teacher_scores_within_scores_teacher_tokens(stack)
     assert arm["optimizer_steps"] == len(trained) and arm["train_rows"] == 4 * len(trained)
     assert metrics["teacher_cost"]["by_purpose"]["opd_scoring"]["stage"] == "opd"
     assert "opd" in metrics["eval"] and metrics["eval"]["opd"]["n"] == 4
-    # The run ends serving the SCoRe policy, not the OPD arm's last checkpoint.
+    # SCoRe+OPD: SCoRe-RL's steps again from the SFT checkpoint, each with the teacher's reverse KL.
+    if run["stages"]["rl"]["state"] == "skipped":  # no corrected prefix in this tiny run: nothing to start from
+        assert run["stages"]["score_opd"]["state"] == "skipped"
+    else:
+        score_opd = metrics["score_opd"]["steps"]
+        assert len(score_opd) == 2 and all("teacher_kl" in s["metrics"] for s in score_opd)
+        assert all("teacher_kl" not in s["metrics"] for s in metrics["rl"]["steps"])
+        assert metrics["teacher_cost"]["by_purpose"]["score_opd_scoring"]["prompt_tokens"] > 0
+        assert metrics["arms"]["score_opd"]["teacher_tokens"] > metrics["arms"]["score_sft"]["teacher_tokens"]
+        assert metrics["arms"]["score_opd"]["optimizer_steps"] == metrics["arms"]["score_rl"]["optimizer_steps"]
+    # The run ends serving the SCoRe policy, not a reference arm's last checkpoint.
     weights = httpx.get(f"{stack['student'].url}/v1/weights", timeout=10).json()
-    assert f"{run_id}-opd" not in weights["path"]
+    assert f"{run_id}-opd" not in weights["path"] and f"{run_id}-score_opd" not in weights["path"]
