@@ -36,7 +36,7 @@ LABEL_TITLES = {
 REWARD_KINDS = ("correct", "wrong_final", "equivalent", "repeat", "other", "no_answer")
 MPS_OUTCOMES = ("self_solved", "repaired", "hard", "unsolved")
 PLOTS = ("success_by_stage.png", "rl_reward.png", "correction_steps.png", "repairs_per_attempt.png",
-         "key_step_rewards.png")
+         "key_step_rewards.png", "opd.png")
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -249,6 +249,14 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
         out += ["Sampled continuations by key-step reward kind, summed over all RL steps:", ""]
         out += _markdown_table(list(key), [[str(v) for v in key.values()]]) + [""]
 
+    if curve := opd_curve(metrics):
+        out += ["## On-policy distillation", "", f"The OPD arm measured every few steps on its first {curve[0]['n']} "
+                f"{tasks} tasks: greedy success, and the reverse KL to the teacher per generated token on episodes "
+                "the student sampled there (temperature 1).", ""]
+        out += _markdown_table(["policy updates", "success", "95% CI", "reverse KL (nats/token)", "tokens"], [
+            [str(p["updates"]), f"{p['success']:.1%}", "[{:.1%}, {:.1%}]".format(*wilson(p["solved"], p["n"])),
+             f"{p['reverse_kl']:.4f}", str(p["tokens"])] for p in curve]) + [""]
+
     timing = metrics.get("timing") or {}
     out += ["## Timing", ""]
     stages = timing.get("stages") or {}
@@ -364,6 +372,43 @@ def _plot_key_steps(ax, metrics: dict) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
 
 
+def opd_curve(metrics: dict) -> list[dict]:
+    """The OPD arm's measurements in order: policy updates done so far, evaluation success and reverse KL."""
+    points = []
+    for step in (metrics.get("opd") or {}).get("steps") or []:
+        for when, offset in (("before", 0), ("after", 1)):
+            if point := (step.get("eval") or {}).get(when):
+                points.append({"updates": step["step"] + offset, **point})
+    return points
+
+
+def _plot_opd(ax, metrics: dict) -> None:
+    title = "On-policy distillation: reverse KL to the teacher"
+    trained = {arm: [s for s in (metrics.get(arm) or {}).get("steps") or [] if "teacher_kl" in (s.get("metrics") or {})]
+               for arm in ("opd", "score_opd")}
+    curve = opd_curve(metrics)
+    if not any(trained.values()) and not curve:
+        _no_data(ax, title)
+        return
+    for arm, color in (("opd", "tab:purple"), ("score_opd", "tab:cyan")):
+        if trained[arm]:
+            ax.plot([s["step"] + 1 for s in trained[arm]], [s["metrics"]["teacher_kl"] for s in trained[arm]],
+                    color=color, alpha=0.6, label=f"{arm}: training batches")
+    if curve:
+        ax.plot([p["updates"] for p in curve], [p["reverse_kl"] for p in curve], color="black", marker="o",
+                label=f"opd: {eval_set(metrics)} episodes")
+        success = ax.twinx()
+        success.plot([p["updates"] for p in curve], [p["success"] for p in curve], color="tab:green", marker="s",
+                     linestyle="--", label=f"opd: {eval_set(metrics)} success")
+        success.set_ylim(0, 1.05)
+        success.set_ylabel(f"{eval_set(metrics)} success (greedy)")
+        success.legend(loc="upper right", fontsize="small")
+    ax.set_xlabel("policy updates")
+    ax.set_ylabel("reverse KL, nats per generated token")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+
+
 def _save_plot(path: Path, draw, metrics: dict) -> Path:
     fig, ax = _figure()
     draw(ax, metrics)
@@ -382,6 +427,7 @@ def write_plots(plot_dir: Path, metrics: dict) -> list[Path]:
         "repairs_per_attempt.png": lambda ax, m: _plot_histogram(
             ax, mps.get("repairs_per_attempt") or {}, "Train-pool tasks by number of teacher repairs", "repairs"),
         "key_step_rewards.png": _plot_key_steps,
+        "opd.png": _plot_opd,
     }
     return [_save_plot(plot_dir / name, drawers[name], metrics) for name in PLOTS]
 

@@ -325,6 +325,15 @@ class OPDParams(BaseModel):
                                examples=[1.0])
     max_tokens: int = Field(default=256, ge=8, le=8192, description="Token budget of one student turn.",
                             examples=[256])
+    eval_every: int = Field(
+        default=0, ge=0, le=100_000,
+        description="Measure the arm every this many steps (and before the first and after the last): greedy success "
+        "on the first `eval_tasks` evaluation tasks, and the student's reverse KL to the teacher per generated token "
+        "on episodes it samples there (temperature 1). Measurement only: its teacher tokens are not the arm's spend. "
+        "0: only the final evaluation (`eval_opd`).", examples=[5],
+    )
+    eval_tasks: int = Field(default=32, ge=1, le=4096, description="Evaluation tasks each `eval_every` measurement uses.",
+                            examples=[32])
     task_reward: bool = Field(
         default=False,
         description="Also train on the task reward (1 for a correct final answer, else 0) through group advantages, "

@@ -29,6 +29,7 @@ OPD_RUN = {
            "hyperparameters": {"learning_rate": 1e-3}},
     "score_opd": {"enabled": True, "teacher_kl_coef": 1.0}, "baseline": {"enabled": False},
     "opd": {"enabled": True, "steps": 4, "prompts_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens": 24,
+            "eval_every": 2, "eval_tasks": 3,
             "hyperparameters": {"learning_rate": 1e-3, "teacher_kl_coef": 1.0, "max_staleness": 0}},
 }
 
@@ -90,6 +91,11 @@ def test_an_opd_arm_trains_on_teacher_scores_within_scores_teacher_tokens(stack)
     assert arm["optimizer_steps"] == len(trained) and arm["train_rows"] == 4 * len(trained)
     assert metrics["teacher_cost"]["by_purpose"]["opd_scoring"]["stage"] == "opd"
     assert "opd" in metrics["eval"] and metrics["eval"]["opd"]["n"] == 4
+    # Measured before the first update and every 2 steps after (and after the last trained one).
+    curve = [(s["step"], when, point) for s in trained for when, point in s["eval"].items()]
+    assert curve[0][:2] == (0, "before") and all(p["n"] == 3 and p["tokens"] > 0 for _, _, p in curve)
+    assert (stack["home"] / "runs" / run_id / "plots" / "opd.png").is_file()
+    assert "## On-policy distillation" in (stack["home"] / "runs" / run_id / "report.md").read_text()
     # SCoRe+OPD: SCoRe-RL's steps again from the SFT checkpoint, each with the teacher's reverse KL.
     if run["stages"]["rl"]["state"] == "skipped":  # no corrected prefix in this tiny run: nothing to start from
         assert run["stages"]["score_opd"]["state"] == "skipped"

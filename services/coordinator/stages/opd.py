@@ -74,6 +74,7 @@ class OPDStage(Stage):
         if budget is not None and spent >= budget:
             return {"step": step, "skipped": "budget spent", "budget": budget, "spent": spent}
         await ctx.ensure_student()
+        curve = {"before": await self.measure(ctx)} if params.eval_every and step == 0 else {}
 
         started = time.perf_counter()
         pool = self.tasks(ctx)
@@ -102,11 +103,35 @@ class OPDStage(Stage):
             "seconds": {"sampling": sampled - started, "scoring": scoring - sampled,
                         "update": time.perf_counter() - scoring},
         }
+        last = step + 1 == params.steps or (budget is not None and summary["spent"] >= budget)
+        if params.eval_every and ((step + 1) % params.eval_every == 0 or last):
+            curve["after"] = await self.measure(ctx)
+        summary["eval"] = curve
         await ctx.store.add(ctx.run_id, opd_steps=1, opd_samples=len(episodes))
         await ctx.store.event(ctx.run_id, "opd_step", f"OPD step {step + 1}/{params.steps}: teacher KL "
                               f"{result.metrics.get('teacher_kl', 0.0):.3f}, success {summary['success']:.2f}",
                               stage=self.name, data=summary)
         return summary
+
+    async def measure(self, ctx: RunContext) -> dict:
+        """The served student on the first `opd.eval_tasks` evaluation tasks: greedy success, and the reverse KL to
+        the teacher per generated token on episodes sampled at temperature 1 (behaviour minus teacher log-probability
+        of each sampled token, averaged over tokens: a sampled estimate of KL(student || teacher))."""
+        params, tasks = ctx.config.eval, ctx.pools.eval[: ctx.config.opd.eval_tasks]
+        items = [RolloutItem(task=t) for t in tasks]
+        greedy = await ctx.services.student.rollouts(items, n=1, max_turns=params.max_turns, sampling=SamplingParams(
+            temperature=0.0, max_tokens=params.max_tokens, seed=0))
+        solved = [(await score_answer_async(e.final_answer, t.true_answer)).correct
+                  for t, e in zip(tasks, greedy.episodes)]
+        sampled = await ctx.services.student.rollouts(items, n=1, max_turns=params.max_turns, sampling=SamplingParams(
+            temperature=1.0, max_tokens=params.max_tokens, seed=17))
+        groups = [RolloutGroup(samples=[RLSample.from_episode(e, 0.0)]) for e in sampled.episodes]
+        groups, cost = await teacher_scored(ctx, groups, "eval_scoring")
+        gaps = [b - t for g in groups for s in g.samples
+                for b, t, m in zip(s.logprobs, s.teacher_logprobs, s.loss_mask) if m]
+        return {"n": len(tasks), "solved": sum(solved), "success": sum(solved) / len(tasks) if tasks else 0.0,
+                "reverse_kl": sum(gaps) / len(gaps) if gaps else 0.0, "tokens": len(gaps),
+                "policy_version": greedy.policy_version, "scored_prompt_tokens": spend_tokens(cost)}
 
     def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
         step = int(item.payload["step"])
