@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,24 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait(5)
         self._log.close()
+
+
+@contextmanager
+def model_services(home: Path, log_dir: Path, *, teacher_args: tuple[str, ...], env: dict | None = None,
+                   teacher_env: dict | None = None):
+    """The student, teacher (started with `teacher_args`) and trainer as ready processes; stopped on exit."""
+    running = {
+        "student": ServiceProcess("student", home=home, log_dir=log_dir, env=env),
+        "teacher": ServiceProcess("teacher", *teacher_args, home=home, log_dir=log_dir, env=teacher_env or env),
+        "trainer": ServiceProcess("trainer", home=home, log_dir=log_dir, env=env),
+    }
+    try:
+        for service in running.values():
+            service.wait_ready()
+        yield running
+    finally:
+        for service in running.values():
+            service.stop()
 
 
 def fresh_home(score_home: Path, root: Path) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from shared.models.builtin import is_current_builtin
 from shared.redis_server import EmbeddedRedis
 from tests.coordinator.test_faults import QUICK_SFT, create_run, wait_run
-from tests.service_process import ServiceProcess, fresh_home
+from tests.service_process import ServiceProcess, fresh_home, model_services
 
 pytestmark = pytest.mark.slow
 
@@ -41,27 +41,21 @@ def stack(score_home, tmp_path_factory):
                     "`make teacher-model` (.ci/run does)")
     root = tmp_path_factory.mktemp("opd")
     home = fresh_home(score_home, root)
-    server = EmbeddedRedis().start()
     env = {"OMP_NUM_THREADS": "1"}
     teacher_env = {**env, "SCORE_TEACHER_MAX_STEP_TOKENS": "24", "SCORE_TEACHER_ROLLOUT_MAX_TURNS": "2"}
-    services = {
-        "student": ServiceProcess("student", home=home, log_dir=root, env=env),
-        "teacher": ServiceProcess("teacher", "--engine", "transformers", "--model", "builtin:teacher-sft", home=home,
-                                  log_dir=root, env=teacher_env),
-        "trainer": ServiceProcess("trainer", home=home, log_dir=root, env=env),
-    }
+    server = EmbeddedRedis().start()
     try:
-        for service in services.values():
-            service.wait_ready()
-        coordinator = ServiceProcess("coordinator", home=home, log_dir=root, env={
-            "SCORE_REDIS_URL": server.url, "SCORE_STUDENT_URL": services["student"].url,
-            "SCORE_TEACHER_URL": services["teacher"].url, "SCORE_TRAINER_URL": services["trainer"].url,
-            "SCORE_COORDINATOR_WORKERS": "1"}).wait_ready()
-        yield {"home": home, "coordinator": coordinator, **services}
-        coordinator.stop()
+        with model_services(home, root, env=env, teacher_env=teacher_env,
+                            teacher_args=("--engine", "transformers", "--model", "builtin:teacher-sft")) as services:
+            coordinator = ServiceProcess("coordinator", home=home, log_dir=root, env={
+                "SCORE_REDIS_URL": server.url, "SCORE_STUDENT_URL": services["student"].url,
+                "SCORE_TEACHER_URL": services["teacher"].url, "SCORE_TRAINER_URL": services["trainer"].url,
+                "SCORE_COORDINATOR_WORKERS": "1"}).wait_ready()
+            try:
+                yield {"home": home, "coordinator": coordinator, **services}
+            finally:
+                coordinator.stop()
     finally:
-        for service in services.values():
-            service.stop()
         server.stop()
 
 

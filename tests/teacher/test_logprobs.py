@@ -4,12 +4,11 @@ OpenAI-compatible server (`prompt_logprobs`), against a plain transformers forwa
 import random
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from services.teacher.app import create_app
 from shared.models.builtin import ensure_builtin_model
-from shared.models.loading import load_causal_lm
+from tests.plain_logprobs import plain_logprobs
 from tests.service_process import ServiceProcess
 from tests.teacher.conftest import teacher_config
 
@@ -27,16 +26,10 @@ def sequences(n: int, *, seed: int, vocab: int) -> list[dict]:
 
 
 def reference(model_dir, items: list[dict]) -> list[list[float]]:
-    """log p(token t | tokens < t) where the mask is 1, one sequence at a time, no padding: plain transformers."""
-    model, _ = load_causal_lm(model_dir, device="cpu", dtype=torch.float32)
-    out = []
-    with torch.no_grad():
-        for item in items:
-            ids = torch.tensor([item["token_ids"]])
-            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
-            out.append([0.0] + [logp[t - 1, ids[0, t]].item() if item["score_mask"][t] else 0.0
-                                for t in range(1, ids.shape[1])])
-    return out
+    """log p(token t | tokens < t) where the mask is 1 (0.0 elsewhere), from plain transformers."""
+    scores = plain_logprobs(model_dir, [item["token_ids"] for item in items])
+    return [[0.0] + [lp if bit else 0.0 for lp, bit in zip(values.tolist(), item["score_mask"][1:])]
+            for values, item in zip(scores, items)]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from shared.models.loading import load_causal_lm
 from shared.schemas.agent import Episode
 from shared.schemas.rl import RLSample
 from shared.tasks.builtin import builtin_tasks
-from tests.service_process import ServiceProcess, fresh_home
+from tests.plain_logprobs import plain_logprobs
+from tests.service_process import fresh_home, model_services
 
 pytestmark = pytest.mark.slow
 COEF = 0.7
@@ -26,33 +27,9 @@ COEF = 0.7
 @pytest.fixture(scope="module")
 def services(score_home, tmp_path_factory):
     root = tmp_path_factory.mktemp("opd-torch")
-    home = fresh_home(score_home, root)
-    env = {"OMP_NUM_THREADS": "1"}
-    running = {
-        "student": ServiceProcess("student", home=home, log_dir=root, env=env),
-        "teacher": ServiceProcess("teacher", "--engine", "transformers", "--model", "builtin:teacher", home=home,
-                                  log_dir=root, env=env),
-        "trainer": ServiceProcess("trainer", home=home, log_dir=root, env=env),
-    }
-    try:
-        for service in running.values():
-            service.wait_ready()
+    with model_services(fresh_home(score_home, root), root, env={"OMP_NUM_THREADS": "1"},
+                        teacher_args=("--engine", "transformers", "--model", "builtin:teacher")) as running:
         yield running
-    finally:
-        for service in running.values():
-            service.stop()
-
-
-def plain_logprobs(model_dir, episodes: list[dict]) -> list[torch.Tensor]:
-    """log p(token t | tokens < t) for every t >= 1 of each episode: one forward pass each, no padding, no cache."""
-    model, _ = load_causal_lm(model_dir, device="cpu", dtype=torch.float32)
-    out = []
-    with torch.no_grad():
-        for episode in episodes:
-            ids = torch.tensor([episode["token_ids"]])
-            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
-            out.append(logp[:-1].gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1))
-    return out
 
 
 def test_reverse_kl_advantages_from_the_services_match_plain_torch(services, score_home):
@@ -69,7 +46,8 @@ def test_reverse_kl_advantages_from_the_services_match_plain_torch(services, sco
     teacher_logprobs = [s["logprobs"] for s in scored.json()["sequences"]]
 
     student_dir, teacher_dir = ensure_builtin_model("student", score_home), ensure_builtin_model("teacher", score_home)
-    plain_student, plain_teacher = plain_logprobs(student_dir, episodes), plain_logprobs(teacher_dir, episodes)
+    sequences = [e["token_ids"] for e in episodes]
+    plain_student, plain_teacher = plain_logprobs(student_dir, sequences), plain_logprobs(teacher_dir, sequences)
     masks = [torch.tensor(e["loss_mask"][1:], dtype=torch.float32) for e in episodes]
     expected = [-COEF * (s - t) * m for s, t, m in zip(plain_student, plain_teacher, masks)]
     for scores, t, m in zip(teacher_logprobs, plain_teacher, masks):  # the teacher service's own numbers
