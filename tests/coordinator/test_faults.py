@@ -19,11 +19,11 @@ import redis
 from services.coordinator import keys
 from shared.redis_server import EmbeddedRedis
 from shared.sse import EventParser
+from tests.coordinator.run_helpers import QUICK_SFT, create_run, wait_run
 from tests.service_process import ServiceProcess, fresh_home
 
 pytestmark = pytest.mark.slow
 
-QUICK_SFT = {"max_steps": 2, "cpu_threads": 1, "learning_rate": 1e-3}
 TINY_RUN = {
     "name": "faults",
     "tasks": {"n_bc_init": 4, "n_train": 6, "n_rl": 4, "n_eval": 4},
@@ -69,28 +69,6 @@ def start_coordinator(stack, **env) -> ServiceProcess:
         "SCORE_COORDINATOR_VISIBILITY_MS": str(VISIBILITY_MS), "SCORE_COORDINATOR_WORKERS": "2", **env,
     })
     return coordinator.wait_ready()
-
-
-def create_run(coordinator: ServiceProcess, config: dict = TINY_RUN) -> str:
-    response = httpx.post(f"{coordinator.url}/v1/runs", json=config, timeout=30)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def wait_run(url: str, run_id: str, predicate, timeout_s: float, what: str) -> dict:
-    deadline, run = time.monotonic() + timeout_s, {}
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{url}/v1/runs/{run_id}", timeout=10)
-            run = response.json() if response.status_code == 200 else run
-        except httpx.HTTPError:
-            pass
-        if run and predicate(run):
-            return run
-        if run.get("state") in ("failed", "cancelled"):
-            raise AssertionError(f"run {run['state']}: {run.get('error')}")
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}; last: {json.dumps(run)[:2000]}")
 
 
 def stage_running(stage: str):
@@ -144,7 +122,7 @@ def pending_worker_pid(redis_url: str, queue: str) -> int | None:
 def test_a_worker_killed_mid_item_loses_nothing_and_duplicates_nothing(stack):
     coordinator = start_coordinator(stack)
     try:
-        run_id = create_run(coordinator)
+        run_id = create_run(coordinator, TINY_RUN)
         wait_run(coordinator.url, run_id, stage_running("mps"), 180, "the mps stage")
         deadline, pid = time.monotonic() + 60, None
         while pid is None and time.monotonic() < deadline:
@@ -168,7 +146,7 @@ def test_a_worker_killed_mid_item_loses_nothing_and_duplicates_nothing(stack):
 
 def test_a_restarted_coordinator_finishes_the_run(stack):
     coordinator = start_coordinator(stack)
-    run_id = create_run(coordinator)
+    run_id = create_run(coordinator, TINY_RUN)
     try:
         wait_run(coordinator.url, run_id, stage_running("mps"), 180, "the mps stage")
     finally:
@@ -187,7 +165,7 @@ def test_a_restarted_coordinator_finishes_the_run(stack):
 def test_redis_outage_gives_clear_errors_then_the_run_recovers(stack):
     coordinator = start_coordinator(stack)
     try:
-        run_id = create_run(coordinator)
+        run_id = create_run(coordinator, TINY_RUN)
         wait_run(coordinator.url, run_id, stage_running("mps"), 180, "the mps stage")
         server: EmbeddedRedis = stack["redis"]
         port, data_dir = server.port, server.data_dir
@@ -211,7 +189,7 @@ def test_redis_outage_gives_clear_errors_then_the_run_recovers(stack):
 def test_a_poisoned_item_is_dead_lettered_and_the_run_still_finishes(stack):
     coordinator = start_coordinator(stack)
     try:
-        run_id = create_run(coordinator)
+        run_id = create_run(coordinator, TINY_RUN)
         wait_run(coordinator.url, run_id, stage_running("mps"), 180, "the mps stage")
         client = redis.Redis.from_url(stack["redis"].url)
         client.xadd(keys.queue("mps"), {"run_id": run_id, "stage": "mps", "key": "train-no-such-task",

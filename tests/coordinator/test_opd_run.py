@@ -14,7 +14,7 @@ import pytest
 
 from shared.models.builtin import is_current_builtin
 from shared.redis_server import EmbeddedRedis
-from tests.coordinator.test_faults import QUICK_SFT, create_run, wait_run
+from tests.coordinator.run_helpers import QUICK_SFT, create_run, wait_run
 from tests.service_process import ServiceProcess, fresh_home, model_services
 
 pytestmark = pytest.mark.slow

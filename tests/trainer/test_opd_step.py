@@ -8,7 +8,13 @@ import torch
 from services.trainer.grpo import losses
 from services.trainer.grpo.step import grpo_step
 from shared.schemas.rl import GRPOHyperparameters
-from tests.trainer.test_grpo_step import adamw, behaviour_samples, student  # noqa: F401  (fixture)
+from shared.models.loading import load_causal_lm
+from tests.trainer.grpo_samples import adamw, behaviour_samples
+
+
+@pytest.fixture(scope="module")
+def student(student_model_dir):
+    return load_causal_lm(student_model_dir, device="cpu", dtype=torch.float32)
 
 
 def with_fields(samples, **per_sample):
