@@ -98,7 +98,7 @@ class OPDStage(Stage):
             "teacher_spend": {k: v.model_dump() for k, v in teacher.items()},
             "success": sum(correct) / len(correct), "scored_tokens": sum(sum(e.loss_mask) for e in episodes),
             "budget": budget, "spent": spent + spend_tokens(teacher),
-            # Where a step's time goes, for bench/opd_step.py: the student sampling, the teacher scoring, the update
+            # Where a step's time goes, for bench/opd_run.py: the student sampling, the teacher scoring, the update
             # with its publication and the student's weight load.
             "seconds": {"sampling": sampled - started, "scoring": scoring - sampled,
                         "update": time.perf_counter() - scoring},
