@@ -42,7 +42,7 @@ def stack(score_home, tmp_path_factory):
     root = tmp_path_factory.mktemp("opd")
     home = fresh_home(score_home, root)
     env = {"OMP_NUM_THREADS": "1"}
-    teacher_env = {**env, "SCORE_TEACHER_MAX_STEP_TOKENS": "24", "SCORE_TEACHER_ROLLOUT_MAX_TURNS": "2"}
+    teacher_env = {**env, "SCORE_TEACHER_MAX_STEP_TOKENS": "128"}  # its steps fit; the student is capped lower
     server = EmbeddedRedis().start()
     try:
         with model_services(home, root, env=env, teacher_env=teacher_env,

@@ -14,7 +14,7 @@ import time
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
-from services.coordinator.records import records_of
+from services.coordinator.records import add_spend, records_of
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.baseline import score_teacher_spend, spend_tokens
 from services.coordinator.stages.rl import session_id, teacher_scored, without_log_probabilities
@@ -69,8 +69,8 @@ class OPDStage(Stage):
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "recovered": True}
         budget = await self.budget(ctx)
-        spent = sum(spend_tokens(r.get("teacher_spend") or {}) for r in
-                    (await ctx.store.results(ctx.run_id, self.name)).values())
+        spent = spend_tokens(add_spend(*(r.get("teacher_spend") or {} for r in
+                                         (await ctx.store.results(ctx.run_id, self.name)).values())))
         if budget is not None and spent >= budget:
             return {"step": step, "skipped": "budget spent", "budget": budget, "spent": spent}
         await ctx.ensure_student()
