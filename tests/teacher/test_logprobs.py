@@ -4,10 +4,13 @@ OpenAI-compatible server (`prompt_logprobs`), against a plain transformers forwa
 import random
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from services.teacher.app import create_app
 from shared.models.builtin import ensure_builtin_model
+from shared.models.loading import load_causal_lm, load_tokenizer
+from shared.models.tokenizer_identity import tokenizer_info
 from tests.plain_logprobs import plain_logprobs
 from tests.service_process import ServiceProcess
 from tests.teacher.conftest import teacher_config
@@ -118,3 +121,22 @@ def test_remote_teacher_scores_through_prompt_logprobs(score_home, teacher_dir, 
         assert "path=/v1/completions status=200" in server.log_tail(200_000)
     finally:
         server.stop()
+
+
+def test_a_teacher_with_another_vocabulary_refuses_the_students_tokens(score_home, tmp_path, teacher_dir):
+    """A real second tokenizer: the teacher checkpoint saved with one token added (and its embeddings resized)."""
+    model, tokenizer = load_causal_lm(teacher_dir, device="cpu", dtype=torch.float32)
+    tokenizer.add_tokens(["<extra_token>"])
+    model.resize_token_embeddings(len(tokenizer))
+    other = tmp_path / "teacher-other-vocab"
+    model.save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    student = tokenizer_info(load_tokenizer(ensure_builtin_model("student", score_home)), "builtin:student")
+    with TestClient(create_app(teacher_config(score_home, engine="transformers", model=str(other)))) as client:
+        response = client.post("/v1/logprobs", json={"sequences": sequences(1, seed=6, vocab=100),
+                                                     "tokenizer": student.model_dump()})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "body.tokenizer"
+    assert "'builtin:student'" in error["message"] and other.name in error["message"]
+    assert f"{len(tokenizer)} tokens" in error["message"] and f"{student.vocab_size} tokens" in error["message"]

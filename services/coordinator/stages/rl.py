@@ -12,6 +12,7 @@ reverse-KL term (the trainer's `teacher_kl_coef`). `rl` does the same whenever i
 
 from __future__ import annotations
 
+from services.coordinator.clients import ServiceError
 from services.coordinator.context import RunContext
 from services.coordinator.datasets import rl_dataset
 from services.coordinator.queue import WorkItem
@@ -203,9 +204,18 @@ class RLStage(Stage):
 
 
 async def without_log_probabilities(ctx: RunContext) -> str | None:
-    """Why the teacher cannot score the student's tokens (the scripted expert has no model), or None."""
+    """Why the teacher cannot score the student's tokens, or None: the scripted expert has no model, and a teacher
+    with another tokenizer refuses them (its 422 message names both tokenizers). Checked with one two-token call."""
     if await ctx.services.teacher.engine() == "expert":
         return "the teacher is the scripted expert: no model, so no log-probabilities to distil (run a model teacher)"
+    tokenizer = (await ctx.services.student.weights()).tokenizer
+    try:
+        await ctx.services.teacher.logprobs(LogprobRequest(tokenizer=tokenizer, sequences=[
+            LogprobSequence(token_ids=[0, 0], score_mask=[0, 1])]))
+    except ServiceError as exc:
+        if exc.status == 422:
+            return f"the teacher cannot score the student's tokens: {exc}"
+        raise
     return None
 
 
