@@ -30,8 +30,9 @@ OPD_RUN = {
     "rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens": 24,
            "hyperparameters": {"learning_rate": 1e-3}},
     "score_opd": {"enabled": True, "teacher_kl_coef": 1.0}, "baseline": {"enabled": False},
-    # 16 episodes a step read about 4,000 tokens, so SCoRe's spend (about 10,000-25,000 here) runs out before step 8.
-    "opd": {"enabled": True, "steps": 8, "prompts_per_step": 4, "group_size": 4, "max_turns": 2, "max_tokens": 24,
+    # 16 episodes a step read about 4,400 tokens and SCoRe's spend here is about 14,000 (at most ~50,000 where every
+    # task takes a costly repair), so the budget runs out well before the cap of 16 steps; the rest settle at once.
+    "opd": {"enabled": True, "steps": 16, "prompts_per_step": 4, "group_size": 4, "max_turns": 2, "max_tokens": 24,
             "eval_every": 2, "eval_tasks": 3,
             "hyperparameters": {"learning_rate": 1e-3, "teacher_kl_coef": 1.0, "max_staleness": 0}},
 }
