@@ -108,8 +108,6 @@ class StudentServing:
         async with self.gate.request():  # scored by one version, never across a weight swap
             try:
                 [scores] = await self.engine.score([prompt], [1])
-            except NotImplementedError as exc:
-                raise UnprocessableError(str(exc), param="body.prompt_logprobs") from exc
             except PromptTooLongError as exc:
                 raise UnprocessableError(str(exc), param="body.prompt") from exc
         return [None] + [{str(token): PromptLogprob(logprob=lp)} for token, lp in zip(prompt[1:], scores[1:])]

@@ -45,7 +45,7 @@ class TokenScorer:
                 f"the token ids come from tokenizer {describe(request.tokenizer)} but the teacher's is {describe(own)}: "
                 "token-level distillation needs one vocabulary; use a student and teacher that share a tokenizer",
                 param="body.tokenizer")
-        sequences, starts, lengths = [], [], []
+        sequences, starts, scored_items = [], [], []
         for i, sequence in enumerate(request.sequences):
             if max(sequence.token_ids) >= own.vocab_size:
                 raise UnprocessableError(
@@ -55,7 +55,7 @@ class TokenScorer:
             if scored:  # the tokens after the last scored one are not read
                 sequences.append(sequence.token_ids[: scored[-1] + 1])
                 starts.append(scored[0])
-                lengths.append(i)
+                scored_items.append(i)
         started = time.perf_counter()
         try:
             scores = await self.engine.score(sequences, starts) if sequences else []
@@ -64,7 +64,7 @@ class TokenScorer:
         except (httpx.HTTPError, RemoteEngineError) as exc:
             raise UnavailableError(f"the teacher model failed: {exc}") from exc
         out = [ScoredSequence(logprobs=[0.0] * len(s.token_ids), scored_tokens=0) for s in request.sequences]
-        for i, values in zip(lengths, scores):
+        for i, values in zip(scored_items, scores):
             mask = request.sequences[i].score_mask
             logprobs = [value if bit else 0.0 for value, bit in zip(values, mask)]
             out[i] = ScoredSequence(logprobs=logprobs + [0.0] * (len(mask) - len(logprobs)), scored_tokens=sum(mask))

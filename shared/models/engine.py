@@ -60,9 +60,10 @@ class Engine(ABC):
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationOutput:
         """Sample one continuation of `prompt_ids`."""
 
+    @abstractmethod
     async def score(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
-        """Per sequence, log p(token t | tokens before it) for t >= starts[i], 0.0 before (`token_logprobs.py`)."""
-        raise NotImplementedError(f"the {self.kind} engine cannot score given tokens")
+        """Per sequence, log p(token t | tokens before it) for t >= starts[i], 0.0 before: teacher-forced scoring of
+        given tokens (`token_logprobs.py` in-process, `prompt_logprobs` on a remote server)."""
 
     @abstractmethod
     async def load_weights(self, path: str, version: int) -> None:

@@ -32,14 +32,15 @@ def _batches(order: list[int], sequences: Sequence[Sequence[int]], starts: Seque
     """Consecutive runs of `order` (shortest first) whose padded logits fit `max_elements`; one sequence at least."""
     batches: list[list[int]] = []
     current: list[int] = []
+    width = first = 0
     for index in order:
-        candidate = current + [index]
-        width = max(len(sequences[i]) for i in candidate)
-        kept = width - min(starts[i] for i in candidate)  # positions whose logits are computed
-        if current and len(candidate) * kept * vocab > max_elements:
+        grown_width = max(width, len(sequences[index]))
+        grown_first = min(first, starts[index]) if current else starts[index]
+        if current and (len(current) + 1) * (grown_width - grown_first) * vocab > max_elements:
             batches.append(current)
-            candidate = [index]
-        current = candidate
+            current, grown_width, grown_first = [], len(sequences[index]), starts[index]
+        current.append(index)
+        width, first = grown_width, grown_first
     if current:
         batches.append(current)
     return batches
@@ -50,15 +51,15 @@ def sequence_logprobs(
     model, sequences: Sequence[Sequence[int]], starts: Sequence[int], *, pad_id: int,
     max_logit_elements: int = MAX_LOGIT_ELEMENTS,
 ) -> list[list[float]]:
-    """Per sequence, log p(token t | tokens < t) for t >= starts[i] (>= 1), 0.0 for t < starts[i].
+    """Per sequence, log p(token t | tokens < t) for t >= starts[i] (1 <= start < length), 0.0 for t < starts[i].
 
     sequences: token ids; starts: the first position to score in each (its first generated token).
     """
     if len(sequences) != len(starts):
         raise ValueError(f"{len(sequences)} sequences but {len(starts)} starts")
     for i, (tokens, start) in enumerate(zip(sequences, starts)):
-        if not 1 <= start <= len(tokens):
-            raise ValueError(f"sequence {i}: start {start} is outside 1..{len(tokens)}")
+        if not 1 <= start < len(tokens):
+            raise ValueError(f"sequence {i}: start {start} is outside 1..{len(tokens) - 1}")
     device = next(model.parameters()).device
     vocab = int(model.config.vocab_size)
     results: list[list[float]] = [[0.0] * len(tokens) for tokens in sequences]
