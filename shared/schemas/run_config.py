@@ -248,7 +248,9 @@ class RLParams(BaseModel):
     rewards: KeyStepRewards = Field(default_factory=KeyStepRewards, description="Reward values (the paper's by default).")
     hyperparameters: GRPOHyperparameters = Field(
         default_factory=lambda: GRPOHyperparameters(learning_rate=7e-7, max_staleness=0),
-        description="GRPO settings; the default learning rate is the paper's 7e-7 (no KL, clip 0.2).",
+        description="GRPO settings; the default learning rate is the paper's 7e-7 (no KL, clip 0.2). `max_staleness` 1 "
+        "streams the steps: the next step's groups are sampled and rewarded while the trainer updates on this one's "
+        "(one policy version old when trained on, the step's `staleness`); 0 samples, rewards and updates in turn.",
     )
 
 
@@ -344,7 +346,9 @@ class OPDParams(BaseModel):
         default_factory=lambda: GRPOHyperparameters(learning_rate=1e-3, teacher_kl_coef=1.0, max_staleness=0),
         description="The update's settings; `teacher_kl_coef` weighs the reverse KL to the teacher (must be > 0; 1 is "
         "Tinker's default). The learning rate, 1e-3, was chosen on validation tasks for the built-in wide student "
-        "(docs/opd.md); models of real size need far smaller ones.",
+        "(docs/opd.md); models of real size need far smaller ones. `max_staleness` 1 streams the steps: the next "
+        "step's episodes are sampled and scored while the trainer updates on this one's, so they are one policy "
+        "version old when trained on (the step's `staleness`); 0 samples, scores and updates in turn.",
     )
 
     @model_validator(mode="after")

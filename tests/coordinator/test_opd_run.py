@@ -77,7 +77,9 @@ def test_an_opd_arm_trains_on_teacher_scores_within_scores_teacher_tokens(stack)
     assert budget > 0  # SCoRe's teacher spend after cold start: the model teacher's corrections
     for step in trained:
         assert step["metrics"]["teacher_kl_coef"] == 1.0 and "teacher_kl" in step["metrics"]
-        assert step["scored_tokens"] > 0 and set(step["seconds"]) == {"sampling", "scoring", "update"}
+        assert step["scored_tokens"] > 0
+        assert set(step["seconds"]) == {"sampling", "scoring", "update", "waited", "wall"}
+        assert not step["sampled_ahead"] and step["staleness"] == 0.0  # max_staleness 0: strictly on-policy
         assert step["teacher_spend"]["opd_scoring"]["prompt_tokens"] > step["scored_tokens"]
     # Equal teacher tokens: steps run while the spend so far is under the budget, the rest settle as skipped.
     for before, step in zip(steps, steps[1:]):
@@ -107,3 +109,37 @@ def test_an_opd_arm_trains_on_teacher_scores_within_scores_teacher_tokens(stack)
     # The run ends serving the SCoRe policy, not a reference arm's last checkpoint.
     weights = httpx.get(f"{stack['student'].url}/v1/weights", timeout=10).json()
     assert f"{run_id}-opd" not in weights["path"] and f"{run_id}-score_opd" not in weights["path"]
+
+
+def test_streamed_steps_train_on_batches_sampled_during_the_previous_update(stack):
+    """max_staleness 1: each OPD and SCoRe-RL step after the first trains on episodes sampled (and scored, or
+    rewarded) while the previous step's update ran, one policy version old (the trainer's `staleness/mean`), and
+    OPD's equal-token stop is unchanged: no batch is scored ahead of the step that spends the budget."""
+    config = {**OPD_RUN, "name": "opd-streamed", "score_opd": {"enabled": False},
+              "rl": {**OPD_RUN["rl"], "hyperparameters": {"learning_rate": 1e-3, "max_staleness": 1}},
+              "opd": {**OPD_RUN["opd"], "eval_every": 0,
+                      "hyperparameters": {**OPD_RUN["opd"]["hyperparameters"], "max_staleness": 1}}}
+    scored_before = teacher_scored_tokens(stack)
+    run_id = create_run(stack["coordinator"], config)
+    wait_run(stack["coordinator"].url, run_id, lambda r: r["state"] == "succeeded", 600, "the streamed OPD run")
+    metrics = json.loads((stack["home"] / "runs" / run_id / "metrics.json").read_text())
+    rl = metrics["rl"]["steps"]
+    assert [(s["sampled_ahead"], s["metrics"]["staleness/mean"]) for s in rl] == [(False, 0.0), (True, 1.0)], rl
+    trained = [s for s in metrics["opd"]["steps"] if "metrics" in s]
+    assert len(trained) >= 2, metrics["opd"]["steps"]
+    assert not trained[0]["sampled_ahead"] and trained[0]["metrics"]["staleness/mean"] == 0.0
+    for step in trained[1:]:
+        assert step["sampled_ahead"] and step["metrics"]["staleness/mean"] == 1.0 == step["staleness"], step
+        assert step["teacher_spend"]["opd_scoring"]["prompt_tokens"] > step["scored_tokens"] > 0
+    budget = trained[0]["budget"]
+    assert trained[-1]["spent"] >= budget > trained[-2]["spent"]
+    assert all("skipped" in s for s in metrics["opd"]["steps"][len(trained):])
+    # The teacher scored exactly the trained batches (and the one token of the start-up probe): nothing was scored
+    # ahead for a step that never trained.
+    assert teacher_scored_tokens(stack) - scored_before == sum(s["scored_tokens"] for s in trained) + 1
+
+
+def teacher_scored_tokens(stack) -> int:
+    text = httpx.get(f"{stack['teacher'].url}/metrics", timeout=10).text
+    line = next(l for l in text.splitlines() if l.startswith('score_teacher_total{counter="scored_tokens"'))
+    return int(float(line.rsplit(" ", 1)[1]))

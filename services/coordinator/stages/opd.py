@@ -11,10 +11,12 @@ spend after cold start; the steps left settle at once as `budget spent`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import add_spend, records_of
+from services.coordinator.stages.ahead import BatchesAhead
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.baseline import score_teacher_spend, spend_tokens
 from services.coordinator.stages.rl import session_id, teacher_scored, without_log_probabilities
@@ -27,8 +29,24 @@ from shared.scoring import score_answer_async
 PURPOSE = "opd_scoring"
 
 
+@dataclass
+class ScoredBatch:
+    """One step's student episodes with the teacher's scores: what the trainer steps on."""
+
+    step: int
+    groups: list[RolloutGroup]
+    correct: list[bool]
+    teacher: dict  # purpose -> spend of the scoring
+    scored_tokens: int
+    seconds: dict[str, float]  # sampling, scoring
+    ahead: bool  # sampled during the previous step's update
+
+
 class OPDStage(Stage):
     name, queue = "opd", "rl"
+
+    def __init__(self) -> None:
+        self._ahead: BatchesAhead[ScoredBatch] = BatchesAhead()
 
     def enabled(self, ctx: RunContext) -> bool:
         return ctx.config.opd.enabled
@@ -65,6 +83,7 @@ class OPDStage(Stage):
         step, params, sid = int(item.payload["step"]), ctx.config.opd, session_id(ctx, self.name)
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:  # applied before a crash lost its result: adopt what the trainer published
+            self._ahead.drop(ctx.run_id)
             await ctx.use_student(session.checkpoint, version=session.policy_version, label=f"opd step {step + 1}")
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "recovered": True}
@@ -77,7 +96,44 @@ class OPDStage(Stage):
         curve = {"before": await self.measure(ctx)} if params.eval_every and step == 0 else {}
 
         started = time.perf_counter()
-        pool = self.tasks(ctx)
+        batch = self._ahead.take(ctx.run_id, step) or await self.sampled_and_scored(ctx, step)
+        spent_now = spent + spend_tokens(batch.teacher)
+        last = step + 1 == params.steps or (budget is not None and spent_now >= budget)
+        # Streaming (max_staleness >= 1): the next step's batch is sampled and scored during this update, once this
+        # step is known not to be the last, so no teacher token is spent on a batch nothing trains on.
+        ahead = params.hyperparameters.max_staleness >= 1 and not last
+        updating = time.perf_counter()
+        result, waited = await self._ahead.update_while_preparing(
+            ctx, ctx.services.trainer.step(sid, RLStepRequest(groups=batch.groups, step_id=f"{sid}-{step}")),
+            (lambda: self.sampled_and_scored(ctx, step + 1, ahead=True)) if ahead else None)
+        await ctx.use_student(result.checkpoint, version=result.policy_version, label=f"opd step {step + 1}")
+        summary = {
+            "step": step, "metrics": result.metrics, "policy_version": result.policy_version,
+            "teacher_spend": {k: v.model_dump() for k, v in batch.teacher.items()},
+            "success": sum(batch.correct) / len(batch.correct), "scored_tokens": batch.scored_tokens,
+            "budget": budget, "spent": spent_now,
+            "sampled_ahead": batch.ahead, "staleness": result.metrics.get("staleness/mean", 0.0),
+            # Where a step's time goes, for bench/opd_run.py: the student sampling and the teacher scoring of this
+            # step's batch (during the previous step's update when it was sampled ahead), the update with its
+            # publication and the student's weight load, and `wall`, the step's own time on the clock (without the
+            # measurements). `waited`: the update was done and the next batch was not.
+            "seconds": {**batch.seconds, "update": time.perf_counter() - updating - waited,
+                        "waited": waited, "wall": time.perf_counter() - started},
+        }
+        if params.eval_every and ((step + 1) % params.eval_every == 0 or last):
+            curve["after"] = await self.measure(ctx)
+        summary["eval"] = curve
+        await ctx.store.add(ctx.run_id, opd_steps=1, opd_samples=sum(len(g.samples) for g in batch.groups))
+        await ctx.store.event(ctx.run_id, "opd_step", f"OPD step {step + 1}/{params.steps}: teacher KL "
+                              f"{result.metrics.get('teacher_kl', 0.0):.3f}, success {summary['success']:.2f}",
+                              stage=self.name, data=summary)
+        return summary
+
+    async def sampled_and_scored(self, ctx: RunContext, step: int, *, ahead: bool = False) -> ScoredBatch:
+        """Step `step`'s batch: `group_size` episodes on each of its `prompts_per_step` tasks from the policy the
+        student serves now, rewarded on the final answer, with the teacher's log-probabilities of their tokens."""
+        params, pool = ctx.config.opd, self.tasks(ctx)
+        started = time.perf_counter()
         tasks = [pool[(step * params.prompts_per_step + j) % len(pool)] for j in range(params.prompts_per_step)]
         sampling = SamplingParams(temperature=params.temperature, max_tokens=params.max_tokens, seed=1000 * step + 11)
         rollouts = await ctx.services.student.rollouts([RolloutItem(task=t) for t in tasks], n=params.group_size,
@@ -90,28 +146,9 @@ class OPDStage(Stage):
             for i in range(j * params.group_size, (j + 1) * params.group_size)]) for j, task in enumerate(tasks)]
         sampled = time.perf_counter()
         groups, teacher = await teacher_scored(ctx, groups, PURPOSE)
-        scoring = time.perf_counter()
-        result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
-        await ctx.use_student(result.checkpoint, version=result.policy_version, label=f"opd step {step + 1}")
-        summary = {
-            "step": step, "metrics": result.metrics, "policy_version": result.policy_version,
-            "teacher_spend": {k: v.model_dump() for k, v in teacher.items()},
-            "success": sum(correct) / len(correct), "scored_tokens": sum(sum(e.loss_mask) for e in episodes),
-            "budget": budget, "spent": spent + spend_tokens(teacher),
-            # Where a step's time goes, for bench/opd_run.py: the student sampling, the teacher scoring, the update
-            # with its publication and the student's weight load.
-            "seconds": {"sampling": sampled - started, "scoring": scoring - sampled,
-                        "update": time.perf_counter() - scoring},
-        }
-        last = step + 1 == params.steps or (budget is not None and summary["spent"] >= budget)
-        if params.eval_every and ((step + 1) % params.eval_every == 0 or last):
-            curve["after"] = await self.measure(ctx)
-        summary["eval"] = curve
-        await ctx.store.add(ctx.run_id, opd_steps=1, opd_samples=len(episodes))
-        await ctx.store.event(ctx.run_id, "opd_step", f"OPD step {step + 1}/{params.steps}: teacher KL "
-                              f"{result.metrics.get('teacher_kl', 0.0):.3f}, success {summary['success']:.2f}",
-                              stage=self.name, data=summary)
-        return summary
+        return ScoredBatch(step=step, groups=groups, correct=correct, teacher=teacher,
+                           scored_tokens=sum(sum(e.loss_mask) for e in episodes), ahead=ahead,
+                           seconds={"sampling": sampled - started, "scoring": time.perf_counter() - sampled})
 
     async def measure(self, ctx: RunContext) -> dict:
         """The served student on the first `opd.eval_tasks` evaluation tasks: greedy success, and the reverse KL to
@@ -140,6 +177,7 @@ class OPDStage(Stage):
         return []
 
     async def finish(self, ctx: RunContext) -> None:
+        self._ahead.drop(ctx.run_id)
         results = [r for r in (await ctx.store.results(ctx.run_id, self.name)).values() if "metrics" in r]
         samples = sum(int(r["metrics"].get("num_samples", 0)) for r in results)
         # What eval_opd and the arm's costs read: the steps taken and the episodes trained on.

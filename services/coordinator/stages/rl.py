@@ -12,11 +12,14 @@ reverse-KL term (the trainer's `teacher_kl_coef`). `rl` does the same whenever i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from services.coordinator.clients import ServiceError
 from services.coordinator.context import RunContext
 from services.coordinator.datasets import rl_dataset
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import add_spend, correction_spend, spend
+from services.coordinator.stages.ahead import BatchesAhead
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
@@ -101,11 +104,23 @@ def reward_of(kind: str, rewards: KeyStepRewards) -> float:
     return float(getattr(rewards, kind))
 
 
+@dataclass
+class RewardedBatch:
+    """One step's groups with their rewards: what the trainer steps on."""
+
+    step: int
+    groups: list[RolloutGroup]
+    counts: dict[str, int]  # episodes by reward kind
+    teacher: dict  # purpose -> spend of the judgements and scoring
+    ahead: bool  # sampled during the previous step's update
+
+
 class RLStage(Stage):
     queue = "rl"
 
     def __init__(self, name: str = "rl") -> None:
         self.name = name  # "rl", or "score_opd": the SCoRe+OPD arm
+        self._ahead: BatchesAhead[RewardedBatch] = BatchesAhead()
 
     def enabled(self, ctx: RunContext) -> bool:
         return ctx.config.rl.steps > 0 and (self.name == "rl" or ctx.config.score_opd.enabled)
@@ -157,11 +172,36 @@ class RLStage(Stage):
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:
             # The trainer applied this step before a crash lost its result: adopt what it published.
+            self._ahead.drop(ctx.run_id)
             await ctx.use_student(session.checkpoint, version=session.policy_version, label=label)
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "rewards": {}, "recovered": True}
         await ctx.ensure_student()  # the previous step loaded its checkpoint; a restarted student gets it back
 
+        batch = self._ahead.take(ctx.run_id, step) or await self.rewarded(ctx, step)
+        # Streaming (max_staleness >= 1): the next step's groups are sampled and rewarded during this update.
+        ahead = self.hyperparameters(ctx).max_staleness >= 1 and step + 1 < params.steps
+        result, _ = await self._ahead.update_while_preparing(
+            ctx, ctx.services.trainer.step(sid, RLStepRequest(groups=batch.groups, step_id=f"{sid}-{step}")),
+            (lambda: self.rewarded(ctx, step + 1, ahead=True)) if ahead else None)
+        await ctx.use_student(result.checkpoint, version=result.policy_version, label=label)
+        counts = batch.counts
+        n = sum(counts.values())
+        summary = {"step": step, "metrics": result.metrics, "policy_version": result.policy_version,
+                   "teacher_spend": {k: v.model_dump() for k, v in batch.teacher.items()}, "rewards": counts,
+                   "reward_mean": sum(reward_of(k, params.rewards) * c for k, c in counts.items()) / n,
+                   "sampled_ahead": batch.ahead, "staleness": result.metrics.get("staleness/mean", 0.0)}
+        await ctx.store.add(ctx.run_id, **{f"{self.name}_steps": 1, f"{self.name}_samples": n})
+        kl = f", teacher KL {result.metrics['teacher_kl']:.3f}" if "teacher_kl" in result.metrics else ""
+        await ctx.store.event(ctx.run_id, "rl_step",
+                              f"{self.name} step {step + 1}/{params.steps}: reward {summary['reward_mean']:.3f}{kl}",
+                              stage=self.name, data=summary)
+        return summary
+
+    async def rewarded(self, ctx: RunContext, step: int, *, ahead: bool = False) -> RewardedBatch:
+        """Step `step`'s groups: `group_size` episodes from each of its prefixes, sampled by the policy the student
+        serves now, with their key-step rewards (and the teacher's scores of their tokens with a KL term)."""
+        params = ctx.config.rl
         prefixes = await self.prefixes(ctx)
         start = step * params.prompts_per_step
         chosen = [prefixes[(start + j) % len(prefixes)] for j in range(min(params.prompts_per_step, len(prefixes)))]
@@ -181,18 +221,8 @@ class RLStage(Stage):
         scoring = None
         if self.hyperparameters(ctx).teacher_kl_coef > 0:
             groups, scoring = await teacher_scored(ctx, groups, scored_as)
-        result = await ctx.services.trainer.step(sid, RLStepRequest(groups=groups, step_id=f"{sid}-{step}"))
-        await ctx.use_student(result.checkpoint, version=result.policy_version, label=label)
-        n = sum(counts.values())
         teacher = add_spend(*(correction_spend(c, purpose_of_judgements=judged_as) for c in spent), scoring or {})
-        summary = {"step": step, "metrics": result.metrics, "policy_version": result.policy_version,
-                   "teacher_spend": {k: v.model_dump() for k, v in teacher.items()}, "rewards": counts, "reward_mean": sum(reward_of(k, params.rewards) * c for k, c in counts.items()) / n}
-        await ctx.store.add(ctx.run_id, **{f"{self.name}_steps": 1, f"{self.name}_samples": n})
-        kl = f", teacher KL {result.metrics['teacher_kl']:.3f}" if "teacher_kl" in result.metrics else ""
-        await ctx.store.event(ctx.run_id, "rl_step",
-                              f"{self.name} step {step + 1}/{params.steps}: reward {summary['reward_mean']:.3f}{kl}",
-                              stage=self.name, data=summary)
-        return summary
+        return RewardedBatch(step=step, groups=groups, counts=counts, teacher=teacher, ahead=ahead)
 
     def follow_ups(self, ctx: RunContext, item: WorkItem, result: dict) -> list[WorkItem]:
         # After a dead-lettered step too: the next one samples from the policy as it is (its prompts do not depend

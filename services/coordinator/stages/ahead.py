@@ -1,0 +1,63 @@
+"""Streaming between a chained stage's steps: the next step's batch is prepared while this step's update runs.
+
+A GRPO-style step samples (the student), scores or judges (the teacher), then updates (the trainer), and on one
+machine each service waits for the others. With the trainer's `max_staleness` >= 1 the next step's batch can come
+from the policy one version behind the one it trains, so sampling and scoring the next batch overlap this step's
+update: the student and teacher work while the trainer does. The batch is awaited before the new weights load, so
+it comes from exactly the version its samples say, and the trainer's `staleness/mean` reports it.
+
+Batches live in memory: after a coordinator restart the step prepares its batch afresh, which only costs the overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+from services.coordinator.context import RunContext
+
+
+class StepBatch(Protocol):
+    step: int
+
+
+B = TypeVar("B", bound=StepBatch)
+R = TypeVar("R")
+
+
+class BatchesAhead(Generic[B]):
+    """Per run, at most one batch: the one prepared for the step after the one updating."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, B] = {}
+
+    def take(self, run_id: str, step: int) -> B | None:
+        """The batch prepared for `step`, if there is one (any other is dropped: it belongs to no step now)."""
+        batch = self._next.pop(run_id, None)
+        return batch if batch is not None and batch.step == step else None
+
+    def drop(self, run_id: str) -> None:
+        self._next.pop(run_id, None)
+
+    async def update_while_preparing(self, ctx: RunContext, update: Awaitable[R],
+                                     prepare: Callable[[], Awaitable[B]] | None) -> tuple[R, float]:
+        """Await `update` while `prepare()` (when given) makes the next batch; keep that batch for its step. A failed
+        update cancels the preparation; a failed preparation is logged and its step prepares afresh, where a
+        lasting fault surfaces. Returns the update's result and the seconds spent waiting for the preparation
+        after the update was done."""
+        task = asyncio.create_task(prepare()) if prepare is not None else None
+        try:
+            result = await update
+        except BaseException:
+            if task is not None:
+                task.cancel()
+            raise
+        updated = time.perf_counter()
+        if task is not None:
+            try:
+                self._next[ctx.run_id] = await task
+            except Exception as exc:  # noqa: BLE001 - this step is done; the next prepares afresh
+                ctx.log("preparing the next batch during the update failed (%s); its step prepares afresh", exc)
+        return result, time.perf_counter() - updated
