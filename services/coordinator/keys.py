@@ -11,6 +11,7 @@
     score:run:<id>:attempts             hash   <stage>/<item key> -> deliveries started
     score:run:<id>:events               stream progress events (SSE)
     score:run:<id>:claim:<item key>     string the worker running a control action (expires unless refreshed)
+    score:run:<id>:ahead:<stage>        string the batch a streamed RL/OPD step prepared for the next (expires)
     score:q:<stage>                     stream work items of a stage, consumer group `workers`
     score:q:control                     stream stage transitions (enter / finish), consumer group `workers`
     score:dlq:<stage>                   stream items that exhausted their attempts, with the error
@@ -63,6 +64,10 @@ def events(run_id: str) -> str:
 
 def claim(run_id: str, item_key: str) -> str:
     return f"{run(run_id)}:claim:{item_key}"
+
+
+def ahead(run_id: str, stage: str) -> str:
+    return f"{run(run_id)}:ahead:{stage}"
 
 
 def queue(stream: str) -> str:

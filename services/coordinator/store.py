@@ -107,6 +107,9 @@ class IllegalTransition(RuntimeError):
         self.current, self.target = current, target
 
 
+AHEAD_TTL_S = 6 * 3600
+
+
 class RunStore:
     def __init__(self, client: aioredis.Redis, runs_dir) -> None:
         self.redis = client
@@ -270,6 +273,18 @@ class RunStore:
     async def results(self, run_id: str, stage: str) -> dict[str, dict]:
         raw = _decode(await self.redis.hgetall(keys.results(run_id, stage)))
         return {key: json.loads(value) for key, value in sorted(raw.items())}
+
+    async def put_ahead(self, run_id: str, stage: str, batch: str) -> None:
+        """Keep the batch a streamed step prepared for the next one (whichever worker takes that one). It expires:
+        a batch nobody takes is never worth keeping."""
+        await self.redis.set(keys.ahead(run_id, stage), batch, ex=AHEAD_TTL_S)
+
+    async def take_ahead(self, run_id: str, stage: str) -> str | None:
+        async with self.redis.pipeline(transaction=True) as pipe:  # GET then DEL: GETDEL needs Redis 6.2
+            pipe.get(keys.ahead(run_id, stage))
+            pipe.delete(keys.ahead(run_id, stage))
+            raw, _ = await pipe.execute()
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     async def count_attempt(self, run_id: str, stage: str, item_key: str) -> int:
         return int(await self.redis.hincrby(keys.attempts(run_id), f"{stage}/{item_key}", 1))

@@ -54,7 +54,9 @@ def stack(score_home, tmp_path_factory):
             coordinator = ServiceProcess("coordinator", home=home, log_dir=root, env={
                 "SCORE_REDIS_URL": server.url, "SCORE_STUDENT_URL": services["student"].url,
                 "SCORE_TEACHER_URL": services["teacher"].url, "SCORE_TRAINER_URL": services["trainer"].url,
-                "SCORE_COORDINATOR_WORKERS": "1"}).wait_ready()
+                # Two worker processes: consecutive steps land on either, so a batch prepared ahead must reach the
+                # other one (it travels through Redis).
+                "SCORE_COORDINATOR_WORKERS": "2"}).wait_ready()
             try:
                 yield {"home": home, "coordinator": coordinator, **services}
             finally:

@@ -11,12 +11,11 @@ spend after cold start; the steps left settle at once as `budget spent`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from services.coordinator.context import RunContext
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import add_spend, records_of
-from services.coordinator.stages.ahead import BatchesAhead
+from services.coordinator.stages.ahead import BatchesAhead, StepBatch
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.baseline import score_teacher_spend, spend_tokens
 from services.coordinator.stages.rl import session_id, teacher_scored, without_log_probabilities
@@ -24,29 +23,27 @@ from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.rl import RLSample, RLSessionCreate, RLStepRequest, RolloutGroup
 from shared.schemas.rollout import RolloutItem
 from shared.schemas.sampling import SamplingParams
+from shared.schemas.trajectories import TeacherSpend
 from shared.scoring import score_answer_async
 
 PURPOSE = "opd_scoring"
 
 
-@dataclass
-class ScoredBatch:
+class ScoredBatch(StepBatch):
     """One step's student episodes with the teacher's scores: what the trainer steps on."""
 
-    step: int
     groups: list[RolloutGroup]
     correct: list[bool]
-    teacher: dict  # purpose -> spend of the scoring
+    teacher: dict[str, TeacherSpend]  # purpose -> spend of the scoring
     scored_tokens: int
     seconds: dict[str, float]  # sampling, scoring
-    ahead: bool  # sampled during the previous step's update
 
 
 class OPDStage(Stage):
     name, queue = "opd", "rl"
 
     def __init__(self) -> None:
-        self._ahead: BatchesAhead[ScoredBatch] = BatchesAhead()
+        self._ahead = BatchesAhead(self.name, ScoredBatch)
 
     def enabled(self, ctx: RunContext) -> bool:
         return ctx.config.opd.enabled
@@ -83,7 +80,7 @@ class OPDStage(Stage):
         step, params, sid = int(item.payload["step"]), ctx.config.opd, session_id(ctx, self.name)
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:  # applied before a crash lost its result: adopt what the trainer published
-            self._ahead.drop(ctx.run_id)
+            await self._ahead.drop(ctx)
             await ctx.use_student(session.checkpoint, version=session.policy_version, label=f"opd step {step + 1}")
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "recovered": True}
@@ -96,7 +93,7 @@ class OPDStage(Stage):
         curve = {"before": await self.measure(ctx)} if params.eval_every and step == 0 else {}
 
         started = time.perf_counter()
-        batch = self._ahead.take(ctx.run_id, step) or await self.sampled_and_scored(ctx, step)
+        batch = await self._ahead.take(ctx, step) or await self.sampled_and_scored(ctx, step)
         spent_now = spent + spend_tokens(batch.teacher)
         last = step + 1 == params.steps or (budget is not None and spent_now >= budget)
         # Streaming (max_staleness >= 1): the next step's batch is sampled and scored during this update, once this
@@ -177,7 +174,7 @@ class OPDStage(Stage):
         return []
 
     async def finish(self, ctx: RunContext) -> None:
-        self._ahead.drop(ctx.run_id)
+        await self._ahead.drop(ctx)
         results = [r for r in (await ctx.store.results(ctx.run_id, self.name)).values() if "metrics" in r]
         samples = sum(int(r["metrics"].get("num_samples", 0)) for r in results)
         # What eval_opd and the arm's costs read: the steps taken and the episodes trained on.

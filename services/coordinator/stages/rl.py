@@ -12,14 +12,12 @@ reverse-KL term (the trainer's `teacher_kl_coef`). `rl` does the same whenever i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from services.coordinator.clients import ServiceError
 from services.coordinator.context import RunContext
 from services.coordinator.datasets import rl_dataset
 from services.coordinator.queue import WorkItem
 from services.coordinator.records import add_spend, correction_spend, spend
-from services.coordinator.stages.ahead import BatchesAhead
+from services.coordinator.stages.ahead import BatchesAhead, StepBatch
 from services.coordinator.stages.base import Stage
 from services.coordinator.stages.training import with_run_trackers
 from shared.schemas.agent import Episode
@@ -29,7 +27,7 @@ from shared.schemas.rollout import RolloutItem
 from shared.schemas.run_config import KeyStepRewards, RLParams
 from shared.schemas.sampling import SamplingParams
 from shared.schemas.teacher import JudgementRequest, StepJudgementItem
-from shared.schemas.trajectories import TrajectoryRecord
+from shared.schemas.trajectories import TeacherSpend, TrajectoryRecord
 from shared.scoring import score_answer_async
 from shared.tasks.expert import remaining_gold_turns
 
@@ -104,15 +102,12 @@ def reward_of(kind: str, rewards: KeyStepRewards) -> float:
     return float(getattr(rewards, kind))
 
 
-@dataclass
-class RewardedBatch:
+class RewardedBatch(StepBatch):
     """One step's groups with their rewards: what the trainer steps on."""
 
-    step: int
     groups: list[RolloutGroup]
     counts: dict[str, int]  # episodes by reward kind
-    teacher: dict  # purpose -> spend of the judgements and scoring
-    ahead: bool  # sampled during the previous step's update
+    teacher: dict[str, TeacherSpend]  # purpose -> spend of the judgements and scoring
 
 
 class RLStage(Stage):
@@ -120,7 +115,7 @@ class RLStage(Stage):
 
     def __init__(self, name: str = "rl") -> None:
         self.name = name  # "rl", or "score_opd": the SCoRe+OPD arm
-        self._ahead: BatchesAhead[RewardedBatch] = BatchesAhead()
+        self._ahead = BatchesAhead(name, RewardedBatch)
 
     def enabled(self, ctx: RunContext) -> bool:
         return ctx.config.rl.steps > 0 and (self.name == "rl" or ctx.config.score_opd.enabled)
@@ -172,13 +167,13 @@ class RLStage(Stage):
         session = await ctx.services.trainer.session(sid)
         if session.steps > step:
             # The trainer applied this step before a crash lost its result: adopt what it published.
-            self._ahead.drop(ctx.run_id)
+            await self._ahead.drop(ctx)
             await ctx.use_student(session.checkpoint, version=session.policy_version, label=label)
             return {"step": step, "metrics": session.last_metrics, "policy_version": session.policy_version,
                     "rewards": {}, "recovered": True}
         await ctx.ensure_student()  # the previous step loaded its checkpoint; a restarted student gets it back
 
-        batch = self._ahead.take(ctx.run_id, step) or await self.rewarded(ctx, step)
+        batch = await self._ahead.take(ctx, step) or await self.rewarded(ctx, step)
         # Streaming (max_staleness >= 1): the next step's groups are sampled and rewarded during this update.
         ahead = self.hyperparameters(ctx).max_staleness >= 1 and step + 1 < params.steps
         result, _ = await self._ahead.update_while_preparing(
