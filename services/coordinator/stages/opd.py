@@ -5,7 +5,8 @@ SCoRe used (its SFT and RL pools, in order), the teacher model scores every toke
 (`POST /v1/logprobs`, refused unless the two share a tokenizer), and the trainer applies a GRPO-style update
 whose per-token advantage is -coef * (log p_student - log p_teacher) (plus the task reward's group advantage
 with `opd.task_reward`). At equal teacher tokens the arm stops after the step whose scored tokens reach SCoRe's
-spend after cold start; the steps left settle at once as `budget spent`.
+spend after cold start; the steps left settle at once as `budget spent`. With `max_staleness` >= 1 the steps are
+streamed: the next step's batch is sampled and scored during this one's update (`stages/ahead.py`).
 """
 
 from __future__ import annotations

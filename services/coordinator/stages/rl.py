@@ -3,7 +3,8 @@
 Each GRPO step is one work item; the next is enqueued once its result is recorded, so steps run in order and
 a crash resumes at the step that did not finish. Every step: the student samples a group from each prefix,
 rewards are computed (final answer, else the key-step term through the teacher's step judgements), the
-trainer applies the update and publishes a version, the student loads it.
+trainer applies the update and publishes a version, the student loads it. With the hyperparameters'
+`max_staleness` >= 1 the next step's groups are sampled and rewarded during this one's update (`stages/ahead.py`).
 
 The same stage, named `score_opd`, is the SCoRe+OPD arm: from the SCoRe-SFT checkpoint, with the teacher model's
 log-probabilities of the student's tokens (`POST /v1/logprobs`) sent along, so each step's advantages gain the
