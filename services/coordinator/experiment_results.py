@@ -32,7 +32,7 @@ COMPARISONS = (
     ("score_sft", "cold_start"), ("score_rl", "score_sft"), ("score_rl", "baseline_equal_tokens"),
     ("score_sft", "baseline_equal_tokens"), ("score_rl", "baseline_equal_tasks"), ("score_rl", "control"),
     ("score_sft", "control"), ("score_rl", "opd"), ("opd", "cold_start"), ("score_opd", "score_rl"),
-    ("score_opd", "opd"),
+    ("score_opd", "opd"), ("baseline_equal_tasks", "baseline_equal_tokens"),
 )
 
 
