@@ -19,7 +19,11 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0/n and n/n the bounds are exactly 0 and 1; computed, they can miss by ~1e-17 (0/768 gives a lower bound
+    # of 4e-19), which puts the rate outside its own interval and makes error bars negative.
+    lower = 0.0 if successes <= 0 else max(0.0, centre - half)
+    upper = 1.0 if successes >= n else min(1.0, centre + half)
+    return lower, upper
 
 
 def mcnemar_exact(b: int, c: int) -> float:

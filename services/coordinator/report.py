@@ -400,8 +400,8 @@ def _plot_opd(ax, metrics: dict) -> None:
         success = ax.twinx()
         bounds = [wilson(p["solved"], p["n"]) for p in curve]  # 95% Wilson interval of each success rate
         success.errorbar([p["updates"] for p in curve], [p["success"] for p in curve], capsize=3,
-                         yerr=[[max(0.0, p["success"] - lo) for p, (lo, _) in zip(curve, bounds)],
-                               [max(0.0, hi - p["success"]) for p, (_, hi) in zip(curve, bounds)]], color="tab:green",
+                         yerr=[[p["success"] - lo for p, (lo, _) in zip(curve, bounds)],
+                               [hi - p["success"] for p, (_, hi) in zip(curve, bounds)]], color="tab:green",
                          marker="s", linestyle="--", label=f"opd: {eval_set(metrics)} success (95% CI)")
         success.set_ylim(0, 1.05)
         success.set_ylabel(f"{eval_set(metrics)} success (greedy)")

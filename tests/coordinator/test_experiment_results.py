@@ -64,3 +64,23 @@ def test_an_experiment_on_validation_tasks_says_so_and_never_reports_held_out_re
     assert "validation tasks: 40" in report and "Paired over the same validation tasks" in report
     # The only mention of held-out tasks is the line saying these are not held-out results.
     assert report.lower().count("held-out") == 1
+
+
+def test_wilson_bounds_are_exact_at_none_and_all_solved():
+    for n in range(1, 1001):
+        assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0, n
+        for k in (1, n // 2, n - 1):
+            lo, hi = wilson(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
+
+
+def test_an_arm_that_solves_nothing_is_plotted(tmp_path):
+    # Five seeds of 40 tasks: 0 of 200 is where the computed lower bound used to come out at 1e-17 above 0, which
+    # made the bar's error extent negative and the plot raise.
+    by_seed = {str(s): metrics(s, {"cold_start": 0, "score_sft": 12, "score_rl": 16, "baseline_equal_tokens": 40})
+               for s in range(5)}
+    results = build_results("exp-zero", {"seeds": list(range(5))}, by_seed)
+    assert results["arms"]["cold_start"]["pooled"]["ci95"][0] == 0.0
+    assert results["arms"]["baseline_equal_tokens"]["pooled"]["ci95"][1] == 1.0
+    write_results(tmp_path, results)
+    assert (tmp_path / "plots" / "success_by_arm.png").read_bytes()[:4] == b"\x89PNG"
